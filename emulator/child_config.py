@@ -79,6 +79,26 @@ class RelayConfig(msgspec.Struct):
     mqtt: MqttAddress | None = None
 
 
+class DaemonAddress(msgspec.Struct):
+    host: str
+    port: int
+
+
+class NodeConfig(msgspec.Struct):
+    """A node process: its identity, where the daemon and broker are, and the scenario."""
+
+    run_id: str
+    t0: float
+    time_scale: float
+    seed: int
+    name: str
+    token: str
+    daemon: DaemonAddress
+    mqtt: MqttAddress
+    scenario: dict  # the validated scenario as builtins; the node re-validates it
+    host: str = "127.0.0.1"
+
+
 def child_arguments(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, type=Path)

@@ -1,0 +1,87 @@
+"""A node's one connection to the quantum daemon.
+
+``open_daemon`` connects, authenticates with the node's token and runs a reader task that
+routes replies to the request that awaits them (by id) and pushed ``Detections`` to the
+per-link channel of the app that opened the detector. Errors from the daemon raise
+``DaemonError`` in the requesting app.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import trio
+
+from emulator.daemon import protocol as p
+from emulator.wire import FramedStream
+
+
+class DaemonError(Exception):
+    """The daemon refused a request (its error code and message)."""
+
+    def __init__(self, error: p.Error) -> None:
+        super().__init__(f"daemon error {error.code}: {error.message}")
+        self.code = error.code
+
+
+class DaemonClient:
+    def __init__(self, framed: FramedStream, welcome: p.Welcome) -> None:
+        self.framed = framed
+        self.welcome = welcome
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, trio.MemorySendChannel] = {}
+        self._detections: dict[str, trio.MemorySendChannel] = {}
+
+    async def request(self, message_type: type, **fields: object) -> object:
+        """Send one request and return its reply; raises ``DaemonError`` on an error reply."""
+        request_id = next(self._ids)
+        send, receive = trio.open_memory_channel(1)
+        self._waiting[request_id] = send
+        try:
+            await self.framed.send(p.encoder.encode(message_type(id=request_id, **fields)))
+            reply = await receive.receive()
+        finally:
+            del self._waiting[request_id]
+        if isinstance(reply, p.Error):
+            raise DaemonError(reply)
+        return reply
+
+    def detections(self, link: str) -> trio.MemoryReceiveChannel:
+        """Channel of ``Detections`` pushed for ``link`` (open it before DetectorOpen)."""
+        send, receive = trio.open_memory_channel(10_000)
+        self._detections[link] = send
+        return receive
+
+    async def _read_loop(self) -> None:
+        while True:
+            payload = await self.framed.receive()
+            if payload is None:
+                raise ConnectionError("the quantum daemon closed the connection")
+            message = p.reply_decoder.decode(payload)
+            if isinstance(message, p.Detections):
+                await self._detections[message.link].send(message)
+            elif getattr(message, "id", None) in self._waiting:
+                await self._waiting[message.id].send(message)
+            elif isinstance(message, p.Error):
+                raise DaemonError(message)
+
+
+@asynccontextmanager
+async def open_daemon(host: str, port: int, node: str, token: str) -> AsyncIterator[DaemonClient]:
+    stream = await trio.open_tcp_stream(host, port)
+    framed = FramedStream(stream, p.MAX_FRAME)
+    async with framed.stream:
+        await framed.send(p.encoder.encode(p.Hello(p.PROTOCOL_VERSION, node, token)))
+        payload = await framed.receive()
+        if payload is None:
+            raise ConnectionError("the quantum daemon closed the connection during hello")
+        welcome = p.reply_decoder.decode(payload)
+        if isinstance(welcome, p.Error):
+            raise DaemonError(welcome)
+        client = DaemonClient(framed, welcome)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._read_loop)
+            yield client
+            nursery.cancel_scope.cancel()
