@@ -1,0 +1,428 @@
+"""Link relay: forwards real TCP and UDP between nodes ``a`` and ``b`` with delay, jitter, loss,
+rate limit and cut/restore, so node software sees the emulated classical link (DESIGN §2).
+
+Run as ``python -m emulator.relay --config CONFIG.json --ready-file READY.json`` (config:
+``emulator.child_config.RelayConfig``), or in-process with ``await nursery.start(serve, config)``.
+
+Addressing. Each node has its own listening endpoint (``config.targets[x]``). The relay binds,
+on ``config.host`` with kernel-chosen ports, a TCP listener and a UDP socket *for a* and the
+same *for b*, and reports them in its ready file as
+``{"listen": {"a": {"tcp": P, "udp": P}, "b": {...}}}``. Node ``x`` reaches its peer by
+talking to the endpoint *for x*:
+
+* TCP: a connection accepted on the listener for ``a`` is joined to a new connection to
+  ``targets["b"].tcp``; bytes a->b are shaped by ``a_to_b``, bytes b->a by ``b_to_a``.
+  Closing either side closes both (half-close is not emulated).
+* UDP: a datagram received on the socket for ``a`` is sent to ``targets["b"].udp`` *from the
+  socket for b*. So ``b`` sees it coming from its own way back to ``a``: a reply sent to the
+  datagram's source address lands on the socket for ``b`` and is forwarded to
+  ``targets["a"].udp`` from the socket for ``a``. Replies always go to the peer's listening
+  endpoint, not to an ephemeral source port.
+
+Timing follows ``emulator.relay_core`` (FIFO serialization, then delay and jitter; TCP keeps
+byte order, UDP may reorder; UDP loss drawn from a generator seeded by run seed and link
+name). Delays are emulated seconds, stretched by ``1/time_scale`` on the wall clock. Deadlines
+are absolute (``trio.sleep_until``), asked for ``TimerLead.lead`` early to cancel trio's
+oversleep, measured at start-up and tracked afterwards.
+
+Cut/restore: ``cut()`` stops delivery in both directions. TCP bytes stay buffered (then the
+relay stops reading, so the sender's socket fills: a stalled fibre under TCP retransmission)
+and are delivered in order after ``restore()``; UDP datagrams are dropped and counted.
+
+Control (when ``config.mqtt`` is set): ``qnet/<run>/control/link/<name>`` with JSON
+``{"action": "cut"|"restore"}``; ``qnet/<run>/control/stop`` publishes the final counters to
+``qnet/<run>/relay/<name>/result`` (qos 1, retained) and ends the relay. Counters also go to
+``qnet/<run>/relay/<name>/metrics`` every second (qos 0). SIGTERM/SIGINT: final counters
+(at most 1 s spent on publishing), then exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import signal
+import statistics
+import sys
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import trio
+
+from emulator.child_config import (
+    Endpoint,
+    RelayConfig,
+    child_arguments,
+    read_config,
+    write_ready,
+)
+from emulator.relay_core import (
+    MAX_TIMER_LEAD_S,
+    Counters,
+    DatagramQueue,
+    DirectionShaper,
+    StreamOrder,
+    TimerLead,
+    link_rng,
+)
+
+log = logging.getLogger("qnet.relay")
+
+SIDES = ("a", "b")
+MAX_CHUNK = 65536  # largest TCP read, and the largest UDP datagram accepted
+MIN_CHUNK = 1500  # smallest TCP read size used under a rate limit (about one Ethernet frame)
+CHUNK_SLICE_S = 0.002  # under a rate limit, read at most ~2 ms of serialization at a time
+TCP_QUEUE_CHUNKS = 64  # chunks buffered per TCP direction before the relay stops reading
+UDP_QUEUE_BYTES = 4 * 1024 * 1024  # datagrams beyond this backlog are tail-dropped
+CALIBRATION_SLEEPS = 20
+METRICS_INTERVAL_S = 1.0
+FINAL_PUBLISH_TIMEOUT_S = 1.0
+
+
+class LinkControl(msgspec.Struct):
+    """Payload of ``qnet/<run>/control/link/<name>``."""
+
+    action: Literal["cut", "restore"]
+
+
+class RelayReport(msgspec.Struct):
+    """Counters as published on ``.../metrics`` and ``.../result``."""
+
+    name: str
+    a: str
+    b: str
+    bytes_ab: int
+    bytes_ba: int
+    messages: int
+    dropped: int
+
+
+def _other(side: str) -> str:
+    return "b" if side == "a" else "a"
+
+
+def _direction_of(sender: str) -> str:
+    """Counter/shaper key of traffic sent by ``sender``: "ab" or "ba"."""
+    return "ab" if sender == "a" else "ba"
+
+
+class Relay:
+    """One classical link's relay: sockets, shapers, counters and the cut switch.
+
+    ``run`` binds and serves until cancelled; ``cut``/``restore`` may be called from any task
+    of the same trio run; ``counters`` are live.
+    """
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.counters = Counters()
+        self.timer = TimerLead()
+        self.listen: dict[str, dict[str, int]] = {}
+        self.stop_requested = trio.Event()
+        self._up = trio.Event()
+        self._up.set()
+        self.shapers = {
+            key: DirectionShaper(
+                direction,
+                config.time_scale,
+                jitter_rng=link_rng(config.seed, config.name, key, "jitter"),
+                loss_rng=link_rng(config.seed, config.name, key, "loss"),
+            )
+            for key, direction in (("ab", config.a_to_b), ("ba", config.b_to_a))
+        }
+        self._udp_sockets: dict[str, trio.socket.SocketType] = {}
+        self._udp_queues = {key: DatagramQueue() for key in ("ab", "ba")}
+        self._udp_wake = {key: trio.Event() for key in ("ab", "ba")}
+
+    # -- cut / restore -------------------------------------------------------------------
+    @property
+    def is_cut(self) -> bool:
+        return not self._up.is_set()
+
+    def cut(self) -> None:
+        """Stop delivering in both directions (TCP buffers, UDP drops)."""
+        if self._up.is_set():
+            self._up = trio.Event()
+            log.info("link %s cut", self.config.name)
+
+    def restore(self) -> None:
+        """Resume delivery; buffered TCP bytes go out at once, in order."""
+        if not self._up.is_set():
+            self._up.set()
+            log.info("link %s restored", self.config.name)
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    async def _wait_up(self) -> None:
+        while not self._up.is_set():
+            await self._up.wait()
+
+    def report(self) -> RelayReport:
+        c = self.counters
+        return RelayReport(
+            self.config.name, self.config.a, self.config.b,
+            c.bytes_ab, c.bytes_ba, c.messages, c.dropped,
+        )  # fmt: skip
+
+    # -- timing --------------------------------------------------------------------------
+    async def calibrate_timer(self) -> None:
+        """Measure trio's mean oversleep of a 1 ms sleep and start the timer lead there."""
+        late = []
+        for _ in range(CALIBRATION_SLEEPS):
+            target = trio.current_time() + 0.001
+            await trio.sleep_until(target)
+            late.append(trio.current_time() - target)
+        self.timer.lead = min(MAX_TIMER_LEAD_S, max(0.0, statistics.fmean(late)))
+        log.debug("timer lead calibrated to %.0f us", self.timer.lead * 1e6)
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep until ``deadline`` minus the timer lead, and learn from the lateness."""
+        target = deadline - self.timer.lead
+        if target > trio.current_time():
+            await trio.sleep_until(target)
+            self.timer.observe(trio.current_time() - deadline)
+
+    # -- serving -------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind every socket, report ready (``self.listen`` filled), forward until cancelled."""
+        host = self.config.host
+        listeners: dict[str, list[trio.SocketListener]] = {}
+        try:
+            for side in SIDES:
+                listeners[side] = await trio.open_tcp_listeners(0, host=host)
+                udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+                self._udp_sockets[side] = udp
+                await udp.bind((host, 0))
+                self.listen[side] = {
+                    "tcp": listeners[side][0].socket.getsockname()[1],
+                    "udp": udp.getsockname()[1],
+                }
+            await self.calibrate_timer()
+            async with trio.open_nursery() as nursery:
+                for side in SIDES:
+                    handler = functools.partial(self._handle_tcp, side)
+                    nursery.start_soon(trio.serve_listeners, handler, listeners[side])
+                    nursery.start_soon(self._udp_receive, side)
+                    nursery.start_soon(self._udp_deliver, side)
+                task_status.started()
+        finally:
+            for udp in self._udp_sockets.values():
+                udp.close()
+            for group in listeners.values():
+                for listener in group:
+                    await trio.aclose_forcefully(listener)
+
+    def _target(self, side: str) -> Endpoint:
+        return self.config.targets[side]
+
+    # -- TCP -----------------------------------------------------------------------------
+    async def _handle_tcp(self, sender: str, accepted: trio.SocketStream) -> None:
+        """Join a connection from ``sender`` to a new connection to its peer, shaped both ways."""
+        target = self._target(_other(sender))
+        try:
+            peer = await trio.open_tcp_stream(target.host, target.tcp)
+        except OSError as exc:
+            log.warning("link %s: cannot reach %s at %s:%d: %s",
+                        self.config.name, _other(sender), target.host, target.tcp, exc)  # fmt: skip
+            await trio.aclose_forcefully(accepted)
+            return
+        async with accepted, peer, trio.open_nursery() as nursery:
+            pump = functools.partial(self._pump, cancel=nursery.cancel_scope)
+            nursery.start_soon(pump, accepted, peer, _direction_of(sender))
+            nursery.start_soon(pump, peer, accepted, _direction_of(_other(sender)))
+
+    def _chunk_size(self, key: str) -> int:
+        rate = self.shapers[key].wall_rate_bps
+        if rate is None:
+            return MAX_CHUNK
+        return int(min(MAX_CHUNK, max(MIN_CHUNK, rate / 8 * CHUNK_SLICE_S)))
+
+    async def _pump(
+        self,
+        source: trio.SocketStream,
+        sink: trio.SocketStream,
+        key: str,
+        *,
+        cancel: trio.CancelScope,
+    ) -> None:
+        """Copy one direction of a TCP connection; when it ends, end the whole connection."""
+        shaper = self.shapers[key]
+        order = StreamOrder()
+        chunk = self._chunk_size(key)
+        send, receive = trio.open_memory_channel[tuple[float, bytes]](TCP_QUEUE_CHUNKS)
+
+        async def read() -> None:
+            async with send:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    while data := await source.receive_some(chunk):
+                        release = order.release(shaper.transmit(trio.current_time(), len(data)))
+                        await send.send((release, data))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                async with receive:
+                    async for release, data in receive:
+                        await self._sleep_until(release)
+                        await self._wait_up()
+                        await sink.send_all(data)
+                        self.counters.add(key, len(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            cancel.cancel()
+
+    # -- UDP -----------------------------------------------------------------------------
+    async def _udp_receive(self, sender: str) -> None:
+        """Take datagrams from ``sender`` on its socket; queue them for the peer or drop them."""
+        sock = self._udp_sockets[sender]
+        key = _direction_of(sender)
+        shaper, queue = self.shapers[key], self._udp_queues[key]
+        while True:
+            try:
+                data, _ = await sock.recvfrom(MAX_CHUNK)
+            except OSError:  # e.g. ICMP errors surfacing on Linux; the socket stays usable
+                continue
+            if self.is_cut or shaper.lost() or queue.pending_bytes + len(data) > UDP_QUEUE_BYTES:
+                self.counters.dropped += 1
+                continue
+            if queue.push(shaper.transmit(trio.current_time(), len(data)), data):
+                self._udp_wake[key].set()
+
+    async def _udp_deliver(self, sender: str) -> None:
+        """Send queued datagrams of ``sender`` to the peer's endpoint when they are due."""
+        receiver = _other(sender)
+        key = _direction_of(sender)
+        sock = self._udp_sockets[receiver]  # so the peer's reply comes back on its own socket
+        target = self._target(receiver)
+        address = (target.host, target.udp)
+        queue = self._udp_queues[key]
+        while True:
+            wake = self._udp_wake[key] = trio.Event()
+            deadline = queue.next_deadline()
+            target_time = deadline - self.timer.lead
+            timed = target_time > trio.current_time()  # also true when empty (inf)
+            if timed:
+                with trio.move_on_at(target_time) as scope:
+                    await wake.wait()
+                if scope.cancelled_caught and timed:
+                    self.timer.observe(trio.current_time() - deadline)
+            for payload in queue.pop_due(trio.current_time() + self.timer.lead):
+                if self.is_cut:
+                    self.counters.dropped += 1
+                    continue
+                try:
+                    await sock.sendto(payload, address)
+                except OSError as exc:
+                    log.debug("link %s: UDP send to %s failed: %s", self.config.name, address, exc)
+                    self.counters.dropped += 1
+                else:
+                    self.counters.add(key, len(payload))
+            await trio.lowlevel.checkpoint()
+
+
+# -- MQTT control --------------------------------------------------------------------------
+def _topics(config: RelayConfig) -> dict[str, str]:
+    base = f"qnet/{config.run_id}"
+    return {
+        "link": f"{base}/control/link/{config.name}",
+        "stop": f"{base}/control/stop",
+        "metrics": f"{base}/relay/{config.name}/metrics",
+        "result": f"{base}/relay/{config.name}/result",
+    }
+
+
+async def _control(relay: Relay, mqtt, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Subscribe to the link's control topics, then apply cut/restore/stop as they arrive."""
+    topics = _topics(relay.config)
+    await mqtt.subscribe(topics["link"], qos=1)
+    await mqtt.subscribe(topics["stop"], qos=1)
+    task_status.started()
+    async for message in mqtt.messages():
+        if message.topic == topics["stop"]:
+            relay.request_stop()
+        elif message.topic == topics["link"]:
+            try:
+                action = msgspec.json.decode(message.payload, type=LinkControl).action
+            except msgspec.ValidationError as exc:
+                log.warning("link %s: ignoring control message %r: %s",
+                            relay.config.name, message.payload[:200], exc)  # fmt: skip
+                continue
+            relay.cut() if action == "cut" else relay.restore()
+
+
+async def _publish_metrics(relay: Relay, mqtt) -> None:
+    topic = _topics(relay.config)["metrics"]
+    deadline = trio.current_time()
+    while True:
+        deadline += METRICS_INTERVAL_S
+        await trio.sleep_until(deadline)
+        await mqtt.publish(topic, msgspec.json.encode(relay.report()), qos=0)
+
+
+async def serve(
+    config: RelayConfig, *, task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED
+) -> Counters:
+    """Run the relay of ``config`` until ``relay.request_stop()`` or an MQTT stop message.
+
+    Hands the ``Relay`` (ports in ``relay.listen``) to ``nursery.start`` once every socket is
+    bound and, with MQTT, the control topics are subscribed. On stop, publishes the final
+    counters (MQTT, at most ``FINAL_PUBLISH_TIMEOUT_S``) and returns them.
+    """
+    relay = Relay(config)
+    async with contextlib.AsyncExitStack() as stack:
+        mqtt = None
+        if config.mqtt is not None:
+            from emulator.mqtt import open_mqtt
+
+            client_id = f"qnet-{config.run_id}-relay-{config.name}"
+            mqtt = await stack.enter_async_context(
+                open_mqtt(config.mqtt.host, config.mqtt.port, client_id)
+            )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(relay.run)
+            if mqtt is not None:
+                await nursery.start(_control, relay, mqtt)
+                nursery.start_soon(_publish_metrics, relay, mqtt)
+            task_status.started(relay)
+            await relay.stop_requested.wait()
+            if mqtt is not None:
+                with trio.move_on_after(FINAL_PUBLISH_TIMEOUT_S) as scope:
+                    payload = msgspec.json.encode(relay.report())
+                    await mqtt.publish(_topics(config)["result"], payload, qos=1, retain=True)
+                if scope.cancelled_caught:
+                    log.warning("link %s: final counters not acknowledged in time", config.name)
+            nursery.cancel_scope.cancel()
+    return relay.counters
+
+
+async def _main(config: RelayConfig, ready_file: Path) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def run_relay(task_status: trio.TaskStatus[Relay]) -> None:
+                await serve(config, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            relay = await nursery.start(run_relay)
+            write_ready(ready_file, listen=relay.listen)
+            async for signum in signals:
+                log.info("link %s: signal %d, stopping", config.name, signum)
+                relay.request_stop()
+                break
+    log.info("link %s: final %s", config.name, msgspec.json.encode(relay.report()).decode())
+
+
+def main() -> None:
+    args = child_arguments("qnet link relay")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    config = read_config(args.config, RelayConfig)
+    trio.run(_main, config, args.ready_file)
+
+
+if __name__ == "__main__":
+    main()
