@@ -107,6 +107,11 @@ class BB84App(Struct, tag="qkd.bb84", tag_field="kind", forbid_unknown_fields=Tr
 App = BB84App
 
 
+def app_kind(app: App) -> str:
+    """The ``kind`` string an app was declared with (its msgspec tag)."""
+    return type(app).__struct_config__.tag
+
+
 class Fault(Struct, forbid_unknown_fields=True):
     at_s: NonNegative
     action: Literal["cut", "restore"]

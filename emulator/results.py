@@ -1,0 +1,132 @@
+"""Building result.json from what the processes reported, checking expectations, printing.
+
+The shape of result.json is a contract (issue 2): top level ``scenario, seed, ok, wall_s,
+emulated_s, processes, links, qkd, expectations``. Node entries arrive per node over MQTT;
+``merge_qkd`` joins the sender's and receiver's halves of each QKD link by link name.
+Predictions come from the same closed-form physics the daemon is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from emulator.daemon import photons
+from emulator.scenario import Expect, Link, Scenario, app_kind
+
+SENDER_FIELDS = ("key_sha256_a",)
+
+
+def predicted_bb84(link: Link, sample_fraction: float) -> dict[str, float]:
+    """Closed-form gain, QBER and sifted key rate for the link's source and detectors."""
+    q = link.quantum
+    assert q is not None
+    eta = photons.transmittance(link.length_km, q.attenuation_db_per_km) * q.detector.efficiency
+    y0 = photons.background_yield(q.detector.dark_count_probability)
+    gain = float(photons.gain(q.source.mu, eta, y0))
+    error = float(photons.error_gain(q.source.mu, eta, y0, q.detector.misalignment))
+    return {
+        "gain": gain,
+        "qber": error / gain if gain else float("nan"),
+        "sifted_rate_bps": q.source.rate_hz * gain * 0.5 * (1 - sample_fraction),
+    }
+
+
+def merge_qkd(scenario: Scenario, node_entries: list[dict], emulated_s: float) -> list[dict]:
+    by_link: dict[str, dict] = {}
+    for entry in node_entries:
+        if "protocol" not in entry:
+            continue
+        merged = by_link.setdefault(entry["link"], {})
+        if entry.get("role") == "sender":
+            for name in SENDER_FIELDS:
+                merged[name] = entry.get(name)
+            merged.setdefault("pulses", entry.get("pulses"))
+        else:
+            merged.update({k: v for k, v in entry.items() if k != "role"})
+    apps = {app.link or scenario.link_between(app.a, app.b).id: app for app in scenario.apps
+            if app_kind(app).startswith("qkd.")}
+    out = []
+    for name, entry in by_link.items():
+        link = scenario.link(name)
+        prediction = predicted_bb84(link, apps[name].sample_fraction)
+        source_s = (entry.get("pulses") or 0) / link.quantum.source.rate_hz
+        entry["sifted_rate_bps"] = entry.get("sifted_bits", 0) / source_s if source_s else 0.0
+        entry["predicted"] = prediction
+        out.append(entry)
+    return out
+
+
+def metric_value(result: dict, metric: str) -> Any:
+    """Resolve ``qkd.alice-bob.qber``: a list section is indexed by its entries' link/name."""
+    parts = metric.split(".")
+    value: Any = result
+    i = 0
+    while i < len(parts):
+        key = parts[i]
+        if isinstance(value, list):
+            value = next((e for e in value if key in (e.get("link"), e.get("name"))), None)
+        elif isinstance(value, dict):
+            value = value.get(key)
+        else:
+            return None
+        if value is None:
+            return None
+        i += 1
+    return value
+
+
+def check_expectations(result: dict, expectations: list[Expect]) -> list[dict]:
+    checked = []
+    for expect in expectations:
+        value = metric_value(result, expect.metric)
+        number = value if isinstance(value, (int, float)) else None
+        checked.append({"metric": expect.metric, "value": number, "ok": expect.holds(number),
+                        "condition": expect.describe()})
+    return checked
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def print_summary(console: Console, result: dict) -> None:
+    for entry in result.get("qkd", []):
+        table = Table(title=f"QKD {entry['link']} ({entry['protocol']})")
+        table.add_column("metric")
+        table.add_column("measured", justify="right")
+        table.add_column("predicted", justify="right")
+        predicted = entry.get("predicted", {})
+        table.add_row("pulses", _fmt(entry.get("pulses"), ",d"), "")
+        table.add_row("detections", _fmt(entry.get("detections"), ",d"), "")
+        table.add_row("gain (detections/pulse)", _fmt(entry.get("gain")),
+                      _fmt(predicted.get("gain")))
+        table.add_row("QBER", _fmt(entry.get("qber")), _fmt(predicted.get("qber")))
+        table.add_row("sifted key bits", _fmt(entry.get("sifted_bits"), ",d"), "")
+        table.add_row("sifted key rate (bit/s)", _fmt(entry.get("sifted_rate_bps"), ",.0f"),
+                      _fmt(predicted.get("sifted_rate_bps"), ",.0f"))
+        table.add_row("realtime factor", _fmt(entry.get("realtime_factor"), ".3f"), "")
+        console.print(table)
+    if result.get("links"):
+        table = Table(title="classical links (through the relays)")
+        for column in ("link", "bytes a->b", "bytes b->a", "messages", "dropped"):
+            table.add_column(column, justify="right" if column != "link" else "left")
+        for link in result["links"]:
+            c = link.get("classical") or {}
+            table.add_row(link["name"], _fmt(c.get("bytes_ab"), ",d"),
+                          _fmt(c.get("bytes_ba"), ",d"), _fmt(c.get("messages"), ",d"),
+                          _fmt(c.get("dropped"), ",d"))
+        console.print(table)
+    if result.get("expectations"):
+        table = Table(title="expectations")
+        for column in ("metric", "condition", "value", "ok"):
+            table.add_column(column)
+        for e in result["expectations"]:
+            table.add_row(e["metric"], e["condition"], _fmt(e["value"]),
+                          "[green]yes[/green]" if e["ok"] else "[red]NO[/red]")
+        console.print(table)

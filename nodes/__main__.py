@@ -1,0 +1,3 @@
+from nodes.runtime import main
+
+main()

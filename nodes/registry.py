@@ -1,0 +1,17 @@
+"""Which coroutine runs an app of a given ``kind`` (the scenario's ``[[apps]] kind = ...``)."""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from nodes.qkd import bb84
+
+AppRunner = Callable[..., Awaitable[list[dict]]]
+
+APPS: dict[str, AppRunner] = {
+    "qkd.bb84": bb84.run,
+}
+
+
+def app_runner(kind: str) -> AppRunner:
+    return APPS[kind]

@@ -1,0 +1,57 @@
+"""What an app running inside a node can use: the node's identity, clock, daemon, peers, MQTT.
+
+An app is ``async def run(node: NodeContext, app) -> list[dict]``, started by the node runtime
+once the orchestrator says go; it returns its result entries (merged into result.json). It
+reaches its peer only through ``node.transport`` (real sockets through the relay) and the
+quantum world only through ``node.daemon`` (its own daemon connection).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emulator.clock import EmulatedClock
+from emulator.mqtt import MqttClient
+from emulator.scenario import Scenario
+from nodes.daemon_client import DaemonClient
+from nodes.transport import Transport
+
+
+@dataclass
+class NodeContext:
+    name: str
+    run_id: str
+    seed: int
+    clock: EmulatedClock
+    scenario: Scenario
+    daemon: DaemonClient
+    transport: Transport
+    mqtt: MqttClient
+    t_start: float = 0.0  # emulated time at which apps start
+    t_end: float = 0.0  # emulated time at which sources stop
+    _rngs: dict[str, np.random.Generator] = field(default_factory=dict)
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        """A generator seeded from the run seed, this node and ``purpose`` (reproducible runs)."""
+        if purpose not in self._rngs:
+            words = [self.seed] + [ord(c) for c in f"{self.name}/{purpose}"]
+            self._rngs[purpose] = np.random.default_rng(words)
+        return self._rngs[purpose]
+
+    def topic(self, leaf: str) -> str:
+        return f"qnet/{self.run_id}/{self.name}/{leaf}"
+
+    async def event(self, kind: str, **fields: object) -> None:
+        """Publish an event (key produced, alarm, ...) on ``qnet/<run>/<node>/events``."""
+        payload = {"node": self.name, "kind": kind, "t_emu": self.clock.now(),
+                   "wall": time.time(), **fields}
+        await self.mqtt.publish(self.topic("events"), json.dumps(payload), qos=1)
+
+    async def metrics(self, **fields: object) -> None:
+        """Publish a metrics sample on ``qnet/<run>/<node>/metrics`` (best effort)."""
+        payload = {"node": self.name, "t_emu": self.clock.now(), **fields}
+        await self.mqtt.publish(self.topic("metrics"), json.dumps(payload), qos=0)
