@@ -1,0 +1,252 @@
+"""Starting, checking and stopping the MQTT broker of a run (control and telemetry plane).
+
+A scenario names its broker as ``"embedded"`` (an amqtt subprocess, the default: nothing to
+install), ``"mosquitto"`` (the Debian package's binary, ~9x faster) or ``"mqtt://host:port"``
+(a broker the user runs; qnet neither starts nor stops it). ``open_broker`` starts the broker
+as a child process bound to 127.0.0.1 on a free port, waits until it completes a real MQTT
+CONNECT/CONNACK round trip, and on exit stops it like ``trio.run_process`` does: SIGTERM,
+3 s grace, SIGKILL, wait, so no broker outlives its context.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import msgspec
+import trio
+
+from emulator.mqtt import MqttError, open_mqtt
+
+__all__ = [
+    "BrokerError",
+    "BrokerInfo",
+    "BrokerSpec",
+    "broker_command",
+    "free_port",
+    "open_broker",
+    "parse_broker",
+    "wait_until_accepting",
+]
+
+BrokerKind = Literal["embedded", "mosquitto", "external"]
+
+TERMINATE_GRACE_S = 3.0
+DEFAULT_READY_TIMEOUT_S = 10.0
+_MOSQUITTO_FALLBACK = Path("/usr/sbin/mosquitto")
+
+
+class BrokerError(Exception):
+    """The broker could not be started, or died while we waited for it to become ready."""
+
+
+class BrokerSpec(msgspec.Struct, frozen=True):
+    """Which broker to use; host/port are set only for an external broker."""
+
+    kind: BrokerKind
+    host: str | None = None
+    port: int | None = None
+
+
+class BrokerInfo(msgspec.Struct, frozen=True):
+    """Where the broker of a run listens; ``pid`` is None for an external broker."""
+
+    host: str
+    port: int
+    pid: int | None
+    kind: BrokerKind
+
+
+def parse_broker(spec: str) -> BrokerSpec:
+    """Parse ``"embedded"``, ``"mosquitto"`` or ``"mqtt://host:port"``; ValueError otherwise."""
+    text = spec.strip()
+    if text in ("embedded", "mosquitto"):
+        return BrokerSpec(kind=text)
+    if "://" not in text:
+        raise ValueError(
+            f"broker {spec!r}: expected 'embedded', 'mosquitto' or 'mqtt://host:port'")
+    parts = urlsplit(text)
+    if parts.scheme != "mqtt":
+        raise ValueError(f"broker {spec!r}: only the mqtt:// scheme is supported (no TLS)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"broker {spec!r}: expected exactly mqtt://host:port")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"broker {spec!r}: bad port ({exc})") from None
+    if not parts.hostname:
+        raise ValueError(f"broker {spec!r}: missing host")
+    if port is None or port == 0:
+        raise ValueError(f"broker {spec!r}: missing port (1-65535)")
+    return BrokerSpec(kind="external", host=parts.hostname, port=port)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _amqtt_executable() -> str:
+    beside = Path(sys.executable).parent / "amqtt"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("amqtt")
+    if found is None:
+        raise BrokerError("embedded broker: the 'amqtt' command is not installed "
+                          "(pip install amqtt) and was not found next to the Python interpreter")
+    return found
+
+
+def _mosquitto_executable() -> str:
+    found = shutil.which("mosquitto")
+    if found is not None:
+        return found
+    if _MOSQUITTO_FALLBACK.exists():
+        return str(_MOSQUITTO_FALLBACK)
+    raise BrokerError("broker 'mosquitto': the mosquitto binary is not installed "
+                      "(apt-get install mosquitto), or use broker = 'embedded'")
+
+
+def _amqtt_config(port: int) -> str:
+    # Only the anonymous-auth plugin: amqtt's default plugin set adds $SYS publishing and
+    # per-packet logging plugins, which cost throughput and add traffic nobody reads.
+    return (
+        "---\n"
+        "listeners:\n"
+        "  default:\n"
+        "    type: tcp\n"
+        f"    bind: 127.0.0.1:{port}\n"
+        "plugins:\n"
+        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+        "    allow_anonymous: true\n"
+    )
+
+
+def _mosquitto_config(port: int) -> str:
+    return (
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        "log_dest stderr\n"
+        "log_type error\n"
+        "log_type warning\n"
+        "log_type notice\n"
+    )
+
+
+def broker_command(spec: BrokerSpec, port: int, workdir: Path) -> list[str] | None:
+    """Write the broker's config file into ``workdir`` and return its argv (None if external)."""
+    if spec.kind == "external":
+        return None
+    workdir.mkdir(parents=True, exist_ok=True)
+    if spec.kind == "embedded":
+        config = workdir / "amqtt.yaml"
+        config.write_text(_amqtt_config(port))
+        return [_amqtt_executable(), "-c", str(config)]
+    config = workdir / "mosquitto.conf"
+    config.write_text(_mosquitto_config(port))
+    return [_mosquitto_executable(), "-c", str(config)]
+
+
+async def _mqtt_round_trip(host: str, port: int) -> None:
+    async with open_mqtt(host, port, f"qnet-probe-{os.getpid()}", keepalive=5,
+                         connect_timeout=2.0):
+        pass
+
+
+async def wait_until_accepting(
+    host: str, port: int, timeout: float, *, process: trio.Process | None = None
+) -> None:
+    """Return once a broker at host:port answers an MQTT CONNECT; TimeoutError otherwise.
+
+    Retries every 20 ms while the port refuses connections (broker still starting); if the
+    broker's ``process`` is given and exits meanwhile, raises BrokerError at once.
+    """
+    deadline = trio.current_time() + timeout
+    last_error: BaseException | None = None
+    while True:
+        if process is not None and process.poll() is not None:
+            raise BrokerError(f"MQTT broker (pid {process.pid}) exited with code "
+                              f"{process.returncode} before accepting connections on "
+                              f"{host}:{port}")
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            raise TimeoutError(f"MQTT broker at {host}:{port} did not accept an MQTT "
+                               f"connection within {timeout:.1f} s (last error: {last_error})")
+        with trio.move_on_after(remaining):
+            try:
+                await _mqtt_round_trip(host, port)
+                return
+            except (MqttError, OSError) as exc:
+                last_error = exc
+            await trio.sleep(0.02)
+
+
+def _stop_process(process: trio.Process) -> None:
+    """Send SIGTERM unless the process already exited."""
+    if process.returncode is None:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+async def _terminate(process: trio.Process) -> None:
+    """SIGTERM, up to TERMINATE_GRACE_S for it to exit, then SIGKILL; always waits."""
+    with trio.CancelScope(shield=True):
+        _stop_process(process)
+        with trio.move_on_after(TERMINATE_GRACE_S):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@asynccontextmanager
+async def open_broker(
+    spec: str, workdir: Path, log_path: Path, *, ready_timeout: float = DEFAULT_READY_TIMEOUT_S
+) -> AsyncIterator[BrokerInfo]:
+    """Run the broker named by ``spec`` for the duration of the context.
+
+    The child's stdout and stderr go to ``log_path``. Raises BrokerError if it exits before
+    it is ready, TimeoutError if it is not ready within ``ready_timeout`` seconds (it is then
+    stopped). An external broker is only checked for readiness, never started or stopped.
+    """
+    parsed = parse_broker(spec)
+    if parsed.kind == "external":
+        assert parsed.host is not None and parsed.port is not None
+        await wait_until_accepting(parsed.host, parsed.port, ready_timeout)
+        yield BrokerInfo(host=parsed.host, port=parsed.port, pid=None, kind="external")
+        return
+
+    host = "127.0.0.1"
+    port = free_port()
+    argv = broker_command(parsed, port, workdir)
+    assert argv is not None
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = await trio.lowlevel.open_process(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=False,
+        )
+    try:
+        started = time.monotonic()
+        await wait_until_accepting(host, port, ready_timeout, process=process)
+        ready_s = time.monotonic() - started
+        with open(log_path, "a") as note:
+            note.write(f"[qnet] {parsed.kind} broker pid {process.pid} ready on "
+                       f"{host}:{port} after {ready_s:.3f} s\n")
+        yield BrokerInfo(host=host, port=port, pid=process.pid, kind=parsed.kind)
+    finally:
+        await _terminate(process)
