@@ -26,7 +26,7 @@ SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="qnet: hybrid classical-quantum network emulator")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _invalid(message: str) -> None:
@@ -73,7 +73,7 @@ def run(
             err.print(f"--- last lines of {child.log_path} ---", highlight=False)
             err.print(child.log_tail(), highlight=False, markup=False)
         raise typer.Exit(EXIT_RUNTIME)
-    except OSError as exc:
+    except (OSError, brokers.BrokerError) as exc:
         err.print(f"[red]run failed:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_RUNTIME)
     if code == EXIT_INTERRUPTED:

@@ -195,7 +195,7 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
 
     async with trio.open_nursery() as children:
         # 1. broker
-        if spec.external:
+        if spec.kind == "external":
             host, port = spec.host, spec.port
         else:
             host, port = "127.0.0.1", brokers.free_port()
@@ -329,7 +329,7 @@ async def run(scenario: Scenario, options: RunOptions, console: Console) -> tupl
             nonlocal result, failure
             try:
                 result = await execute(scenario, options, console)
-            except* (ChildFailed, RunFailed, OSError) as group:
+            except* (ChildFailed, RunFailed, OSError, brokers.BrokerError) as group:
                 failure = first_leaf(group)
             nursery.cancel_scope.cancel()
 
