@@ -236,17 +236,21 @@ async def open_broker(
     argv = broker_command(parsed, port, workdir)
     assert argv is not None
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
         process = await trio.lowlevel.open_process(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=False,
+            argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+            start_new_session=False,
         )
+    finally:
+        os.close(log_fd)  # the child holds its own copy
     try:
         started = time.monotonic()
         await wait_until_accepting(host, port, ready_timeout, process=process)
         ready_s = time.monotonic() - started
-        with open(log_path, "a") as note:
-            note.write(f"[qnet] {parsed.kind} broker pid {process.pid} ready on "
-                       f"{host}:{port} after {ready_s:.3f} s\n")
+        async with await trio.Path(log_path).open("a") as note:
+            await note.write(f"[qnet] {parsed.kind} broker pid {process.pid} ready on "
+                             f"{host}:{port} after {ready_s:.3f} s\n")
         yield BrokerInfo(host=host, port=port, pid=process.pid, kind=parsed.kind)
     finally:
         await _terminate(process)

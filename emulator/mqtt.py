@@ -202,33 +202,33 @@ class MqttClient:
 
     # -- paho callbacks (run synchronously inside loop_read / loop_write / publish) -----
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connack_code = reason_code
         self._connack.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if not self._closing:
             self._fail(MqttDisconnected(f"connection to the MQTT broker lost: {reason_code}"))
 
-    def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:  # noqa: ANN001
+    def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
         if len(self._buffer) >= self._max_buffered:
             self._buffer.popleft()
             self.dropped += 1
         self._buffer.append(Message(message.topic, bytes(message.payload), bool(message.retain)))
         self._message_lot.unpark()
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         waiter = self._suback.get(mid)
         if waiter is not None:
             waiter[1].extend(reason_codes)
             waiter[0].set()
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         event = self._puback.get(mid)
         if event is not None:
             event.set()
 
-    def _on_socket_close(self, client, userdata, sock) -> None:  # noqa: ANN001
+    def _on_socket_close(self, client, userdata, sock) -> None:
         # paho is about to close the fd: wake any trio task waiting on it first.
         trio.lowlevel.notify_closing(sock)
 
