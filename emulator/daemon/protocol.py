@@ -33,6 +33,10 @@ class SourceStart(msgspec.Struct, tag="source_start", forbid_unknown_fields=True
     id: int
     link: str
     prf_key: bytes
+    # optional decoy settings: mean photon numbers and their probabilities (PRF intensity
+    # index i <-> intensities[i]); empty means the link's single source.mu with probability 1
+    intensities: list[float] = []
+    probabilities: list[float] = []
 
 
 class SourceStarted(msgspec.Struct, tag="source_started"):
@@ -40,6 +44,9 @@ class SourceStarted(msgspec.Struct, tag="source_started"):
     link: str
     t_start: float  # emulated time of slot 0
     rate_hz: float
+    intensities: list[float] = []  # in effect (after defaults)
+    probabilities: list[float] = []
+    slots_per_frame: int = 0
 
 
 class SourceStop(msgspec.Struct, tag="source_stop", forbid_unknown_fields=True):
@@ -88,12 +95,15 @@ class Stats(msgspec.Struct, tag="stats_reply"):
     frames: int
     pulses: int
     detections: int
+    lag_recent_s: float = 0.0  # lag of the most recent frame (worst over links)
+    dropped_frames: int = 0  # Detections dropped from a full buffer (detector never opened)
 
 
 class Error(msgspec.Struct, tag="error"):
     """The daemon refused a frame. ``fatal`` errors are followed by closing the connection."""
 
     code: str  # bad_frame | too_large | unauthenticated | bad_version | not_allowed | unknown
+    # | bad_request (invalid field values, non-fatal)
     message: str
     id: int | None = None
     fatal: bool = False
