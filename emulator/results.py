@@ -44,6 +44,7 @@ def merge_qkd(scenario: Scenario, node_entries: list[dict], emulated_s: float) -
         if entry.get("role") == "sender":
             for name in SENDER_FIELDS:
                 merged[name] = entry.get(name)
+            merged["sifted_bits_a"] = entry.get("sifted_bits")
             merged.setdefault("pulses", entry.get("pulses"))
         else:
             merged.update({k: v for k, v in entry.items() if k != "role"})

@@ -44,6 +44,7 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
     prf_key = rng.bytes(16)
     core = SiftSender(prf_key, [1.0], app.sample_fraction, rng)
     channel = await node.transport.connect(app.b, channel_name(link))
+    await node.clock.sleep_until(node.t_start)
     started = await node.daemon.request(p.SourceStart, link=link, prf_key=prf_key)
     await node.event("source_started", link=link, t_start=started.t_start)
     finished = trio.Event()
