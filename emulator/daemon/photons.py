@@ -107,25 +107,27 @@ def detect_frame(
     slots += np.uint64(slot_start)
     bit, basis_a, index = choices_from_words(slot_words(key, slots), thresholds)
 
-    q_slot = q[index]
-    kept = rng.random(slots.size) * p_max < q_slot
-    slots, bit, basis_a, q_slot = slots[kept], bit[kept], basis_a[kept], q_slot[kept]
-    mu_slot = mus[index[kept]]
+    if np.any(q[possible] < p_max):  # thin to each slot's own gain; one intensity: no-op
+        kept = rng.random(slots.size) * p_max < q[index]
+        slots, bit, basis_a, index = slots[kept], bit[kept], basis_a[kept], index[kept]
     m = slots.size
 
     # conditionally on a click: signal with prob. (1 - e^{-eta mu}) / Q_mu, else dark only
-    signal = rng.random(m) * q_slot < signal_probability(mu_slot, eta)
-    basis_b = rng.integers(0, 2, m, dtype=np.uint8)  # passive 50/50 split, per gate
-    u = rng.random(m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_signal = np.where(q > 0, signal_probability(mus, eta) / q, 0.0)
+    signal = rng.random(m) < p_signal[index]
+    coins = rng.integers(0, 4, m, dtype=np.uint8)
+    basis_b = coins & 1  # passive 50/50 split, per gate
+    coin = coins >> 1  # outcome when only dark counts clicked
     wrong_p = np.where(basis_a == basis_b, e_det, 0.5)
-    wrong = u < wrong_p  # signal lands in the detector opposite the sender's bit
+    wrong = rng.random(m) < wrong_p  # signal lands in the detector opposite the sender's bit
     # given the signal detector clicked, a dark count in the other one (prob. p_dc) makes a
     # double click resolved by a fair coin: outcome flips with prob. p_dc / 2
-    flip = rng.random(m) < p_dc / 2.0
-    outcome_signal = bit ^ wrong.astype(np.uint8) ^ flip.astype(np.uint8)
+    if p_dc > 0:
+        wrong ^= rng.random(m) < p_dc / 2.0
+    outcome_signal = bit ^ wrong.astype(np.uint8)
     # no signal and at least one dark click: by symmetry the outcome is a fair coin
-    coin = rng.integers(0, 2, m, dtype=np.uint8)
-    outcome = np.where(signal, outcome_signal, coin).astype(np.uint8)
+    outcome = np.where(signal, outcome_signal, coin)
     return FrameDetections(slots, basis_b, outcome)
 
 
