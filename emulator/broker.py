@@ -174,24 +174,36 @@ async def wait_until_accepting(
     Retries every 20 ms while the port refuses connections (broker still starting); if the
     broker's ``process`` is given and exits meanwhile, raises BrokerError at once.
     """
-    deadline = trio.current_time() + timeout
     last_error: BaseException | None = None
-    while True:
-        if process is not None and process.poll() is not None:
-            raise BrokerError(f"MQTT broker (pid {process.pid}) exited with code "
-                              f"{process.returncode} before accepting connections on "
-                              f"{host}:{port}")
-        remaining = deadline - trio.current_time()
-        if remaining <= 0:
-            raise TimeoutError(f"MQTT broker at {host}:{port} did not accept an MQTT "
-                               f"connection within {timeout:.1f} s (last error: {last_error})")
-        with trio.move_on_after(remaining):
-            try:
-                await _mqtt_round_trip(host, port)
-                return
-            except (MqttError, OSError) as exc:
-                last_error = exc
-            await trio.sleep(0.02)
+    ready = exited = False
+    async with trio.open_nursery() as nursery:
+        if process is not None:
+
+            async def watch_exit() -> None:
+                nonlocal exited
+                await process.wait()
+                exited = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_exit)
+        with trio.move_on_after(timeout):
+            while True:
+                try:
+                    await _mqtt_round_trip(host, port)
+                    ready = True
+                    break
+                except (MqttError, OSError) as exc:
+                    last_error = exc
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    if ready:
+        return
+    if exited:
+        assert process is not None
+        raise BrokerError(f"MQTT broker (pid {process.pid}) exited with code "
+                          f"{process.returncode} before accepting connections on {host}:{port}")
+    raise TimeoutError(f"MQTT broker at {host}:{port} did not accept an MQTT connection "
+                       f"within {timeout:.1f} s (last error: {last_error})")
 
 
 def _stop_process(process: trio.Process) -> None:
