@@ -17,7 +17,7 @@ from rich.table import Table
 from emulator.daemon import photons
 from emulator.scenario import Expect, Link, Scenario, app_kind
 
-SENDER_FIELDS = ("key_sha256_a",)
+SENDER_FIELDS = ("key_sha256_a", "daemon_lag_s")
 
 
 def predicted_bb84(link: Link, sample_fraction: float) -> dict[str, float]:
@@ -111,6 +111,7 @@ def print_summary(console: Console, result: dict) -> None:
         table.add_row("sifted key bits", _fmt(entry.get("sifted_bits"), ",d"), "")
         table.add_row("sifted key rate (bit/s)", _fmt(entry.get("sifted_rate_bps"), ",.0f"),
                       _fmt(predicted.get("sifted_rate_bps"), ",.0f"))
+        table.add_row("daemon lag behind the clock (s)", _fmt(entry.get("daemon_lag_s"), ".3f"), "")
         table.add_row("realtime factor", _fmt(entry.get("realtime_factor"), ".3f"), "")
         console.print(table)
     if result.get("links"):

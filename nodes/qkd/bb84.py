@@ -47,14 +47,15 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
     await node.clock.sleep_until(node.t_start)
     started = await node.daemon.request(p.SourceStart, link=link, prf_key=prf_key)
     await node.event("source_started", link=link, t_start=started.t_start)
-    finished = trio.Event()
     pulses = 0
+    daemon_stats: list[p.Stats] = []
 
     async def stop_source_at_end() -> None:
         nonlocal pulses
         await node.clock.sleep_until(node.t_end)
         stopped = await node.daemon.request(p.SourceStop, link=link)
         pulses = stopped.pulses
+        daemon_stats.append(await node.daemon.request(p.StatsRequest))
         await channel.send(m.encoder.encode(m.SourceFinished(pulses=pulses)))
         await node.event("source_stopped", link=link, pulses=pulses)
 
@@ -66,7 +67,6 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
             elif isinstance(message, m.SampleResult):
                 core.on_sample_result(message)
             elif isinstance(message, m.ReceiverFinished):
-                finished.set()
                 return
 
     async with trio.open_nursery() as nursery:
@@ -78,6 +78,7 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
         "pulses": pulses, "sifted_bits": core.sifted_bits, "qber": core.stats.qber,
         "sample_bits": core.stats.sample_bits, "key_sha256_a": key_digest(core.key),
         "source_rate_hz": started.rate_hz,
+        "daemon_lag_s": daemon_stats[0].lag_s if daemon_stats else None,
     }
 
 
