@@ -148,6 +148,8 @@ class LinkRuntime:
                 if last:
                     return
                 k += 1
+        except Exception:  # a bug in one link must not take the daemon down
+            log.exception("link %s: source failed", self.link.name)
         finally:
             self.source = None
             run.done.set()
