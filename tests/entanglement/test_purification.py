@@ -138,7 +138,7 @@ def test_round_keeps_on_agreement_and_discards_otherwise(protocol):
 
 
 def test_round_errors_say_who_is_at_fault():
-    a, b = _pair_of_rounds("dejmps")
+    a, _b = _pair_of_rounds("dejmps")
     a.local_parity(0)
     with pytest.raises(pu.LocalProtocolError):
         a.local_parity(1)
