@@ -27,7 +27,9 @@ Semantics:
 * Received messages wait in a buffer of ``max_buffered`` messages (default 100 000) until
   ``messages()`` takes them, so a slow consumer never stalls the network loop; when the
   buffer is full the oldest message is dropped and ``dropped`` counts it. Messages that
-  arrive before ``messages()`` is first iterated are kept. One consumer at a time.
+  arrive before ``messages()`` is first iterated are kept. One consumer at a time (a second
+  concurrent one gets RuntimeError). The buffer is a deque plus a trio ParkingLot rather
+  than a memory channel, because dropping the *oldest* needs access to the front.
 * ``publish`` with qos 0 returns once paho handed the packet to the kernel; if the kernel's
   send buffer is full it waits until the writer flushed it (backpressure, not an unbounded
   queue). qos 1 waits for PUBACK.
@@ -123,6 +125,7 @@ class MqttClient:
         )
         self._paho.suppress_exceptions = False
         self._keepalive = keepalive
+        self._address = "?"
         self._sock: socket.socket | None = None
         self._buffer: deque[Message] = deque()
         self._max_buffered = max_buffered
@@ -184,6 +187,7 @@ class MqttClient:
             self._kick_writer()
             while self._paho.want_write() and self._error is None and not self._closed:
                 await self._flush_lot.park()
+            self._check_usable()
         if event is not None:
             try:
                 await event.wait()
@@ -208,7 +212,9 @@ class MqttClient:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if not self._closing:
-            self._fail(MqttDisconnected(f"connection to the MQTT broker lost: {reason_code}"))
+            self._fail(MqttDisconnected(
+                f"connection to the MQTT broker {self._address} lost (broker closed it, "
+                f"reset it or stopped answering; paho says: {reason_code})"))
 
     def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
         if len(self._buffer) >= self._max_buffered:
@@ -275,11 +281,12 @@ class MqttClient:
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._paho.socket() is not None:
             return True
         if not self._closing:
-            self._fail(MqttDisconnected(f"{what}: connection to the MQTT broker lost "
-                                        f"({paho.error_string(rc)})"))
+            self._fail(MqttDisconnected(f"{what}: connection to the MQTT broker "
+                                        f"{self._address} lost ({paho.error_string(rc)})"))
         return False
 
     async def _connect(self, host: str, port: int) -> None:
+        self._address = f"{host}:{port}"
         try:
             stream = await trio.open_tcp_stream(host, port)
         except OSError as exc:
