@@ -10,6 +10,7 @@ built from what it measured or was told; the orchestrator merges the two.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 import trio
@@ -92,6 +93,7 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
     source_finished = False
     pulses = 0
     t_first_detection: float | None = None
+    wall_first_detection: float | None = None
 
     def check_done() -> None:
         if (detections_done.is_set() and source_finished and not core.buffered
@@ -99,10 +101,11 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
             all_sifted.set()
 
     async def read_detections() -> None:
-        nonlocal t_first_detection
+        nonlocal t_first_detection, wall_first_detection
         async for batch in detections:
             if t_first_detection is None and batch.slot:
                 t_first_detection = node.clock.now()
+                wall_first_detection = time.time()
             core.add_detections(batch.slot, batch.basis, batch.outcome)
             if batch.last:
                 detections_done.set()
@@ -154,6 +157,7 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
         "qber": stats.qber, "gain": stats.detections / pulses if pulses else float("nan"),
         "realtime_factor": source_s / (t_done - node.t_start) if t_done > node.t_start else 0.0,
         "first_detection_emu_s": t_first_detection,
+        "first_detection_wall": wall_first_detection,
         "key_sha256_b": key_digest(core.key),
     }
 
