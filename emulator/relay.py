@@ -42,7 +42,6 @@ import contextlib
 import functools
 import logging
 import signal
-import statistics
 import sys
 from pathlib import Path
 from typing import Literal
@@ -168,13 +167,15 @@ class Relay:
 
     # -- timing --------------------------------------------------------------------------
     async def calibrate_timer(self) -> None:
-        """Measure trio's mean oversleep of a 1 ms sleep and start the timer lead there."""
+        """Measure trio's oversleep of 1 ms sleeps and start the timer lead at its quantile."""
         late = []
         for _ in range(CALIBRATION_SLEEPS):
             target = trio.current_time() + 0.001
             await trio.sleep_until(target)
             late.append(trio.current_time() - target)
-        self.timer.lead = min(MAX_TIMER_LEAD_S, max(0.0, statistics.fmean(late)))
+        late.sort()
+        start = late[int(self.timer.quantile * (len(late) - 1))]
+        self.timer.lead = min(MAX_TIMER_LEAD_S, max(0.0, start))
         log.debug("timer lead calibrated to %.0f us", self.timer.lead * 1e6)
 
     async def _sleep_until(self, deadline: float) -> None:
