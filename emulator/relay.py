@@ -347,7 +347,7 @@ async def _control(relay: Relay, mqtt, *, task_status=trio.TASK_STATUS_IGNORED) 
         elif message.topic == topics["link"]:
             try:
                 action = msgspec.json.decode(message.payload, type=LinkControl).action
-            except msgspec.ValidationError as exc:
+            except msgspec.DecodeError as exc:  # bad JSON or bad action
                 log.warning("link %s: ignoring control message %r: %s",
                             relay.config.name, message.payload[:200], exc)  # fmt: skip
                 continue

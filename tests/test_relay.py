@@ -129,7 +129,7 @@ async def open_node() -> Node:
 
 def relay_config(a: Node, b: Node, ab: Direction, ba: Direction | None = None, **kw) -> RelayConfig:
     return RelayConfig(
-        run_id="t", t0=0.0, time_scale=kw.pop("time_scale", 1.0), seed=kw.pop("seed", 1),
+        run_id=kw.pop("run_id", "t"), t0=0.0, time_scale=kw.pop("time_scale", 1.0), seed=kw.pop("seed", 1),
         name="a-b", a="alice", b="bob", a_to_b=ab, b_to_a=ba or ab,
         targets={"a": a.endpoint, "b": b.endpoint}, **kw,
     )  # fmt: skip
@@ -365,3 +365,88 @@ async def test_subprocess_ready_file_forwarding_and_sigterm(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(proc.pid, 0)
     assert "final" in (tmp_path / "log").read_text()
+
+
+# -- MQTT control plane ----------------------------------------------------------------------
+@pytest.fixture
+async def broker(tmp_path):
+    from emulator.broker import open_broker
+
+    async with open_broker("embedded", tmp_path, tmp_path / "broker.log") as info:
+        yield info
+    with pytest.raises(ProcessLookupError):
+        os.kill(info.pid, 0)
+
+
+async def next_payload(mqtt, topic: str) -> dict:
+    with trio.fail_after(5):
+        async for message in mqtt.messages():
+            if message.topic == topic:
+                return json.loads(message.payload)
+    raise AssertionError("message stream ended")
+
+
+async def test_mqtt_cut_restore_metrics_and_stop(broker):
+    from emulator.child_config import MqttAddress
+    from emulator.mqtt import open_mqtt
+
+    a, b = await open_node(), await open_node()
+    mqtt_address = MqttAddress(broker.host, broker.port)
+    config = relay_config(a, b, Direction(), mqtt=mqtt_address, run_id="r1")
+    with trio.fail_after(20):  # also bounds serve's own return on stop
+        async with open_mqtt(broker.host, broker.port, "test") as mqtt, trio.open_nursery() as n:
+            await mqtt.subscribe("qnet/r1/relay/a-b/#", qos=1)
+            relay = await n.start(serve, config)
+            address = (HOST, relay.listen["a"]["udp"])
+            await mqtt.publish("qnet/r1/control/link/a-b", '{"action": "cut"}', qos=1)
+            while not relay.is_cut:
+                await trio.sleep(0.005)
+            await a.udp.sendto(b"lost", address)
+            await mqtt.publish("qnet/r1/control/link/a-b", '{"action": "explode"}', qos=1)
+            await mqtt.publish("qnet/r1/control/link/a-b", '{"action": "restore"}', qos=1)
+            while relay.is_cut:
+                await trio.sleep(0.005)
+            await a.udp.sendto(b"kept", address)
+            assert await b.udp.recv(100) == b"kept"
+            await settled()
+            metrics = await next_payload(mqtt, "qnet/r1/relay/a-b/metrics")
+            assert metrics["dropped"] == 1 and metrics["name"] == "a-b"
+            await mqtt.publish("qnet/r1/control/stop", b"", qos=1)
+            result = await next_payload(mqtt, "qnet/r1/relay/a-b/result")
+            expected = {"name": "a-b", "a": "alice", "b": "bob", "bytes_ab": 4, "bytes_ba": 0,
+                        "messages": 1, "dropped": 1}  # fmt: skip
+            assert result == expected
+    # serve returned by itself on stop (the nursery closed without being cancelled)
+
+
+async def test_subprocess_sigterm_publishes_retained_result(broker, tmp_path):
+    from emulator.child_config import MqttAddress
+    from emulator.mqtt import open_mqtt
+
+    a, b = await open_node(), await open_node()
+    config = relay_config(a, b, Direction(), mqtt=MqttAddress(broker.host, broker.port))
+    config_path, ready = tmp_path / "relay.json", tmp_path / "ready.json"
+    write_config(config_path, config)
+    command = [sys.executable, "-m", "emulator.relay", "--config", config_path, "--ready-file", ready]  # fmt: skip
+    with (tmp_path / "relay.log").open("wb") as log:
+        proc = await trio.lowlevel.open_process(command, cwd=REPO, stderr=log)
+    try:
+        with trio.fail_after(15):
+            while not ready.exists():
+                assert proc.poll() is None, (tmp_path / "relay.log").read_text()
+                await trio.sleep(0.02)
+            listen = json.loads(ready.read_text())["listen"]
+            await b.udp.sendto(b"ba", (HOST, listen["b"]["udp"]))
+            assert await a.udp.recv(100) == b"ba"
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+        async with open_mqtt(broker.host, broker.port, "late-reader") as mqtt:
+            await mqtt.subscribe("qnet/t/relay/a-b/result", qos=1)  # retained: still there
+            result = await next_payload(mqtt, "qnet/t/relay/a-b/result")
+        assert (result["bytes_ba"], result["messages"], result["dropped"]) == (2, 1, 0)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    with pytest.raises(ProcessLookupError):
+        os.kill(proc.pid, 0)
