@@ -42,6 +42,10 @@ Schedule = Literal["original", "yanetal", "option7", "option8"]
 SCHEDULES: tuple[str, ...] = ("original", "yanetal", "option7", "option8")
 MIN_QBER = 1e-5
 MAX_PASSES = 255
+# rows of CascadeReceiver._act: pass, cache row base, heap node, range start/end, pass * (n+1),
+# flat top-level block index
+_P, _ROW, _NODE, _START, _END, _PB, _BUSY = range(7)
+_ROWS = 7
 
 
 class ParityQuery(msgspec.Struct, tag="cascade_query", forbid_unknown_fields=True):
@@ -169,7 +173,7 @@ class CascadeSender:
         self.rounds = 0
         self.done = False
         self._perms = permutations
-        self._prefix: dict[int, np.ndarray] = {}
+        self._prefix = np.zeros(0, dtype=np.uint8)  # pass p's prefix parities at p*(n+1)
 
     def receive_query(self, query: ParityQuery) -> ParityReply:
         if self.done:
@@ -179,7 +183,7 @@ class CascadeSender:
         if query.round != self.rounds:
             raise CascadeProtocolError(f"query round {query.round}, expected {self.rounds}")
         if self._perms is None or self._perms.seed != query.seed or self._perms.n != self.n:
-            if self._prefix and self._perms is not None and self._perms.seed != query.seed:
+            if self._prefix.shape[0] and self._perms is not None:
                 raise CascadeProtocolError("shuffle seed changed within a block")
             self._perms = PermutationCache(query.seed, self.n)
         passes = np.frombuffer(query.passes, dtype=np.uint8)
@@ -189,11 +193,10 @@ class CascadeSender:
             raise CascadeProtocolError("passes, starts and ends differ in length")
         if np.any(starts >= ends) or np.any(ends > self.n):
             raise CascadeProtocolError(f"range outside [0, {self.n}) or empty")
-        parities = np.empty(passes.shape[0], dtype=np.uint8)
-        for p in np.unique(passes):
-            sel = passes == p
-            pre = self._prefix_for(int(p))
-            parities[sel] = pre[ends[sel]] ^ pre[starts[sel]]
+        if passes.shape[0]:
+            self._ensure_passes(int(passes.max()) + 1)
+        base = passes.astype(np.int64) * (self.n + 1)
+        parities = self._prefix[base + ends] ^ self._prefix[base + starts]
         self.rounds += 1
         self.leaked_bits += int(parities.shape[0])
         return ParityReply(
@@ -214,13 +217,16 @@ class CascadeSender:
             )
         self.done = True
 
-    def _prefix_for(self, p: int) -> np.ndarray:
-        pre = self._prefix.get(p)
-        if pre is None:
+    def _ensure_passes(self, count: int) -> None:
+        """Extend the flat prefix-parity table (pass p at offset p * (n + 1)) to ``count``."""
+        have = self._prefix.shape[0] // (self.n + 1)
+        if count <= have:
+            return
+        parts = [self._prefix]
+        for p in range(have, count):
             perm = self._perms.forward(p)
-            pre = _prefix_parity(self.key if perm is None else self.key[perm])
-            self._prefix[p] = pre
-        return pre
+            parts.append(_prefix_parity(self.key if perm is None else self.key[perm]))
+        self._prefix = np.concatenate(parts)
 
 
 class CascadeReceiver:
@@ -275,8 +281,8 @@ class CascadeReceiver:
         self._heap_arr = np.array(self._heap, dtype=np.int64)
         self._pass = -1
         self._total_parity: int | None = None
-        empty = np.zeros(0, dtype=np.int64)
-        self._a_pass, self._a_blk, self._a_node, self._a_start, self._a_end = (empty,) * 5
+        # Active bisections, one column each; rows indexed by the _P.._BUSY constants.
+        self._act = np.zeros((_ROWS, 0), dtype=np.int64)
         self._pending: tuple[str, np.ndarray] | None = None  # what the last query asked
 
     # ----------------------------------------------------------------- public API
@@ -310,14 +316,13 @@ class CascadeReceiver:
     def _cache_index(self, p, blk, node):
         return self._cache_base[p] + blk * self._heap_arr[p] + node
 
-    def _bob_parity(self, p, start, end):
-        """Bob's current parity of ranges [start, end) in pass-p order (vectorised)."""
-        base = p * (self.n + 1)
-        pre = self._bpre[base + end] ^ self._bpre[base + start]
+    def _bob_parity(self, pbase, start, end):
+        """Bob's current parity of ranges [start, end); ``pbase`` = pass * (n + 1)."""
+        pre = self._bpre[pbase + end] ^ self._bpre[pbase + start]
         g = self._flipcoord
         if g.shape[0]:
-            cnt = np.searchsorted(g, base + end) - np.searchsorted(g, base + start)
-            pre = pre ^ (cnt & 1).astype(np.uint8)
+            cnt = np.searchsorted(g, pbase + end) - np.searchsorted(g, pbase + start)
+            pre ^= (cnt & 1).astype(np.uint8)
         return pre
 
     def _query(self, kind: str, p, start, end, idx) -> ParityQuery:
@@ -347,25 +352,24 @@ class CascadeReceiver:
             self._add_flip_coords(p, self._flipped)
         blk = np.arange(nb, dtype=np.int64)
         asked = blk if p == 0 else blk[:-1]  # last block: inferred from the total parity
-        pv = np.full(asked.shape[0], p, dtype=np.int64)
-        idx = self._cache_index(pv, asked, 1)
         if asked.shape[0] == 0:
             self._finish_top()
             return None
+        pv = np.full(asked.shape[0], p, dtype=np.int64)
+        idx = self._cache_index(pv, asked, 1)
         return self._query("top", pv, asked * k, np.minimum((asked + 1) * k, n), idx)
 
     def _finish_top(self) -> None:
         p, n = self._pass, self.n
         k, nb = self.sizes[p], self._nblocks[p]
         blk = np.arange(nb, dtype=np.int64)
-        pv = np.full(nb, p, dtype=np.int64)
-        idx = self._cache_index(pv, blk, 1)
+        idx = self._cache_index(p, blk, 1)
         if p == 0:
             self._total_parity = int(np.bitwise_xor.reduce(self._cache[idx]))
         else:
             rest = int(np.bitwise_xor.reduce(self._cache[idx[:-1]])) if nb > 1 else 0
             self._cache[idx[-1]] = self._total_parity ^ rest
-        bob = self._bob_parity(pv, blk * k, np.minimum((blk + 1) * k, n))
+        bob = self._bob_parity(p * (n + 1), blk * k, np.minimum((blk + 1) * k, n))
         eb = self._block_base[p]
         self._errpar[eb : eb + nb] = self._cache[idx].astype(np.uint8) ^ bob
         self._start_odd_blocks()
@@ -387,18 +391,15 @@ class CascadeReceiver:
         blk = odd - self._block_base[p]
         k = self._sizes_arr[p]
         self._busy[odd] = True
-        self._a_pass = np.concatenate([self._a_pass, p])
-        self._a_blk = np.concatenate([self._a_blk, blk])
-        self._a_node = np.concatenate([self._a_node, np.ones_like(p)])
-        self._a_start = np.concatenate([self._a_start, blk * k])
-        self._a_end = np.concatenate([self._a_end, np.minimum((blk + 1) * k, self.n)])
-
-    def _keep(self, mask) -> None:
-        self._a_pass = self._a_pass[mask]
-        self._a_blk = self._a_blk[mask]
-        self._a_node = self._a_node[mask]
-        self._a_start = self._a_start[mask]
-        self._a_end = self._a_end[mask]
+        new = np.empty((_ROWS, odd.shape[0]), dtype=np.int64)
+        new[_P] = p
+        new[_ROW] = self._cache_base[p] + blk * self._heap_arr[p]
+        new[_NODE] = 1
+        new[_START] = blk * k
+        new[_END] = np.minimum((blk + 1) * k, self.n)
+        new[_PB] = p * (self.n + 1)
+        new[_BUSY] = odd
+        self._act = np.concatenate([self._act, new], axis=1)
 
     def _run(self) -> ParityQuery | CascadeDone:
         """Advance locally until Alice must be asked something, or the block is done."""
@@ -412,10 +413,11 @@ class CascadeReceiver:
             if found_p.shape[0]:
                 self._apply_flips(found_p, found_pos)
                 continue
-            if self._a_pass.shape[0]:
-                p, blk, node = self._a_pass, self._a_blk, 2 * self._a_node
-                mid = self._a_start + (self._a_end - self._a_start + 1) // 2
-                return self._query("bisect", p, self._a_start, mid, self._cache_index(p, blk, node))
+            act = self._act
+            if act.shape[1]:
+                start, end = act[_START], act[_END]
+                mid = start + (end - start + 1) // 2
+                return self._query("bisect", act[_P], start, mid, act[_ROW] + 2 * act[_NODE])
             if self._pass + 1 < len(self.sizes):
                 q = self._begin_pass(self._pass + 1)
                 if q is not None:
@@ -430,39 +432,39 @@ class CascadeReceiver:
         """Walk active bisections down through known parities; return the errors located."""
         fp: list[np.ndarray] = []
         fpos: list[np.ndarray] = []
-        while self._a_pass.shape[0]:
-            leaf = (self._a_end - self._a_start) == 1
+        act = self._act
+        cache = self._cache
+        while act.shape[1]:
+            leaf = (act[_END] - act[_START]) == 1
             if leaf.any():
-                fp.append(self._a_pass[leaf])
-                fpos.append(self._a_start[leaf])
-                self._busy[self._block_base[self._a_pass[leaf]] + self._a_blk[leaf]] = False
-                self._keep(~leaf)
-                if not self._a_pass.shape[0]:
+                fp.append(act[_P, leaf])
+                fpos.append(act[_START, leaf])
+                self._busy[act[_BUSY, leaf]] = False
+                act = act[:, ~leaf]
+                if not act.shape[1]:
                     break
-            p, blk, node = self._a_pass, self._a_blk, self._a_node
-            start, end = self._a_start, self._a_end
-            left_idx = self._cache_index(p, blk, 2 * node)
-            alice_left = self._cache[left_idx]
+            left_idx = act[_ROW] + 2 * act[_NODE]
+            alice_left = cache[left_idx]
             known = alice_left >= 0
-            if not known.any():
+            n_known = int(np.count_nonzero(known))
+            if n_known == 0:
                 break
-            p, blk, node = p[known], blk[known], node[known]
-            start, end, left_idx = start[known], end[known], left_idx[known]
+            partial = n_known < act.shape[1]
+            sub = act[:, known] if partial else act
+            if partial:
+                left_idx, alice_left = left_idx[known], alice_left[known]
+            start, end = sub[_START], sub[_END]
             mid = start + (end - start + 1) // 2
-            a_left = alice_left[known].astype(np.uint8)
-            go_left = (a_left ^ self._bob_parity(p, start, mid)) == 1
-            a_node = self._cache[self._cache_index(p, blk, node)].astype(np.uint8)
-            right = ~go_left
-            self._cache[left_idx[right] + 1] = (a_node[right] ^ a_left[right]).astype(np.int8)
-            new_node = np.where(go_left, 2 * node, 2 * node + 1)
-            new_start = np.where(go_left, start, mid)
-            new_end = np.where(go_left, mid, end)
-            self._a_node = self._a_node.copy()
-            self._a_start = self._a_start.copy()
-            self._a_end = self._a_end.copy()
-            self._a_node[known] = new_node
-            self._a_start[known] = new_start
-            self._a_end[known] = new_end
+            a_left = alice_left.view(np.uint8)
+            go_right = (a_left ^ self._bob_parity(sub[_PB], start, mid)) == 0
+            a_node = cache[sub[_ROW] + sub[_NODE]].view(np.uint8)
+            cache[left_idx[go_right] + 1] = (a_node[go_right] ^ a_left[go_right]).view(np.int8)
+            sub[_NODE] = 2 * sub[_NODE] + go_right
+            sub[_START] = np.where(go_right, mid, start)
+            sub[_END] = np.where(go_right, end, mid)
+            if partial:
+                act[:, known] = sub
+        self._act = act
         if not fp:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
@@ -478,20 +480,24 @@ class CascadeReceiver:
         self.key[js] ^= 1
         self.errors_corrected += int(js.shape[0])
         self._flipped = np.concatenate([self._flipped, js])
-        for p in range(self._pass + 1):
-            self._add_flip_coords(p, js)
-            inv = self._perms.inverse(p)
-            pos = js if inv is None else inv[js]
-            blk = pos // self.sizes[p] + self._block_base[p]
-            np.bitwise_xor.at(self._errpar, blk, 1)
+        npass = self._pass + 1
+        pos = [js]  # pass 0 is not shuffled
+        pos += [self._perms.inverse(p)[js].astype(np.int64) for p in range(1, npass)]
+        pos_all = np.concatenate(pos)
+        pass_all = np.repeat(np.arange(npass, dtype=np.int64), js.shape[0])
+        coords = np.sort(pos_all + pass_all * (self.n + 1))
+        g = self._flipcoord
+        self._flipcoord = np.insert(g, np.searchsorted(g, coords), coords)
+        top = int(self._block_base[npass])
+        blk = pos_all // self._sizes_arr[pass_all] + self._block_base[pass_all]
+        self._errpar[:top] ^= (np.bincount(blk, minlength=top) & 1).astype(np.uint8)
         # Bisections whose current range lost its odd error parity are dropped (restarted
         # from the top by _start_odd_blocks if their block is still odd; known parities reused).
-        if self._a_pass.shape[0]:
-            p, blk, node = self._a_pass, self._a_blk, self._a_node
-            alice = self._cache[self._cache_index(p, blk, node)].astype(np.uint8)
-            still_odd = (alice ^ self._bob_parity(p, self._a_start, self._a_end)) == 1
+        act = self._act
+        if act.shape[1]:
+            alice = self._cache[act[_ROW] + act[_NODE]].view(np.uint8)
+            still_odd = (alice ^ self._bob_parity(act[_PB], act[_START], act[_END])) == 1
             if not still_odd.all():
-                gone = ~still_odd
-                self._busy[self._block_base[p[gone]] + blk[gone]] = False
-                self._keep(still_odd)
+                self._busy[act[_BUSY, ~still_odd]] = False
+                self._act = act[:, still_odd]
         self._start_odd_blocks()
