@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import msgspec
 
-from emulator.scenario import QuantumLink
+from emulator.scenario import LinkEntanglement, NodeMemory, QuantumLink
 
 T = TypeVar("T")
 
@@ -36,6 +36,16 @@ class DaemonLink(msgspec.Struct):
     quantum: QuantumLink
 
 
+class DaemonEntanglementLink(msgspec.Struct):
+    """A link with heralded pair generation, as the daemon sees it."""
+
+    name: str
+    a: str
+    b: str
+    length_km: float
+    entanglement: LinkEntanglement
+
+
 class DaemonConfig(msgspec.Struct):
     run_id: str
     t0: float
@@ -45,6 +55,8 @@ class DaemonConfig(msgspec.Struct):
     links: list[DaemonLink]
     host: str = "127.0.0.1"
     mqtt: MqttAddress | None = None
+    memories: dict[str, NodeMemory] = {}  # node -> its quantum memory (state level)
+    entanglement_links: list[DaemonEntanglementLink] = []
 
 
 class Direction(msgspec.Struct):

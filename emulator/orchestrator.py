@@ -26,6 +26,7 @@ from emulator import broker as brokers
 from emulator.child_config import (
     DaemonAddress,
     DaemonConfig,
+    DaemonEntanglementLink,
     DaemonLink,
     Direction,
     Endpoint,
@@ -36,8 +37,8 @@ from emulator.child_config import (
 )
 from emulator.clock import EmulatedClock
 from emulator.mqtt import MqttClient, open_mqtt
-from emulator.results import check_expectations, merge_qkd
-from emulator.scenario import Link, Scenario, to_builtins
+from emulator.results import check_expectations, entanglement_sections, merge_qkd
+from emulator.scenario import Link, Scenario, memory_of, to_builtins
 from emulator.supervise import Child, ChildFailed, start_child
 
 STARTUP_MARGIN_S = 0.3  # emulated apps start this long after control/start is sent
@@ -216,7 +217,11 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
                 run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
                 tokens=tokens, mqtt=mqtt_address,
                 links=[DaemonLink(l.id, l.a, l.b, l.length_km, l.quantum)
-                       for l in scenario.links if l.quantum is not None]))
+                       for l in scenario.links if l.quantum is not None],
+                memories={n.name: memory_of(scenario, n.name) for n in scenario.nodes},
+                entanglement_links=[
+                    DaemonEntanglementLink(l.id, l.a, l.b, l.length_km, l.entanglement)
+                    for l in scenario.links if l.entanglement is not None]))
             await children.start(start_child, daemon)
 
             # 3. nodes
@@ -294,6 +299,7 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
                       for c in state.children],
         "links": links,
         "qkd": merge_qkd(scenario, entries, emulated_s),
+        **entanglement_sections(scenario, entries),
         "events": state.events,
     }
     result["expectations"] = check_expectations(result, scenario.expect)

@@ -132,3 +132,33 @@ def print_summary(console: Console, result: dict) -> None:
             table.add_row(e["metric"], e["condition"], _fmt(e["value"]),
                           "[green]yes[/green]" if e["ok"] else "[red]NO[/red]")
         console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entanglement layer (issue 4): ``entanglement`` and ``teleport`` sections
+
+
+def entanglement_sections(scenario: Scenario, node_entries: list[dict]) -> dict[str, list[dict]]:
+    """result.json's ``entanglement`` and ``teleport`` lists from the node entries.
+
+    An entanglement entry is reported by the pair's ``b`` end (it holds both ends' outcomes);
+    the ``a`` end adds its own counters. Teleport entries come from the receiver."""
+    sections: dict[str, list[dict]] = {"entanglement": [], "teleport": []}
+    halves: dict[str, dict] = {}
+    for entry in node_entries:
+        section = entry.get("section")
+        if section not in sections:
+            continue
+        key = f"{section}/{entry['name']}"
+        merged = halves.setdefault(key, {"section": section})
+        if entry.get("role") == "report":
+            merged.update({k: v for k, v in entry.items() if k not in ("section", "role")})
+        else:
+            extra = {k: v for k, v in entry.items() if k not in ("section", "role", "name")}
+            merged.setdefault("a_end", {}).update(extra)
+    for merged in halves.values():
+        section = merged.pop("section")
+        sections[section].append(merged)
+    for section in sections.values():
+        section.sort(key=lambda e: e.get("name", ""))
+    return sections

@@ -39,6 +39,7 @@ class Meta_(Struct, forbid_unknown_fields=True):
 
 class Node(Struct, forbid_unknown_fields=True):
     name: Name
+    memory: NodeMemory | None = None  # quantum memory (entanglement apps); see below
 
 
 class ClassicalLink(Struct, forbid_unknown_fields=True):
@@ -81,6 +82,7 @@ class Link(Struct, forbid_unknown_fields=True):
     name: Name | None = None
     classical: ClassicalLink = msgspec.field(default_factory=ClassicalLink)
     quantum: QuantumLink | None = None
+    entanglement: LinkEntanglement | None = None  # heralded pair generation; see below
 
     @property
     def id(self) -> str:
@@ -104,7 +106,164 @@ class BB84App(Struct, tag="qkd.bb84", tag_field="kind", forbid_unknown_fields=Tr
     sift_interval_s: Annotated[float, Meta(gt=0)] = 0.5
 
 
-App = BB84App
+# ---------------------------------------------------------------------------------------------
+# Entanglement layer (issue 4): node memories, heralded links, and the apps that use them.
+# Documented in docs/scenarios.md, section "Entanglement".
+
+
+class NodeMemory(Struct, forbid_unknown_fields=True):
+    """``[nodes.memory]``: ``slots`` qubits with T1/T2 in emulated seconds (omitted = no decay)
+    and an optional cutoff (a qubit stored longer is discarded with its partners)."""
+
+    slots: Annotated[int, Meta(ge=1, le=100_000)] = 16
+    t1_s: Positive | None = None
+    t2_s: Positive | None = None
+    cutoff_s: Positive | None = None
+
+
+class LinkEntanglement(Struct, forbid_unknown_fields=True):
+    """``[links.entanglement]``: heralded pairs from a midpoint station (Barrett-Kok style
+    linear-optics BSM, efficiency ``bsm_efficiency``); each photon crosses half the fibre."""
+
+    attempt_rate_hz: Annotated[float, Meta(gt=0, le=1e9)] = 1e5
+    source_fidelity: Annotated[float, Meta(ge=0.25, le=1)] = 0.99
+    detector_efficiency: Probability = 0.9
+    attenuation_db_per_km: NonNegative = 0.2
+    bsm_efficiency: Probability = 0.5
+
+
+Purification = Literal["none", "bbpssw", "dejmps"]
+
+
+class PairsApp(Struct, tag="entanglement.pairs", tag_field="kind", forbid_unknown_fields=True):
+    """End-to-end pairs between ``a`` and ``b`` over ``path`` (repeaters in order; empty =
+    shortest path over entanglement links), swapped at the repeaters, optionally purified,
+    then measured in random Pauli bases to estimate the fidelity."""
+
+    a: Name
+    b: Name
+    path: list[Name] = []
+    count: Annotated[int, Meta(ge=1, le=10_000_000)] = 1000
+    target_fidelity: Annotated[float, Meta(ge=0, le=1)] = 0.0
+    purification: Purification = "none"
+    purification_rounds: Annotated[int, Meta(ge=0, le=8)] = 0
+    name: Name | None = None
+
+
+class RepeaterApp(Struct, tag="entanglement.repeater", tag_field="kind",
+                  forbid_unknown_fields=True):
+    """Swapping role of node ``a`` (= ``b``) for ``apps[app]``. Added by the validator for every
+    repeater on an ``entanglement.pairs`` path; not written by hand."""
+
+    a: Name
+    b: Name
+    app: int
+
+
+class TeleportApp(Struct, tag="teleport", tag_field="kind", forbid_unknown_fields=True):
+    """Teleport ``count`` states from ``a`` to ``b`` over a direct entanglement link; ``state``
+    is ``random`` (uniform on the Bloch sphere) or one of ``0 1 + - r l``."""
+
+    a: Name
+    b: Name
+    count: Annotated[int, Meta(ge=1, le=1_000_000)] = 200
+    state: Literal["random", "0", "1", "+", "-", "r", "l"] = "random"
+
+
+class BBM92App(Struct, tag="qkd.bbm92", tag_field="kind", forbid_unknown_fields=True):
+    """Entanglement-based QKD between ``a`` and ``b`` on a direct entanglement link: Z/X
+    measurements for the key, CHSH settings on a fraction of the pairs."""
+
+    a: Name
+    b: Name
+    count: Annotated[int, Meta(ge=100, le=10_000_000)] = 20_000
+    chsh_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.2
+    sample_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.1
+    link: Name | None = None
+
+
+def entanglement_neighbours(sc: Scenario) -> dict[str, list[str]]:
+    """Adjacency over links that have an ``[links.entanglement]`` part."""
+    adj: dict[str, list[str]] = {n.name: [] for n in sc.nodes}
+    for link in sc.links:
+        if link.entanglement is not None:
+            adj[link.a].append(link.b)
+            adj[link.b].append(link.a)
+    return adj
+
+
+def shortest_path(sc: Scenario, a: str, b: str) -> list[str] | None:
+    """Fewest-hop path a..b (inclusive) over entanglement links (BFS, neighbours in file order)."""
+    adj = entanglement_neighbours(sc)
+    previous: dict[str, str | None] = {a: None}
+    frontier = [a]
+    while frontier and b not in previous:
+        nxt = []
+        for u in frontier:
+            for v in adj[u]:
+                if v not in previous:
+                    previous[v] = u
+                    nxt.append(v)
+        frontier = nxt
+    if b not in previous:
+        return None
+    out = [b]
+    while out[-1] != a:
+        out.append(previous[out[-1]])  # type: ignore[arg-type]
+    return out[::-1]
+
+
+def memory_of(sc: Scenario, node: str) -> NodeMemory:
+    """The node's memory config (defaults when the scenario gives none)."""
+    for n in sc.nodes:
+        if n.name == node:
+            return n.memory or NodeMemory()
+    raise KeyError(node)
+
+
+def _check_entanglement_app(sc: Scenario, i: int, app) -> list[RepeaterApp]:
+    """Validate one entanglement app; resolve ``path``; return the repeater roles it needs."""
+    if app.a == app.b:
+        raise ScenarioError(f"apps[{i}].b: the two ends must differ")
+    if isinstance(app, PairsApp):
+        if (app.purification == "none") != (app.purification_rounds == 0):
+            raise ScenarioError(f"apps[{i}].purification_rounds: give rounds > 0 exactly "
+                                f"when purification is not 'none'")
+        full = [app.a, *app.path, app.b] if app.path else shortest_path(sc, app.a, app.b)
+        if full is None:
+            raise ScenarioError(f"apps[{i}].path: no path of entanglement links from "
+                                f"{app.a!r} to {app.b!r}")
+        if len(set(full)) != len(full):
+            raise ScenarioError(f"apps[{i}].path: a node appears twice")
+        for k, (u, v) in enumerate(zip(full, full[1:])):
+            link = sc.link_between(u, v)
+            if link is None or link.entanglement is None:
+                raise ScenarioError(f"apps[{i}].path[{k}]: no entanglement link between "
+                                    f"{u!r} and {v!r}")
+        app.path = full[1:-1]
+        return [RepeaterApp(a=r, b=r, app=i) for r in app.path]
+    link = sc.link(app.link) if getattr(app, "link", None) else sc.link_between(app.a, app.b)
+    if link is None or link.entanglement is None:
+        raise ScenarioError(f"apps[{i}].b: no direct entanglement link between {app.a!r} and "
+                            f"{app.b!r}")
+    return []
+
+
+def _expand_repeaters(sc: Scenario) -> None:
+    """Check entanglement apps and add one ``RepeaterApp`` per repeater (idempotent)."""
+    wanted: list[RepeaterApp] = []
+    for i, app in enumerate(sc.apps):
+        if isinstance(app, (PairsApp, TeleportApp, BBM92App)):
+            wanted.extend(_check_entanglement_app(sc, i, app))
+        elif isinstance(app, RepeaterApp):
+            target = sc.apps[app.app] if 0 <= app.app < len(sc.apps) else None
+            if not isinstance(target, PairsApp):
+                raise ScenarioError(f"apps[{i}].app: not the index of an entanglement.pairs app")
+    have = {(r.a, r.app) for r in sc.apps if isinstance(r, RepeaterApp)}
+    sc.apps.extend(r for r in wanted if (r.a, r.app) not in have)
+
+
+App = BB84App | PairsApp | RepeaterApp | TeleportApp | BBM92App
 
 
 def app_kind(app: App) -> str:
@@ -249,6 +408,7 @@ def _check_references(sc: Scenario) -> None:
                 raise ScenarioError(
                     f"apps[{i}].a: the sender must be the link's 'a' end ({link.a!r}), "
                     f"where its source is")
+    _expand_repeaters(sc)
     for i, fault in enumerate(sc.faults):
         if fault.link not in link_ids:
             raise ScenarioError(f"faults[{i}].link: unknown link {fault.link!r}")

@@ -103,14 +103,166 @@ class Error(msgspec.Struct, tag="error"):
     """The daemon refused a frame. ``fatal`` errors are followed by closing the connection."""
 
     code: str  # bad_frame | too_large | unauthenticated | bad_version | not_allowed | unknown
-    # | bad_request (invalid field values, non-fatal)
+    # | bad_request (invalid field values, non-fatal) | no_free_slot | empty_slot | expired
+    # | too_large_register (state level, non-fatal)
     message: str
     id: int | None = None
     fatal: bool = False
 
 
-Request = Hello | SourceStart | SourceStop | DetectorOpen | StatsRequest
-Reply = Welcome | SourceStarted | SourceStopped | DetectorOpened | Detections | Stats | Error
+# ---------------------------------------------------------------------------------------------
+# State level (entanglement). A qubit is named by ``QubitRef(node, slot)``; a node may act only
+# on its own (``not_allowed`` otherwise). Replies carry the emulated time ``t`` at which the
+# daemon acted, so a node knows how long its own qubits were stored. No message ever reveals a
+# state or a fidelity: nodes estimate fidelity by measuring (docs/entanglement.md, "Runtime").
+
+
+class QubitRef(msgspec.Struct, array_like=True, frozen=True):
+    """Handle of one memory slot: ``[node, slot]`` on the wire."""
+
+    node: str
+    slot: int
+
+
+class EntangleStart(msgspec.Struct, tag="entangle_start", forbid_unknown_fields=True):
+    """Either end of an entanglement link starts heralded generation on it (idempotent).
+
+    Generation runs while each end holds fewer than ``max_pending`` undelivered-or-unconsumed
+    halves of this link (0 = the link's share of the node's slots)."""
+
+    id: int
+    link: str
+    max_pending: int = 0
+
+
+class EntangleStarted(msgspec.Struct, tag="entangle_started"):
+    id: int
+    link: str
+    p_success: float  # heralding probability per attempt
+    attempt_rate_hz: float
+    delay_s: float  # emission -> herald at both ends
+    max_pending: int
+
+
+class EntangleStop(msgspec.Struct, tag="entangle_stop", forbid_unknown_fields=True):
+    id: int
+    link: str
+
+
+class PairAwait(msgspec.Struct, tag="pair_await", forbid_unknown_fields=True):
+    """Long poll: reply when at least one pair of ``link`` has been heralded at this node
+    (up to ``max`` of them), or empty after ``timeout_s`` emulated seconds."""
+
+    id: int
+    link: str
+    max: int = 1024
+    timeout_s: float = 1.0
+
+
+class DeliveredPair(msgspec.Struct, array_like=True, frozen=True):
+    """One heralded pair as one end sees it: its own half only, no state information."""
+
+    pair: int  # pair id, the same at both ends
+    slot: int  # slot of this node that holds its half
+    t_stored: float  # emulated time the half entered the memory (emission)
+    t_herald: float  # emulated time the herald reached this node
+
+
+class PairsDelivered(msgspec.Struct, tag="pairs_delivered"):
+    id: int
+    link: str
+    peer: str
+    pairs: list[DeliveredPair]
+
+
+class QubitPrepare(msgspec.Struct, tag="qubit_prepare", forbid_unknown_fields=True):
+    """Prepare a fresh qubit ``cos(theta/2)|0> + exp(i phi) sin(theta/2)|1>`` in a free slot
+    of this node (teleportation input; the node knows what it prepared)."""
+
+    id: int
+    theta: float = 0.0
+    phi: float = 0.0
+
+
+class Prepared(msgspec.Struct, tag="prepared"):
+    id: int
+    qubit: QubitRef
+    t: float
+
+
+class QubitGate(msgspec.Struct, tag="qubit_gate", forbid_unknown_fields=True):
+    """Gate ``I X Y Z H S SDG RX RY RZ`` (one qubit, ``angle`` in radians for rotations) or
+    ``CNOT CZ`` (``qubits[0]`` is the control) on this node's qubits."""
+
+    id: int
+    gate: str
+    qubits: list[QubitRef]
+    angle: float = 0.0
+
+
+class QubitMeasure(msgspec.Struct, tag="qubit_measure", forbid_unknown_fields=True):
+    """Destructive measurement of each qubit in its basis (``"Z" "X" "Y"``, one per qubit or
+    one for all); frees the slots."""
+
+    id: int
+    qubits: list[QubitRef]
+    bases: list[str]
+
+
+class Measured(msgspec.Struct, tag="measured"):
+    id: int
+    outcomes: bytes  # one byte (0 = +1 eigenstate, 1 = -1) per qubit, in request order
+    t: float
+
+
+class BellMeasure(msgspec.Struct, tag="bell_measure", forbid_unknown_fields=True):
+    """Bell-state measurement of two of this node's qubits (a swap when they hold halves of
+    two pairs); frees both. Outcome convention: ``emulator.daemon.states``."""
+
+    id: int
+    q1: QubitRef
+    q2: QubitRef
+
+
+class BellResult(msgspec.Struct, tag="bell_result"):
+    id: int
+    m1: int  # phase bit
+    m2: int  # parity bit; the far end corrects with X**m2 Z**m1
+    t: float
+
+
+class QubitDiscard(msgspec.Struct, tag="qubit_discard", forbid_unknown_fields=True):
+    id: int
+    qubits: list[QubitRef]
+
+
+class Done(msgspec.Struct, tag="done"):
+    """Success of a request that returns nothing else (gate, discard, stop)."""
+
+    id: int
+    t: float
+
+
+class MemoryStatsRequest(msgspec.Struct, tag="memory_stats", forbid_unknown_fields=True):
+    id: int
+
+
+class MemoryStats(msgspec.Struct, tag="memory_stats_reply"):
+    """Emulator telemetry: measurements per node (routers must show 0), pairs per link."""
+
+    id: int
+    measurements: dict[str, int]
+    pairs_generated: dict[str, int]
+    pairs_expired: int
+    free_slots: dict[str, int]
+
+
+Request = (Hello | SourceStart | SourceStop | DetectorOpen | StatsRequest | EntangleStart
+           | EntangleStop | PairAwait | QubitPrepare | QubitGate | QubitMeasure | BellMeasure
+           | QubitDiscard | MemoryStatsRequest)
+Reply = (Welcome | SourceStarted | SourceStopped | DetectorOpened | Detections | Stats | Error
+         | EntangleStarted | PairsDelivered | Prepared | Measured | BellResult | Done
+         | MemoryStats)
 
 request_decoder = msgspec.msgpack.Decoder(Request)
 reply_decoder = msgspec.msgpack.Decoder(Reply)

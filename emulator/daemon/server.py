@@ -19,12 +19,14 @@ import msgspec
 import numpy as np
 import trio
 
-from emulator.child_config import DaemonConfig, DaemonLink
+from emulator.child_config import DaemonConfig, DaemonEntanglementLink, DaemonLink
 from emulator.clock import EmulatedClock
+from emulator.daemon import memories as mem
 from emulator.daemon import photons
 from emulator.daemon import protocol as p
+from emulator.daemon import states as st
 from emulator.prf import intensity_thresholds
-from emulator.scenario import FIBRE_GROUP_DELAY_S_PER_KM
+from emulator.scenario import FIBRE_GROUP_DELAY_S_PER_KM, LinkEntanglement
 from emulator.wire import FramedStream, FrameTooLarge
 
 log = logging.getLogger("qnet.daemon")
@@ -44,6 +46,7 @@ class Connection:
         self.sent: Counter[str] = Counter()  # message tag -> count sent on this connection
         self.closed = False
         self._sent_by_node = sent_by_node
+        self.nursery: trio.Nursery | None = None  # long polls of this connection (PairAwait)
 
     async def send(self, message: msgspec.Struct) -> bool:
         """Send one message; False (and marked closed) if the peer has gone."""
@@ -208,6 +211,169 @@ def _detection_messages(
     return messages
 
 
+# ---------------------------------------------------------------------------------------------
+# State level: heralded pair generation on entanglement links
+
+
+def heralding_probability(length_km: float, e: LinkEntanglement) -> float:
+    """Success probability of one attempt with a midpoint station: each photon crosses
+    ``L/2`` of fibre and is detected with ``detector_efficiency``; the linear-optics BSM
+    succeeds with ``bsm_efficiency`` (1/2 for Barrett-Kok / single-click schemes):
+    ``p = eta_bsm * (eta_d 10^(-alpha L/20))^2`` (Barrett & Kok, PRA 71, 060310 (2005))."""
+    arm = e.detector_efficiency * 10.0 ** (-e.attenuation_db_per_km * length_km / 20.0)
+    return float(e.bsm_efficiency * arm * arm)
+
+
+def memory_spec(memory) -> mem.MemorySpec:
+    """``NodeMemory`` (scenario, seconds, None = no decay) -> ``MemorySpec``."""
+    return mem.MemorySpec(
+        slots=memory.slots,
+        t1=memory.t1_s if memory.t1_s is not None else math.inf,
+        t2=memory.t2_s if memory.t2_s is not None else math.inf,
+        cutoff=memory.cutoff_s,
+    )
+
+
+_ONE_QUBIT_GATES = {"I": st.I2, "X": st.X, "Y": st.Y, "Z": st.Z, "H": st.H, "S": st.S,
+                    "SDG": st.S.conj().T}
+_ROTATIONS = {"RX": st.rx, "RY": st.ry, "RZ": st.rz}
+_TWO_QUBIT_GATES = {"CNOT": st.CNOT, "CZ": st.CZ}
+
+
+def gate_matrix(name: str, angle: float, n_qubits: int) -> np.ndarray:
+    """Matrix of a named gate; ``ValueError`` for an unknown name or the wrong qubit count."""
+    name = name.upper()
+    if name in _ONE_QUBIT_GATES or name in _ROTATIONS:
+        if n_qubits != 1:
+            raise ValueError(f"gate {name} acts on one qubit, not {n_qubits}")
+        return _ONE_QUBIT_GATES[name] if name in _ONE_QUBIT_GATES else _ROTATIONS[name](angle)
+    if name in _TWO_QUBIT_GATES:
+        if n_qubits != 2:
+            raise ValueError(f"gate {name} acts on two qubits, not {n_qubits}")
+        return _TWO_QUBIT_GATES[name]
+    raise ValueError(f"unknown gate {name!r}")
+
+
+class EntanglementLinkRuntime:
+    """Heralded generation on one link: attempts at ``attempt_rate_hz``, each heralded with
+    ``p``; a success stores a Werner pair (at emission time) in one slot at each end and
+    heralds it to both ends one fibre delay later. Generation pauses while either end holds
+    ``max_pending`` halves of this link (or has no free slot) and resumes when slots free."""
+
+    def __init__(self, link: DaemonEntanglementLink, daemon: Daemon) -> None:
+        e = link.entanglement
+        self.link = link
+        self.daemon = daemon
+        self.clock = daemon.clock
+        name_word = int.from_bytes(hashlib.sha256(link.name.encode()).digest()[:8], "little")
+        self.rng = np.random.default_rng([daemon.config.seed & 0xFFFFFFFFFFFFFFFF, name_word, 2])
+        self.p = heralding_probability(link.length_km, e)
+        self.rate_hz = e.attempt_rate_hz
+        self.delay_s = link.length_km * FIBRE_GROUP_DELAY_S_PER_KM
+        self.coeffs = st.werner_coefficients(e.source_fidelity)
+        self.ends = (link.a, link.b)
+        self.held = {link.a: 0, link.b: 0}
+        self.limit = {end: daemon.share(end) for end in self.ends}
+        self.inbox: dict[str, deque[p.DeliveredPair]] = {end: deque() for end in self.ends}
+        self.arrived = {end: trio.Event() for end in self.ends}
+        self.in_flight: deque[tuple[float, int, mem.SlotRef, mem.SlotRef, float]] = deque()
+        self.flight_event = trio.Event()
+        self.scope: trio.CancelScope | None = None
+        self.generated = 0
+
+    def has_room(self) -> bool:
+        memories = self.daemon.memories
+        return all(self.held[e] < self.limit[e] and memories.free_slots(e) > 0
+                   for e in self.ends)
+
+    def start(self, max_pending: int) -> None:
+        if max_pending > 0:
+            for end in self.ends:
+                self.limit[end] = min(max_pending, self.daemon.share(end))
+        if self.scope is None:
+            assert self.daemon.nursery is not None
+            self.scope = trio.CancelScope()
+            self.daemon.nursery.start_soon(self._run, self.scope)
+
+    def stop(self) -> None:
+        if self.scope is not None:
+            self.scope.cancel()
+            self.scope = None
+
+    async def _run(self, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._deliver)
+                    await self._generate()
+            except Exception:  # a bug in one link must not take the daemon down
+                log.exception("entanglement link %s failed", self.link.name)
+
+    async def _generate(self) -> None:
+        t = self.clock.now()  # attempts happen from here on
+        while True:
+            while not self.has_room():
+                await self.daemon.slots_freed()
+                t = max(t, self.clock.now())
+            t_emit = t + float(self.rng.geometric(self.p)) / self.rate_hz
+            await self.clock.sleep_until(t_emit)
+            t = t_emit
+            self.daemon.expire(self.clock.now())
+            if not self.has_room():
+                continue  # another user took the last slot while we waited
+            ref_a, ref_b = self.daemon.memories.store_pair(*self.ends, self.coeffs, t_emit)
+            pair = self.daemon.new_pair_id()
+            self.daemon.slot_owner[ref_a] = (self, pair)
+            self.daemon.slot_owner[ref_b] = (self, pair)
+            self.held[ref_a.node] += 1
+            self.held[ref_b.node] += 1
+            self.generated += 1
+            self.in_flight.append((t_emit + self.delay_s, pair, ref_a, ref_b, t_emit))
+            self.flight_event.set()
+
+    async def _deliver(self) -> None:
+        while True:
+            while not self.in_flight:
+                self.flight_event = trio.Event()
+                await self.flight_event.wait()
+            t_herald, pair, ref_a, ref_b, t_emit = self.in_flight[0]
+            await self.clock.sleep_until(t_herald)
+            self.in_flight.popleft()
+            for ref in (ref_a, ref_b):
+                owner = self.daemon.slot_owner.get(ref)
+                if owner is None or owner[1] != pair:
+                    continue  # lost before the herald arrived (cutoff)
+                self.inbox[ref.node].append(p.DeliveredPair(pair, ref.slot, t_emit, t_herald))
+                self.arrived[ref.node].set()
+
+    def _prune(self, node: str) -> int:
+        """Drop heralded halves lost since (cutoff); returns how many are left."""
+        box = self.inbox[node]
+        owner = self.daemon.slot_owner
+        if any(owner.get(mem.SlotRef(node, x.slot), (0, -1))[1] != x.pair for x in box):
+            kept = [x for x in box if owner.get(mem.SlotRef(node, x.slot), (0, -1))[1] == x.pair]
+            box.clear()
+            box.extend(kept)
+        return len(box)
+
+    async def await_pairs(self, conn: Connection, request: p.PairAwait) -> None:
+        """Reply to a long poll once pairs are there (or empty at the timeout)."""
+        node = conn.node
+        assert node is not None
+        box = self.inbox[node]
+        self.daemon.expire(self.clock.now())
+        with trio.move_on_after(max(0.0, request.timeout_s) / self.clock.time_scale):
+            while not self._prune(node):
+                if self.arrived[node].is_set():
+                    self.arrived[node] = trio.Event()
+                await self.arrived[node].wait()
+        self._prune(node)
+        n = min(len(box), max(1, request.max))
+        pairs = [box.popleft() for _ in range(n)]
+        peer = self.link.b if node == self.link.a else self.link.a
+        await conn.send(p.PairsDelivered(request.id, self.link.name, peer, pairs))
+
+
 class _Fatal(Exception):
     def __init__(self, error: p.Error) -> None:
         self.error = error
@@ -224,6 +390,141 @@ class Daemon:
         self.connections: list[Connection] = []
         self.port = 0
         self.nursery: trio.Nursery | None = None
+        # state level
+        self.memories = mem.QuantumMemories(
+            {node: memory_spec(m) for node, m in config.memories.items()})
+        self.state_rng = np.random.default_rng([config.seed & 0xFFFFFFFFFFFFFFFF, 4])
+        self.slot_owner: dict[mem.SlotRef, tuple[EntanglementLinkRuntime, int]] = {}
+        self._freed = trio.Event()
+        self._pair_ids = 0
+        self.pairs_expired = 0
+        self._links_at: Counter[str] = Counter()
+        for link in config.entanglement_links:
+            self._links_at[link.a] += 1
+            self._links_at[link.b] += 1
+        self.entanglement = {link.name: EntanglementLinkRuntime(link, self)
+                             for link in config.entanglement_links}
+
+    # -- state level ----------------------------------------------------------------------------
+
+    def share(self, node: str) -> int:
+        """Slots of ``node`` one of its entanglement links may hold (an even split)."""
+        slots = self.memories.spec(node).slots if node in self.config.memories else 0
+        return max(1, slots // max(1, self._links_at[node]))
+
+    def new_pair_id(self) -> int:
+        self._pair_ids += 1
+        return self._pair_ids
+
+    async def slots_freed(self) -> None:
+        await self._freed.wait()
+
+    def freed(self, refs) -> None:
+        """Slots were freed (measured, discarded, expired): update link holdings, wake waiters."""
+        for ref in refs:
+            owner = self.slot_owner.pop(ref, None)
+            if owner is not None:
+                owner[0].held[ref.node] -= 1
+        self._freed.set()
+        self._freed = trio.Event()
+
+    def expire(self, now: float) -> None:
+        for expired in self.memories.expire(now):
+            self.pairs_expired += 1
+            self.freed(expired.refs)
+
+    def memory_stats(self, request_id: int) -> p.MemoryStats:
+        return p.MemoryStats(
+            id=request_id,
+            measurements=dict(self.memories.measurements),
+            pairs_generated={name: x.generated for name, x in self.entanglement.items()},
+            pairs_expired=self.pairs_expired,
+            free_slots={n: self.memories.free_slots(n) for n in self.config.memories},
+        )
+
+    def _state_op(self, conn: Connection, request) -> msgspec.Struct:
+        """One state-level operation on ``conn.node``'s own qubits (never another node's)."""
+        node = conn.node
+        assert node is not None
+        if node not in self.config.memories:
+            return p.Error("not_allowed", f"node {node!r} has no quantum memory", id=request.id)
+        now = self.clock.now()
+        self.expire(now)
+        memories = self.memories
+        try:
+            if isinstance(request, p.QubitPrepare):
+                c, s_ = math.cos(request.theta / 2), math.sin(request.theta / 2)
+                psi = np.array([c, complex(math.cos(request.phi), math.sin(request.phi)) * s_])
+                (ref,) = memories.store_density([node], st.density(psi), now)
+                return p.Prepared(request.id, p.QubitRef(ref.node, ref.slot), now)
+            refs = [mem.SlotRef(q.node, q.slot) for q in _qubits_of(request)]
+            for ref in refs:
+                if ref.node != node:
+                    raise mem.NotOwner(node, ref)
+            if isinstance(request, p.QubitGate):
+                if len(set(refs)) != len(refs):
+                    raise ValueError("a gate needs distinct qubits")
+                matrix = gate_matrix(request.gate, request.angle, len(refs))
+                if len(refs) == 1 and request.gate.upper() in ("I", "X", "Y", "Z"):
+                    memories.apply_pauli(node, refs[0], request.gate.upper(), now)
+                else:
+                    memories.apply_gate(node, refs, matrix, now)
+                return p.Done(request.id, now)
+            if isinstance(request, p.QubitMeasure):
+                bases = request.bases * len(refs) if len(request.bases) == 1 else request.bases
+                if len(bases) != len(refs) or any(b not in ("X", "Y", "Z") for b in bases):
+                    raise ValueError("give one basis (X, Y or Z) per qubit, or one for all")
+                if len(set(refs)) != len(refs):
+                    raise ValueError("a qubit appears twice")
+                out = bytearray()
+                for ref, basis in zip(refs, bases):
+                    out.append(memories.measure(node, ref, basis, now, self.state_rng))
+                    self.freed([ref])
+                return p.Measured(request.id, bytes(out), now)
+            if isinstance(request, p.BellMeasure):
+                m1, m2 = memories.bell_measure(node, refs[0], refs[1], now, self.state_rng)
+                self.freed(refs)
+                return p.BellResult(request.id, m1, m2, now)
+            # QubitDiscard
+            for ref in refs:
+                memories.discard(node, ref, now)
+                self.freed([ref])
+            return p.Done(request.id, now)
+        except mem.NotOwner as exc:
+            return p.Error("not_allowed", str(exc), id=request.id)
+        except mem.NoFreeSlot as exc:
+            return p.Error("no_free_slot", str(exc), id=request.id)
+        except mem.CutoffExpired as exc:
+            self.pairs_expired += 1
+            self.freed(exc.expired.refs)
+            return p.Error("expired", str(exc), id=request.id)
+        except mem.EmptySlot as exc:
+            return p.Error("empty_slot", str(exc), id=request.id)
+        except mem.RegisterTooLarge as exc:
+            return p.Error("too_large_register", str(exc), id=request.id)
+        except ValueError as exc:
+            return p.Error("bad_request", str(exc), id=request.id)
+
+    def _entanglement_request(self, conn: Connection, request) -> msgspec.Struct | None:
+        link = self.entanglement.get(request.link)
+        if link is None:
+            return p.Error("unknown", f"unknown entanglement link {request.link!r}",
+                           id=request.id)
+        if conn.node not in link.ends:
+            return p.Error("not_allowed", f"{conn.node!r} is not an end of {request.link!r}",
+                           id=request.id)
+        if isinstance(request, p.EntangleStart):
+            if request.max_pending < 0:
+                return p.Error("bad_request", "max_pending must be >= 0", id=request.id)
+            link.start(request.max_pending)
+            return p.EntangleStarted(request.id, request.link, link.p, link.rate_hz,
+                                     link.delay_s, link.limit[conn.node])
+        if isinstance(request, p.EntangleStop):
+            link.stop()
+            return p.Done(request.id, self.clock.now())
+        assert conn.nursery is not None
+        conn.nursery.start_soon(link.await_pairs, conn, request)
+        return None
 
     def stats(self, request_id: int) -> p.Stats:
         links = self.links.values()
@@ -284,13 +585,22 @@ class Daemon:
                                       self.config.time_scale))
         if conn.node is None:
             raise _Fatal(p.Error("unauthenticated", "no hello in time", fatal=True))
-        while True:
-            request = await self._receive(conn)
-            if request is None:
-                return
-            reply = await self._dispatch(conn, request)
-            if reply is not None:
-                await conn.send(reply)
+        pending: BaseException | None = None
+        async with trio.open_nursery() as polls:  # this connection's long polls
+            conn.nursery = polls
+            try:
+                while True:
+                    request = await self._receive(conn)
+                    if request is None:
+                        break
+                    reply = await self._dispatch(conn, request)
+                    if reply is not None:
+                        await conn.send(reply)
+            except (_Fatal, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                pending = exc  # re-raised outside the nursery, unwrapped
+            polls.cancel_scope.cancel()
+        if pending is not None:
+            raise pending
 
     def _authenticate(self, conn: Connection, hello: p.Request) -> None:
         if not isinstance(hello, p.Hello):
@@ -311,6 +621,12 @@ class Daemon:
             return p.Error("not_allowed", "already authenticated")
         if isinstance(request, p.StatsRequest):
             return self.stats(request.id)
+        if isinstance(request, p.MemoryStatsRequest):
+            return self.memory_stats(request.id)
+        if isinstance(request, _STATE_OPS):
+            return self._state_op(conn, request)
+        if isinstance(request, (p.EntangleStart, p.EntangleStop, p.PairAwait)):
+            return self._entanglement_request(conn, request)
         link = self.links.get(request.link)
         if link is None:
             return p.Error("unknown", f"unknown quantum link {request.link!r}", id=request.id)
@@ -349,6 +665,17 @@ class Daemon:
         self.nursery.start_soon(link.run_source, run)
         return p.SourceStarted(request.id, request.link, run.t_start, link.rate_hz,
                                run.intensities, run.probabilities, link.slots_per_frame)
+
+
+_STATE_OPS = (p.QubitPrepare, p.QubitGate, p.QubitMeasure, p.BellMeasure, p.QubitDiscard)
+
+
+def _qubits_of(request) -> list[p.QubitRef]:
+    if isinstance(request, p.BellMeasure):
+        if request.q1 == request.q2:
+            raise ValueError("Bell measurement needs two different qubits")
+        return [request.q1, request.q2]
+    return list(request.qubits)
 
 
 async def _close_gracefully(stream: trio.SocketStream) -> None:
