@@ -235,8 +235,12 @@ class MqttClient:
             event.set()
 
     def _on_socket_close(self, client, userdata, sock) -> None:
-        # paho is about to close the fd: wake any trio task waiting on it first.
-        trio.lowlevel.notify_closing(sock)
+        # paho is about to close the fd: wake any trio task waiting on it first. (When paho's
+        # __del__ closes it after trio.run has ended there is nobody to wake.)
+        try:
+            trio.lowlevel.notify_closing(sock)
+        except RuntimeError:
+            pass
 
     # -- internals ------------------------------------------------------------------------
 

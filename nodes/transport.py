@@ -9,6 +9,8 @@ the connection to whoever awaits ``accept(peer, channel)``. Frames are length-pr
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 import trio
 
@@ -37,11 +39,33 @@ class Channel:
         self.name = name
         self.bytes_sent = 0
         self.messages_sent = 0
+        self._outbox_send, self._outbox = trio.open_memory_channel[bytes](math.inf)
+        self._outbox_drained = trio.Event()
 
     async def send(self, payload: bytes) -> None:
         self.bytes_sent += len(payload)
         self.messages_sent += 1
         await self.framed.send(payload)
+
+    def post(self, payload: bytes) -> None:
+        """Queue ``payload`` for ``run_writer`` without blocking.
+
+        A protocol loop that answers what it receives must post, not send: if both ends
+        blocked in send while their peer's buffers are full (say after a link cut), neither
+        would read again and the pair would deadlock.
+        """
+        self._outbox_send.send_nowait(payload)
+
+    async def run_writer(self) -> None:
+        """Send posted payloads in order until ``drain`` (run it in the app's nursery)."""
+        async for payload in self._outbox:
+            await self.send(payload)
+        self._outbox_drained.set()
+
+    async def drain(self) -> None:
+        """Accept no more posts and wait until everything posted has been sent."""
+        self._outbox_send.close()
+        await self._outbox_drained.wait()
 
     async def receive(self) -> bytes:
         payload = await self.framed.receive()

@@ -57,22 +57,24 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
         stopped = await node.daemon.request(p.SourceStop, link=link)
         pulses = stopped.pulses
         daemon_stats.append(await node.daemon.request(p.StatsRequest))
-        await channel.send(m.encoder.encode(m.SourceFinished(pulses=pulses)))
+        channel.post(m.encoder.encode(m.SourceFinished(pulses=pulses)))
         await node.event("source_stopped", link=link, pulses=pulses)
 
     async def answer() -> None:
         while True:
             message = m.decoder.decode(await channel.receive())
             if isinstance(message, m.SiftRequest):
-                await channel.send(m.encoder.encode(core.on_sift_request(message)))
+                channel.post(m.encoder.encode(core.on_sift_request(message)))
             elif isinstance(message, m.SampleResult):
                 core.on_sample_result(message)
             elif isinstance(message, m.ReceiverFinished):
                 return
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(channel.run_writer)
         nursery.start_soon(stop_source_at_end)
-        nursery.start_soon(answer)
+        await answer()
+        nursery.cancel_scope.cancel()
     await channel.aclose()
     return {
         "link": link, "a": app.a, "b": app.b, "protocol": PROTOCOL, "role": "sender",
@@ -117,7 +119,7 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
                 await detections_done.wait()
             request = core.next_request()
             if request is not None:
-                await channel.send(m.encoder.encode(request))
+                channel.post(m.encoder.encode(request))
         check_done()
 
     async def read_replies() -> None:
@@ -125,7 +127,7 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
         while True:
             message = m.decoder.decode(await channel.receive())
             if isinstance(message, m.SiftReply):
-                await channel.send(m.encoder.encode(core.on_sift_reply(message)))
+                channel.post(m.encoder.encode(core.on_sift_reply(message)))
             elif isinstance(message, m.SourceFinished):
                 pulses = message.pulses
                 source_finished = True
@@ -138,12 +140,14 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
                                sifted_bits=core.sifted_bits, qber=core.stats.qber)
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(channel.run_writer)
         nursery.start_soon(read_detections)
         nursery.start_soon(send_requests)
         nursery.start_soon(read_replies)
         nursery.start_soon(report_progress)
         await all_sifted.wait()
-        await channel.send(m.encoder.encode(m.ReceiverFinished(batches=core.stats.batches)))
+        channel.post(m.encoder.encode(m.ReceiverFinished(batches=core.stats.batches)))
+        await channel.drain()
         nursery.cancel_scope.cancel()
     t_done = node.clock.now()
     await channel.aclose()
