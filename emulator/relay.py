@@ -65,6 +65,7 @@ from emulator.relay_core import (
     TimerLead,
     link_rng,
 )
+from emulator.supervise import watch_parent
 
 log = logging.getLogger("qnet.relay")
 
@@ -409,6 +410,13 @@ async def _main(config: RelayConfig, ready_file: Path) -> None:
 
             relay = await nursery.start(run_relay)
             write_ready(ready_file, listen=relay.listen)
+
+            async def orphaned() -> None:
+                await watch_parent()
+                log.info("link %s: orchestrator gone, stopping", config.name)
+                relay.request_stop()
+
+            nursery.start_soon(orphaned)
             async for signum in signals:
                 log.info("link %s: signal %d, stopping", config.name, signum)
                 relay.request_stop()

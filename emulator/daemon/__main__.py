@@ -13,6 +13,7 @@ import trio
 
 from emulator.child_config import DaemonConfig, child_arguments, read_config, write_ready
 from emulator.daemon.server import serve
+from emulator.supervise import watch_parent
 
 
 async def run(config: DaemonConfig, ready_file) -> None:
@@ -20,6 +21,13 @@ async def run(config: DaemonConfig, ready_file) -> None:
         async with trio.open_nursery() as nursery:
             daemon = await nursery.start(serve, config)
             write_ready(ready_file, port=daemon.port)
+
+            async def orphaned() -> None:
+                await watch_parent()
+                logging.getLogger("qnet.daemon").info("orchestrator gone: shutting down")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(orphaned)
             async for signum in signals:
                 logging.getLogger("qnet.daemon").info("signal %d: shutting down", signum)
                 nursery.cancel_scope.cancel()

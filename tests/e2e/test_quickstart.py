@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -112,7 +113,6 @@ def test_crashed_node_is_reported_with_its_log_tail_and_nothing_is_left(tmp_path
         children = _wait_for_children(process, run_dir, ["alice", "bob", "relay-alice-bob"], 30)
         bob = json.loads((run_dir / "bob.ready.json").read_text())["pid"]
         time.sleep(1.0)
-        import os
         os.kill(bob, signal.SIGKILL)
         out, err = process.communicate(timeout=20)
         assert process.returncode == 3, out + err
@@ -142,3 +142,30 @@ def test_cut_fault_goes_over_mqtt_and_the_run_recovers(tmp_path: Path) -> None:
     assert qkd["sifted_bits"] == qkd["sifted_bits_a"] > 0
     # the cut outlasts the source (3 s): sifting can only finish after the restore at 3.5 s
     assert qkd["realtime_factor"] < 3.0 / 3.5
+
+
+def test_children_exit_when_the_orchestrator_is_killed(tmp_path: Path) -> None:
+    """Even SIGKILL of qnet (no clean-up possible) leaves no daemon, node or relay behind."""
+    run_dir = tmp_path / "run"
+    process = start_qnet("run", QUICKSTART, "--duration", "30", "--run-dir", str(run_dir),
+                         "--no-progress")
+    try:
+        children = _wait_for_children(process, run_dir, ["daemon", "alice", "bob",
+                                                         "relay-alice-bob"], 30)
+        ours = {json.loads((run_dir / f"{n}.ready.json").read_text())["pid"]
+                for n in ("daemon", "alice", "bob", "relay-alice-bob")}
+        assert ours <= children
+        process.kill()
+        process.communicate(timeout=10)
+        assert not wait_gone(ours, 5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        # the broker (a third-party program) does not watch its parent: end it here
+        for pid in descendants_snapshot(children):
+            os.kill(pid, signal.SIGKILL)
+
+
+def descendants_snapshot(pids: set[int]) -> set[int]:
+    return {p for p in pids if alive(p)}
