@@ -114,8 +114,7 @@ class Authenticator:
         self.role = role
         self.max_skip = max_skip
         pools = {
-            d: KeyPool(bootstrap_material(psk, d, bootstrap_keys * KEY_BYTES))
-            for d in _DIRECTIONS
+            d: KeyPool(bootstrap_material(psk, d, bootstrap_keys * KEY_BYTES)) for d in _DIRECTIONS
         }
         out_dir, in_dir = _DIRECTIONS if role == "initiator" else _DIRECTIONS[::-1]
         self.outbound = pools[out_dir]

@@ -193,10 +193,8 @@ def secret_key_length(
     if n_sifted <= 0 or q_mu <= 0 or q1 <= 0:
         return 0
     single = n_sifted * min(1.0, q1 / q_mu) * (1.0 - float(binary_entropy(e1)))
-    length = (
-        single - leaked_ec_bits - verification_bits - auth_bits - 2.0 * math.log2(1.0 / eps_pa)
-    )
-    return max(0, int(math.floor(length)))
+    length = single - leaked_ec_bits - verification_bits - auth_bits - 2.0 * math.log2(1.0 / eps_pa)
+    return max(0, math.floor(length))
 
 
 # ------------------------------------------------------------------ finite key (Lim14)
@@ -291,4 +289,4 @@ def finite_key_length(
         - 6.0 * math.log2(21.0 / eps_sec)
         - math.log2(2.0 / eps_cor)
     )
-    return FiniteKeyResult(max(0, int(math.floor(length))), s_k0, s_k1, s_t1, v_t1, phi)
+    return FiniteKeyResult(max(0, math.floor(length)), s_k0, s_k1, s_t1, v_t1, phi)

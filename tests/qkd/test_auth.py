@@ -7,8 +7,8 @@ import pytest
 from nodes.qkd.auth import (
     HEADER_BYTES,
     KEY_BITS_PER_MESSAGE,
-    AuthError,
     Authenticator,
+    AuthError,
     KeyPoolExhausted,
 )
 

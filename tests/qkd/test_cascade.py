@@ -157,7 +157,9 @@ def test_protocol_errors_are_reported():
     with pytest.raises(CascadeProtocolError):
         tx.receive_query(bad_round)
     out_of_range = msgspec.structs.replace(
-        query, starts=np.array([0], "<u4").tobytes(), ends=np.array([1001], "<u4").tobytes(),
+        query,
+        starts=np.array([0], "<u4").tobytes(),
+        ends=np.array([1001], "<u4").tobytes(),
         passes=b"\x00",
     )
     with pytest.raises(CascadeProtocolError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -82,8 +83,9 @@ def test_rate_decreases_with_distance_and_has_cutoff():
     assert 120 <= cutoff <= 150  # Ma05 fig. 3: ~140 km for GYS with vacuum + weak decoy
     assert np.all(rate[km > cutoff] == 0)
     # below the infinite-decoy rate and below the repeaterless bound of the fibre alone
-    infinite = gllp_rate(MU, NU, channel_transmittance(km, ALPHA, ETA_BOB), Y0, E_DET, F,
-                         decoy="infinite")
+    infinite = gllp_rate(
+        MU, NU, channel_transmittance(km, ALPHA, ETA_BOB), Y0, E_DET, F, decoy="infinite"
+    )
     assert np.all(rate <= infinite + 1e-18)
     assert np.all(rate[1:] < plob_bound(channel_transmittance(km[1:], ALPHA)))
 
@@ -149,7 +151,7 @@ def test_finite_key_tends_to_asymptotic_rate():
             mus, probs, tuple(det), tuple(det), tuple(err), leak_per_pulse * n_pulses
         )
         per_pulse.append(res.length / n_pulses)
-    assert all(b >= a for a, b in zip(per_pulse, per_pulse[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(per_pulse))
     assert all(r <= asymptotic * (1 + 1e-9) for r in per_pulse)
     assert per_pulse[-1] == pytest.approx(asymptotic, rel=0.01)
     assert per_pulse[0] < 0.9 * asymptotic  # finite-size cost is visible at 1e9 pulses
