@@ -141,24 +141,34 @@ def print_summary(console: Console, result: dict) -> None:
 def entanglement_sections(scenario: Scenario, node_entries: list[dict]) -> dict[str, list[dict]]:
     """result.json's ``entanglement`` and ``teleport`` lists from the node entries.
 
-    An entanglement entry is reported by the pair's ``b`` end (it holds both ends' outcomes);
-    the ``a`` end adds its own counters. Teleport entries come from the receiver."""
+    Each app has one ``role = "report"`` entry (from the end that holds both ends' outcomes);
+    the other end's fields are added where the report has none, and repeaters' counters
+    (swaps, measurements: routers must show none) are listed under ``repeaters``."""
     sections: dict[str, list[dict]] = {"entanglement": [], "teleport": []}
-    halves: dict[str, dict] = {}
+    merged: dict[tuple[str, str], dict] = {}
+    extras: dict[tuple[str, str], list[dict]] = {}
+    repeaters: dict[str, list[dict]] = {}
     for entry in node_entries:
         section = entry.get("section")
+        if section == "repeater":
+            repeaters.setdefault(entry["name"], []).append(
+                {k: entry[k] for k in ("node", "swaps", "measurements") if k in entry})
+            continue
         if section not in sections:
             continue
-        key = f"{section}/{entry['name']}"
-        merged = halves.setdefault(key, {"section": section})
+        key = (section, entry["name"])
+        fields = {k: v for k, v in entry.items() if k not in ("section", "role")}
         if entry.get("role") == "report":
-            merged.update({k: v for k, v in entry.items() if k not in ("section", "role")})
+            merged.setdefault(key, {}).update(fields)
         else:
-            extra = {k: v for k, v in entry.items() if k not in ("section", "role", "name")}
-            merged.setdefault("a_end", {}).update(extra)
-    for merged in halves.values():
-        section = merged.pop("section")
-        sections[section].append(merged)
-    for section in sections.values():
-        section.sort(key=lambda e: e.get("name", ""))
+            extras.setdefault(key, []).append(fields)
+    for key, fields_list in extras.items():
+        target = merged.setdefault(key, {"name": key[1]})
+        for fields in fields_list:
+            for k, v in fields.items():
+                target.setdefault(k, v)
+    for (section, name), entry in sorted(merged.items()):
+        if section == "entanglement" and name in repeaters:
+            entry["repeaters"] = sorted(repeaters[name], key=lambda r: r.get("node", ""))
+        sections[section].append(entry)
     return sections

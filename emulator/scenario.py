@@ -235,7 +235,7 @@ def _check_entanglement_app(sc: Scenario, i: int, app) -> list[RepeaterApp]:
                                 f"{app.a!r} to {app.b!r}")
         if len(set(full)) != len(full):
             raise ScenarioError(f"apps[{i}].path: a node appears twice")
-        for k, (u, v) in enumerate(zip(full, full[1:])):
+        for k, (u, v) in enumerate(zip(full[:-1], full[1:], strict=True)):
             link = sc.link_between(u, v)
             if link is None or link.entanglement is None:
                 raise ScenarioError(f"apps[{i}].path[{k}]: no entanglement link between "

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
+from nodes.entanglement import bbm92, pairs, teleport
 from nodes.qkd import bb84
 
 AppRunner = Callable[..., Awaitable[list[dict]]]
 
 APPS: dict[str, AppRunner] = {
     "qkd.bb84": bb84.run,
+    "entanglement.pairs": pairs.run,
+    "entanglement.repeater": pairs.run,
+    "teleport": teleport.run,
+    "qkd.bbm92": bbm92.run,
 }
 
 
