@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import msgspec
 
+from nodes.qkd.cascade import CascadeDone, ParityQuery, ParityReply
+from nodes.qkd.verification import VerifyResult, VerifyTag
+
 
 class SiftRequest(msgspec.Struct, tag="sift_request"):
     """Receiver -> sender: the slots that clicked in a batch and the basis each was seen in."""
@@ -17,6 +20,7 @@ class SiftRequest(msgspec.Struct, tag="sift_request"):
     batch: int
     slots: bytes  # uint64 LE
     bases: bytes  # uint8, 0 = Z, 1 = X
+    slot_end: int = 0  # every slot below this has been reported (clicks or not)
 
 
 class SiftReply(msgspec.Struct, tag="sift_reply"):
@@ -28,6 +32,7 @@ class SiftReply(msgspec.Struct, tag="sift_reply"):
     intensity: bytes  # uint8 intensity index per requested slot
     sample_positions: bytes  # uint32 LE
     sample_bits: bytes  # uint8
+    decoy_bits: bytes = b""  # sender's bits at every matched decoy/vacuum slot, in slot order
 
 
 class SampleResult(msgspec.Struct, tag="sample_result"):
@@ -36,6 +41,7 @@ class SampleResult(msgspec.Struct, tag="sample_result"):
     batch: int
     errors: int
     sampled: int
+    decoy_errors: dict[int, int] = {}  # intensity index -> errors among its matched slots
 
 
 class SourceFinished(msgspec.Struct, tag="source_finished"):
@@ -50,7 +56,38 @@ class ReceiverFinished(msgspec.Struct, tag="receiver_finished"):
     batches: int
 
 
-Message = SiftRequest | SiftReply | SampleResult | SourceFinished | ReceiverFinished
+class BlockStart(msgspec.Struct, tag="block_start"):
+    """Receiver -> sender: batches [first_batch, last_batch] form post-processing block ``block``
+    covering slots [slot_start, slot_end); Cascade shuffles use ``cascade_seed``."""
+
+    block: int
+    first_batch: int
+    last_batch: int
+    slot_start: int
+    slot_end: int
+    cascade_seed: int
+
+
+class BlockAbort(msgspec.Struct, tag="block_abort"):
+    """Either end: block ``block`` (batches [first_batch, last_batch]) yields no key."""
+
+    block: int
+    first_batch: int
+    last_batch: int
+    reason: str
+
+
+class PrivacyAmplification(msgspec.Struct, tag="privacy_amplification"):
+    """Sender -> receiver: Toeplitz seed (packed bits, n + out_len - 1 of them) and length."""
+
+    block: int
+    out_len: int
+    seed: bytes
+
+
+Message = (SiftRequest | SiftReply | SampleResult | SourceFinished | ReceiverFinished
+           | BlockStart | BlockAbort | PrivacyAmplification | ParityQuery | ParityReply
+           | CascadeDone | VerifyTag | VerifyResult)
 
 encoder = msgspec.msgpack.Encoder()
 decoder = msgspec.msgpack.Decoder(Message)

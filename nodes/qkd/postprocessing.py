@@ -1,0 +1,331 @@
+"""Decoy-state BB84 post-processing of sifted blocks, as two sans-I/O cores.
+
+A block is a run of whole sifted batches (``BatchRecord``s, identical at both ends) holding at
+least ``block_bits`` key bits. For each block, in order:
+
+1. parameter estimation from the block's counts: vacuum + weak decoy bounds Y1_L, e1_U
+   (``nodes.qkd.decoy``); abort if the signal QBER exceeds ``qber_abort`` or Y1_L <= 0;
+2. Cascade: the receiver corrects its key against the sender's parities;
+3. verification: the sender proposes a universal-hash tag; a mismatch discards the block;
+4. privacy amplification: output length from GLLP with the measured leakage,
+   l = n Q1/Q_mu [1 - H2(e1)] - leak_EC - verification - 2 log2(1/eps_pa); the sender picks
+   the Toeplitz seed. The first ``auth_bits`` output bits refill the authentication key pool
+   (they pay for this block's authenticated messages); the rest is delivered to the key store.
+
+The receiver drives (it knows first when a block is full); the sender follows. Both ends call
+the same pure functions on the same records, so they agree on every number without trusting
+each other's arithmetic. Only messages pass between the cores.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nodes.qkd import decoy
+from nodes.qkd import messages as m
+from nodes.qkd.auth import KEY_BITS_PER_MESSAGE
+from nodes.qkd.cascade import CascadeDone, CascadeReceiver, CascadeSender, ParityQuery, ParityReply
+from nodes.qkd.sifting import SIGNAL, BatchRecord
+from nodes.qkd.toeplitz import ToeplitzHasher, seed_length
+from nodes.qkd.verification import BlockVerifier, VerifyResult, VerifyTag
+
+MESSAGES_PER_BATCH = 3  # sift request, sift reply, sample result
+MESSAGES_PER_BLOCK = 5  # block start, cascade done, verify tag, verify result, PA seed
+
+
+@dataclass(frozen=True)
+class PostprocessingConfig:
+    intensities: tuple[float, ...]  # (mu, nu, 0): signal, weak decoy, vacuum
+    probabilities: tuple[float, ...]
+    block_bits: int = 100_000
+    min_block_bits: int = 10_000  # a last, partial block shorter than this is not processed
+    schedule: str = "original"
+    qber_abort: float = 0.11
+    eps_pa: float = 1e-10
+    verification_tag_bits: int = 122
+
+
+@dataclass
+class Block:
+    """One block's inputs and outcome; the same at both ends except for the keys."""
+
+    block: int
+    records: list[BatchRecord]
+    slot_start: int
+    slot_end: int
+    key: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    estimate: decoy.DecoyEstimate | None = None
+    cascade_rounds: int = 0
+    leaked_bits: int = 0
+    out_len: int = 0
+    auth_bits: int = 0
+    final_key: np.ndarray | None = None  # delivered bits (after the auth refill)
+    auth_material: bytes = b""
+    status: str = "open"  # open | ok | aborted | failed_verification
+
+    @property
+    def n(self) -> int:
+        return len(self.key)
+
+    @property
+    def first_batch(self) -> int:
+        return self.records[0].batch
+
+    @property
+    def last_batch(self) -> int:
+        return self.records[-1].batch
+
+
+def estimate_block(records: list[BatchRecord], slot_start: int, slot_end: int,
+                   config: PostprocessingConfig) -> decoy.DecoyEstimate:
+    """Vacuum + weak decoy estimate for slots [slot_start, slot_end).
+
+    Pulses per intensity are the expected counts (slots x probability): exact counts would
+    cost one PRF evaluation per pulse; the relative difference is ~1/sqrt(pulses).
+    """
+    slots = slot_end - slot_start
+    sent = [slots * p for p in config.probabilities]
+    detected = sum(r.detections for r in records)
+    matched = sum(r.matched for r in records)
+    errors = sum(r.errors for r in records)
+    sample = sum(r.sample_bits for r in records)
+    rates = [errors[SIGNAL] / sample if sample else 0.5]
+    rates += [errors[i] / matched[i] if matched[i] else 0.5
+              for i in range(1, len(config.intensities))]
+    mu, nu, _ = config.intensities
+    return decoy.estimate(mu, nu, tuple(int(round(s)) for s in sent),
+                          tuple(int(d) for d in detected),
+                          tuple(int(round(rate * d)) for rate, d in zip(rates, detected)))
+
+
+def abort_reason(estimate: decoy.DecoyEstimate, config: PostprocessingConfig) -> str | None:
+    if estimate.e_mu > config.qber_abort:
+        return f"QBER {estimate.e_mu:.4f} above {config.qber_abort}"
+    if estimate.y1_lower <= 0:
+        return f"single-photon yield bound Y1_L = {estimate.y1_lower:.3g} <= 0"
+    return None
+
+
+def output_length(block: Block, config: PostprocessingConfig) -> int:
+    """GLLP privacy-amplification output length with the measured leakage."""
+    est = block.estimate
+    assert est is not None
+    verification = BlockVerifier(config.verification_tag_bits).leaked_bits
+    return decoy.secret_key_length(block.n, est.q_mu, est.q1, est.e1_upper, block.leaked_bits,
+                                   verification_bits=verification, auth_bits=0,
+                                   eps_pa=config.eps_pa)
+
+
+def auth_cost_bits(block: Block) -> int:
+    """Key bits of the one-time MACs this block's messages used (both directions)."""
+    messages = (MESSAGES_PER_BATCH * len(block.records) + 2 * block.cascade_rounds
+                + MESSAGES_PER_BLOCK)
+    return KEY_BITS_PER_MESSAGE * messages
+
+
+def finish_block(block: Block, amplified: np.ndarray) -> None:
+    """Split the privacy-amplified key: first the auth refill, then the delivered key."""
+    block.auth_bits = min(len(amplified), auth_cost_bits(block))
+    block.auth_material = np.packbits(amplified[: block.auth_bits]).tobytes()
+    block.final_key = amplified[block.auth_bits:]
+    block.status = "ok"
+
+
+def _records_key(records: list[BatchRecord]) -> np.ndarray:
+    return np.concatenate([r.key for r in records]) if records else np.zeros(0, np.uint8)
+
+
+class _Common:
+    def __init__(self, config: PostprocessingConfig) -> None:
+        self.config = config
+        self.verifier = BlockVerifier(config.verification_tag_bits)
+        self.finished: deque[Block] = deque()  # blocks done (ok, aborted or failed), unread
+        self.blocks: list[Block] = []
+
+    def _close(self, block: Block, status: str) -> None:
+        if status != "ok":
+            block.status = status
+            block.final_key = None
+        self.blocks.append(block)
+        self.finished.append(block)
+
+
+class ReceiverPostprocessing(_Common):
+    """The receiver's core: forms blocks, runs Cascade as the correcting side."""
+
+    def __init__(self, config: PostprocessingConfig, rng: np.random.Generator) -> None:
+        super().__init__(config)
+        self.rng = rng
+        self._records: deque[BatchRecord] = deque()
+        self._slot_start = 0
+        self._next_block = 0
+        self._block: Block | None = None
+        self._cascade: CascadeReceiver | None = None
+        self._final = False
+
+    @property
+    def idle(self) -> bool:
+        return self._block is None and not self._startable()
+
+    def add_record(self, record: BatchRecord) -> list:
+        self._records.append(record)
+        return self._maybe_start()
+
+    def finish(self) -> list:
+        """No more records will come: process a last partial block if long enough."""
+        self._final = True
+        return self._maybe_start()
+
+    def _startable(self) -> bool:
+        bits = sum(len(r.key) for r in self._records)
+        return bits >= self.config.block_bits or (
+            self._final and bits >= self.config.min_block_bits)
+
+    def _maybe_start(self) -> list:
+        out: list = []
+        while self._block is None and self._startable():
+            records: list[BatchRecord] = []
+            while self._records and sum(len(r.key) for r in records) < self.config.block_bits:
+                records.append(self._records.popleft())
+            block = Block(self._next_block, records, self._slot_start, records[-1].slot_end,
+                          key=_records_key(records))
+            self._next_block += 1
+            self._slot_start = block.slot_end
+            block.estimate = estimate_block(records, block.slot_start, block.slot_end,
+                                            self.config)
+            reason = abort_reason(block.estimate, self.config)
+            if reason is not None:
+                out.append(m.BlockAbort(block.block, block.first_batch, block.last_batch, reason))
+                self._close(block, "aborted")
+                continue
+            seed = int(self.rng.integers(2**62))
+            out.append(m.BlockStart(block.block, block.first_batch, block.last_batch,
+                                    block.slot_start, block.slot_end, seed))
+            self._block = block
+            self._cascade = CascadeReceiver(block.key, block.estimate.e_mu,
+                                            self.config.schedule, seed=seed,
+                                            block_id=block.block)
+            out.append(self._cascade.start())
+        return out
+
+    def on_message(self, message) -> list:
+        block, cascade = self._block, self._cascade
+        if block is None:
+            raise ValueError(f"{type(message).__name__} while no block is open")
+        if isinstance(message, ParityReply):
+            assert cascade is not None
+            reply = cascade.receive_reply(message)
+            if isinstance(reply, CascadeDone):
+                block.key = cascade.key
+                block.cascade_rounds = reply.rounds
+                block.leaked_bits = reply.leaked_bits
+            return [reply]
+        if isinstance(message, VerifyTag):
+            result = self.verifier.check(message, block.key)
+            if not result.ok:
+                self._end(block, "failed_verification")
+                return [result, *self._maybe_start()]
+            block.out_len = output_length(block, self.config)
+            return [result]
+        if isinstance(message, m.PrivacyAmplification):
+            if message.out_len != block.out_len:
+                raise ValueError(f"block {block.block}: PA length {message.out_len}, "
+                                 f"we computed {block.out_len}")
+            seed = np.unpackbits(np.frombuffer(message.seed, np.uint8),
+                                 count=seed_length(block.n, block.out_len))
+            finish_block(block, _hash(block, seed))
+            self._end(block, "ok")
+            return self._maybe_start()
+        raise ValueError(f"unexpected {type(message).__name__}")
+
+    def _end(self, block: Block, status: str) -> None:
+        self._block = self._cascade = None
+        self._close(block, status)
+
+
+class SenderPostprocessing(_Common):
+    """The sender's core: answers Cascade from its key, proposes verification and PA seeds."""
+
+    def __init__(self, config: PostprocessingConfig, rng: np.random.Generator) -> None:
+        super().__init__(config)
+        self.rng = rng
+        self.records: dict[int, BatchRecord] = {}
+        self._slot_start = 0
+        self._block: Block | None = None
+        self._cascade: CascadeSender | None = None
+
+    def add_record(self, record: BatchRecord) -> None:
+        self.records[record.batch] = record
+
+    def _take(self, first: int, last: int) -> list[BatchRecord]:
+        missing = [b for b in range(first, last + 1)
+                   if b not in self.records or not self.records[b].complete]
+        if missing:
+            raise ValueError(f"block of batches {first}..{last}: batches {missing} incomplete")
+        return [self.records.pop(b) for b in range(first, last + 1)]
+
+    def on_message(self, message) -> list:
+        if isinstance(message, m.BlockAbort):
+            records = self._take(message.first_batch, message.last_batch)
+            block = Block(message.block, records, self._slot_start, records[-1].slot_end)
+            block.estimate = estimate_block(records, block.slot_start, block.slot_end,
+                                            self.config)
+            self._slot_start = block.slot_end
+            self._close(block, "aborted")
+            return []
+        if isinstance(message, m.BlockStart):
+            records = self._take(message.first_batch, message.last_batch)
+            if (message.slot_start, message.slot_end) != (self._slot_start, records[-1].slot_end):
+                raise ValueError(f"block {message.block}: slot range disagrees with ours")
+            block = Block(message.block, records, message.slot_start, message.slot_end,
+                          key=_records_key(records))
+            self._slot_start = block.slot_end
+            block.estimate = estimate_block(records, block.slot_start, block.slot_end,
+                                            self.config)
+            reason = abort_reason(block.estimate, self.config)
+            if reason is not None:
+                raise ValueError(f"block {block.block}: receiver started it but {reason}")
+            self._block = block
+            self._cascade = CascadeSender(block.key, block_id=block.block)
+            return []
+        block, cascade = self._block, self._cascade
+        if block is None or cascade is None:
+            raise ValueError(f"{type(message).__name__} while no block is open")
+        if isinstance(message, ParityQuery):
+            return [cascade.receive_query(message)]
+        if isinstance(message, CascadeDone):
+            cascade.receive_done(message)
+            block.cascade_rounds = message.rounds
+            block.leaked_bits = message.leaked_bits
+            return [self.verifier.propose(block.block, block.key, self.rng.bytes(16))]
+        if isinstance(message, VerifyResult):
+            if not self.verifier.conclude(message):
+                self._end(block, "failed_verification")
+                return []
+            block.out_len = output_length(block, self.config)
+            seed = self.rng.integers(0, 2, seed_length(block.n, block.out_len), dtype=np.uint8)
+            finish_block(block, _hash(block, seed))
+            self._end(block, "ok")
+            return [m.PrivacyAmplification(block.block, block.out_len,
+                                           np.packbits(seed).tobytes())]
+        raise ValueError(f"unexpected {type(message).__name__}")
+
+    def _end(self, block: Block, status: str) -> None:
+        self._block = self._cascade = None
+        self._close(block, status)
+
+
+def _hash(block: Block, seed: np.ndarray) -> np.ndarray:
+    if block.out_len <= 0:
+        return np.zeros(0, dtype=np.uint8)
+    return ToeplitzHasher(seed, block.n, block.out_len).hash(block.key)
+
+
+def gllp_bits_per_pulse(estimate: decoy.DecoyEstimate, f: float, q: float) -> float:
+    """R = q { -Q_mu f H2(E_mu) + Q1 [1 - H2(e1)] } for a measured estimate."""
+    return float(decoy.gllp_key_rate(estimate.q_mu, estimate.e_mu, estimate.q1,
+                                     estimate.e1_upper, f, q))
+
