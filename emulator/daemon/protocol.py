@@ -127,8 +127,9 @@ class QubitRef(msgspec.Struct, array_like=True, frozen=True):
 class EntangleStart(msgspec.Struct, tag="entangle_start", forbid_unknown_fields=True):
     """Either end of an entanglement link starts heralded generation on it (idempotent).
 
-    Generation runs while each end holds fewer than ``max_pending`` undelivered-or-unconsumed
-    halves of this link (0 = the link's share of the node's slots)."""
+    Generation runs while each end holds fewer halves of this link (heralded or not, not yet
+    freed) than its limit: the sender's ``max_pending`` caps its own end (0 = the link's even
+    share of the node's slots, the default for both ends)."""
 
     id: int
     link: str

@@ -286,10 +286,10 @@ class EntanglementLinkRuntime:
         return all(self.held[e] < self.limit[e] and memories.free_slots(e) > 0
                    for e in self.ends)
 
-    def start(self, max_pending: int) -> None:
+    def start(self, node: str, max_pending: int) -> None:
+        """Start (idempotent); ``max_pending`` > 0 caps the halves ``node`` holds at a time."""
         if max_pending > 0:
-            for end in self.ends:
-                self.limit[end] = min(max_pending, self.daemon.share(end))
+            self.limit[node] = min(max_pending, self.daemon.share(node))
         if self.scope is None:
             assert self.daemon.nursery is not None
             self.scope = trio.CancelScope()
@@ -516,7 +516,7 @@ class Daemon:
         if isinstance(request, p.EntangleStart):
             if request.max_pending < 0:
                 return p.Error("bad_request", "max_pending must be >= 0", id=request.id)
-            link.start(request.max_pending)
+            link.start(conn.node, request.max_pending)
             return p.EntangleStarted(request.id, request.link, link.p, link.rate_hz,
                                      link.delay_s, link.limit[conn.node])
         if isinstance(request, p.EntangleStop):

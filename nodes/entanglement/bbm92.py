@@ -133,6 +133,7 @@ async def run_b(node: NodeContext, app: BBM92App) -> dict:
     chsh_rows: list[tuple[int, int, int, int]] = []  # a setting, b setting (0/1), bit a, bit b
     sample_rows: list[tuple[int, int]] = []
     key_bits = 0
+    total = 0
     t_begin = node.clock.now()
     await node.clock.sleep_until(node.t_start)
     await ops.start_link(link)
@@ -165,16 +166,18 @@ async def run_b(node: NodeContext, app: BBM92App) -> dict:
             for i in np.flatnonzero(sample):
                 sample_rows.append((int(a_bits[i]), int(b_bits[i])))
             key_bits += int((sifted & ~sample).sum())
+            total += len(bases.pairs)
             if bases.last:
                 break
         nursery.cancel_scope.cancel()
     with trio.CancelScope(shield=True):
         await ops.stop_link(link)
     emulated = max(1e-9, node.clock.now() - max(t_begin, node.t_start))
-    return report(app, chsh_rows, sample_rows, key_bits, emulated)
+    return report(app, chsh_rows, sample_rows, key_bits, total, emulated)
 
 
-def report(app: BBM92App, chsh_rows, sample_rows, key_bits: int, emulated_s: float) -> dict:
+def report(app: BBM92App, chsh_rows, sample_rows, key_bits: int, total: int,
+           emulated_s: float) -> dict:
     rows = np.array(chsh_rows, dtype=np.int64).reshape(-1, 4)
     e = {}
     se2 = 0.0
@@ -190,8 +193,7 @@ def report(app: BBM92App, chsh_rows, sample_rows, key_bits: int, emulated_s: flo
     fraction = max(0.0, 1 - 2 * float(binary_entropy(q))) if not math.isnan(q) else 0.0
     return {"section": "entanglement", "role": "report", "name": report_name(app),
             "a": app.a, "b": app.b, "path": [app.a, app.b], "protocol_kind": "bbm92",
-            "pairs": int(len(rows) + len(sample) + key_bits),
-            "pairs_per_s": (len(rows) + len(sample) + key_bits) / emulated_s,
+            "pairs": total, "pairs_per_s": total / emulated_s,
             "chsh": s, "chsh_std": math.sqrt(se2), "chsh_samples": len(rows),
             "qber": q, "qber_samples": len(sample), "sifted_key_bits": key_bits,
             "secret_fraction": fraction, "secret_key_bits": int(key_bits * fraction),

@@ -20,12 +20,14 @@ import numpy as np
 import trio
 
 from emulator.scenario import PairsApp, RepeaterApp, Scenario, memory_of
+from nodes.daemon_client import DaemonError
 from nodes.entanglement import estimate
 from nodes.entanglement.qubits import QuantumOps
 from nodes.entanglement.swapping import (
     EndToEnd,
     EndTracker,
     Finished,
+    FinishedAck,
     Held,
     Outcomes,
     RepeaterCore,
@@ -36,6 +38,7 @@ from nodes.entanglement.swapping import (
 from nodes.sdk import NodeContext
 
 MEASURE_BATCH = 4096
+REPEATER_QUEUE = 3  # unswapped halves a repeater lets each of its links hold
 
 
 def app_name(app: PairsApp) -> str:
@@ -113,16 +116,17 @@ async def run_repeater(node: NodeContext, app: PairsApp) -> list[dict]:
     t2 = t2_of(node.scenario, node.name)
     core = RepeaterCore()
     swaps = 0
-    lock = trio.Lock()  # one swap request at a time keeps the queues' order
+    stopping = False
+    lock = trio.Lock()  # one swap at a time (keeps order); held while a record is sent
 
     async def try_swap() -> None:
         nonlocal swaps
         async with lock:
-            while (pair := core.next_swap()) is not None:
+            while not stopping and (pair := core.next_swap()) is not None:
                 held_l, held_r = pair
                 try:
                     bsm = await ops.bell_measure(ops.ref(held_l.slot), ops.ref(held_r.slot))
-                except Exception as exc:  # a half lost to the cutoff: drop the other one too
+                except DaemonError as exc:  # a half lost to the cutoff: the pair is gone
                     node_log(node, f"swap failed: {exc}")
                     continue
                 swaps += 1
@@ -137,21 +141,36 @@ async def run_repeater(node: NodeContext, app: PairsApp) -> list[dict]:
             await try_swap()
         return sink
 
-    async def forward(src, dst, cancel: trio.CancelScope) -> None:
+    async def rightwards(feeding: trio.CancelScope) -> None:
+        """Forward left -> right; on ``Finished`` stop swapping (after the current swap)."""
+        nonlocal stopping
         while True:
-            payload = await src.receive()
-            await dst.send(payload)
+            payload = await left.receive()
             if isinstance(decoder.decode(payload), Finished):
-                cancel.cancel()
+                stopping = True
+                async with lock:
+                    await right.send(payload)
+                    feeding.cancel()
+                return
+            await right.send(payload)
+
+    async def leftwards() -> None:
+        """Forward right -> left until ``FinishedAck`` has passed."""
+        while True:
+            payload = await right.receive()
+            await left.send(payload)
+            if isinstance(decoder.decode(payload), FinishedAck):
                 return
 
     await node.clock.sleep_until(node.t_start)
-    await ops.start_link(links[1])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_feed, ops, links[0], side_sink("left"))
-        nursery.start_soon(_feed, ops, links[1], side_sink("right"))
-        nursery.start_soon(forward, left, right, nursery.cancel_scope)
-        nursery.start_soon(forward, right, left, nursery.cancel_scope)
+    for link in links:  # short queues here: a half waiting for its partner only decoheres
+        await ops.start_link(link, max_pending=REPEATER_QUEUE)
+    async with trio.open_nursery() as outer:
+        outer.start_soon(leftwards)
+        async with trio.open_nursery() as feeding:
+            feeding.start_soon(_feed, ops, links[0], side_sink("left"))
+            feeding.start_soon(_feed, ops, links[1], side_sink("right"))
+            feeding.start_soon(rightwards, feeding.cancel_scope)
     with trio.CancelScope(shield=True):
         await ops.stop_link(links[1])
     stats = await ops.stats()
@@ -188,6 +207,9 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
     send_ready, receive_ready = trio.open_memory_channel(math.inf)
     measured = 0
     done = trio.Event()
+    finishing = False
+    acked = trio.Event()
+    sending = trio.Lock()  # never cancel a half-sent frame
 
     async def sink(held: Held) -> None:
         for e in tracker.own(held):
@@ -196,9 +218,12 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
     async def records() -> None:
         while True:
             message = decoder.decode(await right.receive())
-            if isinstance(message, SwapRecord):
+            if isinstance(message, SwapRecord) and not finishing:
                 for e in tracker.record(message):
                     send_ready.send_nowait(e)
+            elif isinstance(message, FinishedAck):
+                acked.set()
+                return
 
     async def on_measured(batch, bases, bits, t) -> None:
         nonlocal measured
@@ -206,9 +231,12 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
         if keep <= 0:
             return
         decay = [(t - e.mine.t_stored) / t2 if t2 else 0.0 for e in batch[:keep]]
-        await right.send(encoder.encode(Outcomes(
-            [e.mine.pair for e in batch[:keep]], "".join(bases[:keep]),
-            bits[:keep].tobytes(), decay)))
+        async with sending:
+            if finishing:
+                return
+            await right.send(encoder.encode(Outcomes(
+                [e.mine.pair for e in batch[:keep]], "".join(bases[:keep]),
+                bits[:keep].tobytes(), decay)))
         measured += keep
         if measured >= app.count:
             done.set()
@@ -216,16 +244,21 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
     await node.clock.sleep_until(node.t_start)
     started = await ops.start_link(link)
     t_first = node.clock.now()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_feed, ops, link, sink)
-        nursery.start_soon(records)
-        nursery.start_soon(_measure_loop, ops, name, "a", receive_ready, on_measured)
-        with trio.move_on_after(max(0.0, node.clock.wall_at(node.t_end) - time.time())):
-            await done.wait()
-        nursery.cancel_scope.cancel()
-    with trio.CancelScope(shield=True):
-        await ops.stop_link(link)
-        await right.send(encoder.encode(Finished(measured)))
+    async with trio.open_nursery() as outer:
+        outer.start_soon(records)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_feed, ops, link, sink)
+            nursery.start_soon(_measure_loop, ops, name, "a", receive_ready, on_measured)
+            with trio.move_on_after(max(0.0, node.clock.wall_at(node.t_end) - time.time())):
+                await done.wait()
+            async with sending:
+                finishing = True
+                await ops.stop_link(link)
+                await right.send(encoder.encode(Finished(measured)))
+                nursery.cancel_scope.cancel()
+        with trio.move_on_after(10.0):
+            await acked.wait()
+        outer.cancel_scope.cancel()
     return {"section": "entanglement", "role": "a_end", "name": name, "measured_a": measured,
             "p_success_first_link": started.p_success, "t_first": t_first}
 
@@ -281,6 +314,7 @@ async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
                     pending_a[pair] = (basis, bit, decay)
                 _join()
             elif isinstance(message, Finished):
+                await left.send(encoder.encode(FinishedAck()))
                 finished.set()
                 return
 

@@ -47,7 +47,12 @@ class Finished(msgspec.Struct, tag="finished", array_like=True):
     measured: int
 
 
-ChainMessage = SwapRecord | Outcomes | Finished
+class FinishedAck(msgspec.Struct, tag="finished_ack", array_like=True):
+    """End ``b`` saw ``Finished``; travels back to ``a``. Each channel's last message in each
+    direction is ``Finished`` / ``FinishedAck``, so nobody closes with data still in flight."""
+
+
+ChainMessage = SwapRecord | Outcomes | Finished | FinishedAck
 encoder = msgspec.msgpack.Encoder()
 decoder = msgspec.msgpack.Decoder(ChainMessage)
 
