@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -58,6 +59,20 @@ class Source(Struct, forbid_unknown_fields=True):
     kind: Literal["wcp"] = "wcp"
     rate_hz: Annotated[float, Meta(gt=0, le=1e10)] = 1e8
     mu: NonNegative = 0.5
+    decoys: list[NonNegative] = msgspec.field(default_factory=lambda: [0.1, 0.0])  # nu, vacuum
+    probabilities: list[Probability] | None = None  # of [mu, *decoys]; default 0.8 / rest even
+
+    @property
+    def intensities(self) -> list[float]:
+        return [self.mu, *self.decoys]
+
+    @property
+    def intensity_probabilities(self) -> list[float]:
+        if self.probabilities is not None:
+            return list(self.probabilities)
+        if not self.decoys:
+            return [1.0]
+        return [0.8] + [0.2 / len(self.decoys)] * len(self.decoys)
 
 
 class Detector(Struct, forbid_unknown_fields=True):
@@ -104,6 +119,13 @@ class BB84App(Struct, tag="qkd.bb84", tag_field="kind", forbid_unknown_fields=Tr
     link: Name | None = None
     sample_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.1
     sift_interval_s: Annotated[float, Meta(gt=0)] = 0.5
+    postprocessing: bool = True  # needs decoys = [nu, 0.0]; False stops after sifting
+    block_bits: Annotated[int, Meta(ge=1000)] = 100_000
+    min_block_bits: Annotated[int, Meta(ge=1000)] = 10_000
+    cascade: Literal["original", "yanetal", "option7", "option8"] = "yanetal"
+    qber_abort: Annotated[float, Meta(gt=0, le=0.5)] = 0.11
+    eps_pa: Annotated[float, Meta(gt=0, lt=1)] = 1e-10
+    psk: Annotated[str, Meta(min_length=16)] = "qnet pre-shared authentication secret"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +257,7 @@ def _check_entanglement_app(sc: Scenario, i: int, app) -> list[RepeaterApp]:
                                 f"{app.a!r} to {app.b!r}")
         if len(set(full)) != len(full):
             raise ScenarioError(f"apps[{i}].path: a node appears twice")
-        for k, (u, v) in enumerate(zip(full[:-1], full[1:], strict=True)):
+        for k, (u, v) in enumerate(pairwise(full)):
             link = sc.link_between(u, v)
             if link is None or link.entanglement is None:
                 raise ScenarioError(f"apps[{i}].path[{k}]: no entanglement link between "
@@ -404,6 +426,20 @@ def _check_references(sc: Scenario) -> None:
                 raise ScenarioError(f"apps[{i}].link: no link between {app.a!r} and {app.b!r}")
             if link.quantum is None:
                 raise ScenarioError(f"apps[{i}].link: link {link.id!r} has no [quantum] part")
+            source = link.quantum.source
+            if source.probabilities is not None and (
+                    len(source.probabilities) != len(source.intensities)
+                    or abs(sum(source.probabilities) - 1) > 1e-9):
+                raise ScenarioError(
+                    f"links[{sc.links.index(link)}].quantum.source.probabilities: need one per "
+                    f"intensity ({len(source.intensities)}) summing to 1")
+            if app.postprocessing and not (
+                    len(source.decoys) == 2 and source.mu > source.decoys[0] > 0
+                    and source.decoys[1] == 0):
+                raise ScenarioError(
+                    f"apps[{i}].postprocessing: decoy-state estimation needs "
+                    f"links[{sc.links.index(link)}].quantum.source.decoys = [nu, 0.0] with "
+                    f"0 < nu < mu (or set postprocessing = false)")
             if (link.a, link.b) != (app.a, app.b):
                 raise ScenarioError(
                     f"apps[{i}].a: the sender must be the link's 'a' end ({link.a!r}), "

@@ -15,6 +15,7 @@ import logging
 import math
 import statistics
 import time
+from itertools import pairwise
 
 import numpy as np
 import trio
@@ -343,7 +344,7 @@ def report(sc: Scenario, app: PairsApp, joined, latencies, times) -> dict:
     f, se = estimate.fidelity_from_correlations(samples)
     path = full_path(app)
     f_chain = estimate.werner_chain(
-        sc.link_between(u, v).entanglement.source_fidelity for u, v in zip(path[:-1], path[1:]))
+        sc.link_between(u, v).entanglement.source_fidelity for u, v in pairwise(path))
     model = [estimate.dephased_werner(f_chain, d) for *_, d in joined]
     span = (max(times) - min(times)) if len(times) > 1 else 0.0
     entry = {

@@ -1,0 +1,78 @@
+"""End to end through ``qnet run``: the repeater chain (decoherence in flight: a 50 ms classical
+delay with T2 = 100 ms costs fidelity, as the model says), teleportation and BBM92.
+
+Every estimate is compared with its model within 4 standard errors of its own sample."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from qnet_process import ROOT, alive, run_qnet
+
+pytestmark = pytest.mark.e2e
+
+SCENARIOS = ROOT / "scenarios"
+
+
+def run(tmp_path: Path, scenario: str, *sets: str, duration: float = 5) -> dict:
+    out = tmp_path / f"{scenario}.json"
+    args = ["run", str(SCENARIOS / f"{scenario}.toml"), "--duration", str(duration),
+            "--run-dir", str(tmp_path / scenario), "--json", str(out), "--no-progress"]
+    for assignment in sets:
+        args += ["--set", assignment]
+    done = run_qnet(*args, timeout=90)
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert not [p for p in result["processes"] if alive(p["pid"])], "a process outlived the run"
+    return result
+
+
+def chain(tmp_path: Path, delay_ms: float) -> dict:
+    sets = [f"links.{i}.classical.delay_ms={delay_ms}" for i in range(4)]
+    sets += [f"nodes.{i}.memory.t2_s=0.1" for i in range(5)]
+    sets += ["apps.0.count=400", "expect.0.gt=0"]
+    (entry,) = run(tmp_path / f"d{delay_ms:g}", "repeater-chain", *sets, duration=6)[
+        "entanglement"]
+    return entry
+
+
+def test_repeater_chain_decoherence_in_flight(tmp_path: Path) -> None:
+    fast, slow = chain(tmp_path, 0), chain(tmp_path, 50)
+    for entry in (fast, slow):
+        assert entry["path"] == ["alice", "r1", "r2", "r3", "bob"]
+        assert entry["pairs"] >= 300
+        assert all(b >= 50 for b in entry["samples_per_basis"].values())
+        assert abs(entry["fidelity_mean"] - entry["fidelity_model"]) < 4 * entry["fidelity_std"]
+        # repeaters only Bell-measure: one measurement per swap
+        assert [r["node"] for r in entry["repeaters"]] == ["r1", "r2", "r3"]
+        assert all(r["measurements"] == r["swaps"] > 0 for r in entry["repeaters"])
+    # the outcome messages take 50 ms per hop: the ends' halves wait >= 100 ms for them
+    assert slow["swap_latency_ms_median"] > 100 > 20 > fast["swap_latency_ms_median"]
+    assert slow["fidelity_model"] < fast["fidelity_model"] - 0.1
+    assert slow["fidelity_mean"] < fast["fidelity_mean"]
+
+
+def test_teleport_fidelity_matches_werner_formula(tmp_path: Path) -> None:
+    result = run(tmp_path, "teleport", duration=4)
+    assert result["ok"]
+    (entry,) = result["teleport"]
+    assert entry["count"] == 300 and entry["sent"] == 300
+    f = entry["fidelity_model"]
+    assert abs(entry["fidelity_mean"] - f) < 4 * math.sqrt(f * (1 - f) / entry["count"])
+    assert 0 < entry["round_trip_ms_median"] < 50
+
+
+def test_bbm92_chsh_and_qber(tmp_path: Path) -> None:
+    result = run(tmp_path, "bbm92", duration=4)
+    assert result["ok"]
+    (entry,) = result["entanglement"]
+    f0 = 0.95  # scenarios/bbm92.toml; no memory decay there
+    e = (4 * f0 - 1) / 3
+    assert abs(entry["chsh"] - 2 * math.sqrt(2) * e) < 4 * entry["chsh_std"]
+    q = (1 - e) / 2
+    assert abs(entry["qber"] - q) < 4 * math.sqrt(q * (1 - q) / entry["qber_samples"])
+    assert entry["sifted_key_bits"] > 1000 and entry["secret_key_bits"] > 0
