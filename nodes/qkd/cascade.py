@@ -16,7 +16,8 @@ Implementation choices (see docs/qkd.md for measured efficiency):
   parent and left half), so no range is asked twice; a block re-bisected in a later cascade
   walks down its known sub-blocks for free (sub-block reuse, "Cascade opt." in Martinez-Mateo
   et al., QIC 15, 453 (2015)). In passes after the first, the parity of the last block is
-  inferred from the whole-key parity instead of being disclosed.
+  inferred from the whole-key parity instead of being disclosed. The top-level parities of
+  all passes are asked in round 0 (fixed ranges of a fixed key: no extra disclosure).
 * Pass 1 is not shuffled (the key is already random); later passes use
   ``numpy.random.default_rng([seed, pass]).permutation(n)`` on both ends.
 
@@ -164,10 +165,16 @@ class CascadeSender:
     """Alice's side: answers ``ParityQuery`` from her key and counts the parities disclosed."""
 
     def __init__(
-        self, key: np.ndarray, block_id: int = 0, permutations: PermutationCache | None = None
+        self,
+        key: np.ndarray,
+        block_id: int = 0,
+        permutations: PermutationCache | None = None,
+        max_leaked_bits: int | None = None,
     ) -> None:
         self.key = np.ascontiguousarray(key, dtype=np.uint8)
         self.n = self.key.shape[0]
+        # a peer asking for more parities than this gets an error, not the key
+        self.max_leaked_bits = self.n if max_leaked_bits is None else max_leaked_bits
         self.block_id = block_id
         self.leaked_bits = 0
         self.rounds = 0
@@ -193,6 +200,11 @@ class CascadeSender:
             raise CascadeProtocolError("passes, starts and ends differ in length")
         if np.any(starts >= ends) or np.any(ends > self.n):
             raise CascadeProtocolError(f"range outside [0, {self.n}) or empty")
+        if self.leaked_bits + passes.shape[0] > self.max_leaked_bits:
+            raise CascadeProtocolError(
+                f"query would disclose {self.leaked_bits + passes.shape[0]} parities, "
+                f"over the budget of {self.max_leaked_bits}"
+            )
         if passes.shape[0]:
             self._ensure_passes(int(passes.max()) + 1)
         base = passes.astype(np.int64) * (self.n + 1)
@@ -340,8 +352,11 @@ class CascadeReceiver:
         return q
 
     def _begin_pass(self, p: int) -> ParityQuery | None:
-        """Set up pass ``p``; return the query for its top-level parities (None if inferred)."""
-        n, k, nb = self.n, self.sizes[p], self._nblocks[p]
+        """Set up pass ``p``. Pass 0 returns the query for the top-level parities of *every*
+        pass (Alice's parities of fixed ranges never change, so asking them all in round 0
+        discloses nothing extra and saves a round per pass); later passes find them cached.
+        """
+        n = self.n
         self._pass = p
         perm = self._perms.forward(p)
         base = p * (n + 1)
@@ -350,14 +365,18 @@ class CascadeReceiver:
         )
         if self._flipped.shape[0]:
             self._add_flip_coords(p, self._flipped)
-        blk = np.arange(nb, dtype=np.int64)
-        asked = blk if p == 0 else blk[:-1]  # last block: inferred from the total parity
-        if asked.shape[0] == 0:
+        if p > 0:
             self._finish_top()
             return None
-        pv = np.full(asked.shape[0], p, dtype=np.int64)
-        idx = self._cache_index(pv, asked, 1)
-        return self._query("top", pv, asked * k, np.minimum((asked + 1) * k, n), idx)
+        ps, blks = [], []
+        for q, nb in enumerate(self._nblocks):
+            count = nb if q == 0 else nb - 1  # last block: inferred from the total parity
+            ps.append(np.full(count, q, dtype=np.int64))
+            blks.append(np.arange(count, dtype=np.int64))
+        pv, blk = np.concatenate(ps), np.concatenate(blks)
+        k = self._sizes_arr[pv]
+        idx = self._cache_index(pv, blk, 1)
+        return self._query("top", pv, blk * k, np.minimum((blk + 1) * k, n), idx)
 
     def _finish_top(self) -> None:
         p, n = self._pass, self.n

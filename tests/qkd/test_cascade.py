@@ -171,6 +171,18 @@ def test_protocol_errors_are_reported():
         tx.receive_done(CascadeDone(block_id=0, rounds=1, leaked_bits=reply.count + 5))
 
 
+def test_sender_enforces_a_disclosure_budget():
+    rng = np.random.default_rng(8)
+    alice, bob = random_pair(rng, 2000, 40)
+    tx = CascadeSender(alice, max_leaked_bits=60)
+    rx = CascadeReceiver(bob, 0.02, "original", seed=1)
+    with pytest.raises(CascadeProtocolError):
+        msg = rx.start()
+        while isinstance(msg, ParityQuery):
+            msg = rx.receive_reply(tx.receive_query(msg))
+    assert tx.leaked_bits <= 60
+
+
 def test_sender_needs_only_the_seed_from_the_wire():
     # Alice builds her shuffles from the seed in the query; sharing a cache is an optimisation.
     rng = np.random.default_rng(6)
