@@ -173,8 +173,9 @@ class CascadeSender:
     ) -> None:
         self.key = np.ascontiguousarray(key, dtype=np.uint8)
         self.n = self.key.shape[0]
-        # a peer asking for more parities than this gets an error, not the key
-        self.max_leaked_bits = self.n if max_leaked_bits is None else max_leaked_bits
+        # A peer asking for more parities than this gets an error instead of answers. None: no
+        # limit; the node sets it to the leak above which the block could yield no key anyway.
+        self.max_leaked_bits = max_leaked_bits
         self.block_id = block_id
         self.leaked_bits = 0
         self.rounds = 0
@@ -200,10 +201,11 @@ class CascadeSender:
             raise CascadeProtocolError("passes, starts and ends differ in length")
         if np.any(starts >= ends) or np.any(ends > self.n):
             raise CascadeProtocolError(f"range outside [0, {self.n}) or empty")
-        if self.leaked_bits + passes.shape[0] > self.max_leaked_bits:
+        budget = self.max_leaked_bits
+        if budget is not None and self.leaked_bits + passes.shape[0] > budget:
             raise CascadeProtocolError(
                 f"query would disclose {self.leaked_bits + passes.shape[0]} parities, "
-                f"over the budget of {self.max_leaked_bits}"
+                f"over the budget of {budget}"
             )
         if passes.shape[0]:
             self._ensure_passes(int(passes.max()) + 1)
