@@ -147,7 +147,7 @@ async def _inject_faults(mqtt: MqttClient, state: RunState, clock: EmulatedClock
         await mqtt.publish(topic, json.dumps({"action": fault.action}), qos=1)
         state.events.append({"kind": "fault", "link": fault.link, "action": fault.action,
                              "t_emu": clock.now()})
-        if fault.for_s is not None:
+        if fault.for_s is not None and fault.action != "corrupt":
             opposite = "restore" if fault.action == "cut" else "cut"
             await clock.sleep_until(t_start + fault.at_s + fault.for_s)
             await mqtt.publish(topic, json.dumps({"action": opposite}), qos=1)
@@ -298,7 +298,7 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
         "processes": [{"name": c.name, "role": c.role, "pid": c.pid, "exit_code": c.exit_code}
                       for c in state.children],
         "links": links,
-        "qkd": merge_qkd(scenario, entries, emulated_s),
+        "qkd": merge_qkd(scenario, entries),
         **entanglement_sections(scenario, entries),
         "events": state.events,
     }

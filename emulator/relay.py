@@ -78,12 +78,13 @@ UDP_QUEUE_BYTES = 4 * 1024 * 1024  # datagrams beyond this backlog are tail-drop
 CALIBRATION_SLEEPS = 20
 METRICS_INTERVAL_S = 1.0
 FINAL_PUBLISH_TIMEOUT_S = 1.0
+CORRUPT_MIN_BYTES = 16384
 
 
 class LinkControl(msgspec.Struct):
     """Payload of ``qnet/<run>/control/link/<name>``."""
 
-    action: Literal["cut", "restore"]
+    action: Literal["cut", "restore", "corrupt"]
 
 
 class RelayReport(msgspec.Struct):
@@ -134,6 +135,8 @@ class Relay:
         self._udp_sockets: dict[str, trio.socket.SocketType] = {}
         self._udp_queues = {key: DatagramQueue() for key in ("ab", "ba")}
         self._udp_wake = {key: trio.Event() for key in ("ab", "ba")}
+        self._corrupt_pending = 0
+        self.corrupted = 0
 
     # -- cut / restore -------------------------------------------------------------------
     @property
@@ -151,6 +154,25 @@ class Relay:
         if not self._up.is_set():
             self._up.set()
             log.info("link %s restored", self.config.name)
+
+    def corrupt(self) -> None:
+        """Flip one bit in the middle of the next large TCP chunk (either direction).
+
+        A fault for testing authentication: a chunk of at least ``CORRUPT_MIN_BYTES`` lies
+        inside bulk frames, so the flipped bit lands in a frame's payload, not its header.
+        """
+        self._corrupt_pending += 1
+        log.info("link %s: will corrupt the next large chunk", self.config.name)
+
+    def _maybe_corrupt(self, data: bytes) -> bytes:
+        if not self._corrupt_pending or len(data) < CORRUPT_MIN_BYTES:
+            return data
+        self._corrupt_pending -= 1
+        self.corrupted += 1
+        flipped = bytearray(data)
+        flipped[len(flipped) // 2] ^= 0x10
+        log.info("link %s: flipped a bit in a chunk of %d bytes", self.config.name, len(data))
+        return bytes(flipped)
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -269,7 +291,7 @@ class Relay:
                     async for release, data in receive:
                         await self._sleep_until(release)
                         await self._wait_up()
-                        await sink.send_all(data)
+                        await sink.send_all(self._maybe_corrupt(data))
                         self.counters.add(key, len(data))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -352,7 +374,7 @@ async def _control(relay: Relay, mqtt, *, task_status=trio.TASK_STATUS_IGNORED) 
                 log.warning("link %s: ignoring control message %r: %s",
                             relay.config.name, message.payload[:200], exc)  # fmt: skip
                 continue
-            relay.cut() if action == "cut" else relay.restore()
+            {"cut": relay.cut, "restore": relay.restore, "corrupt": relay.corrupt}[action]()
 
 
 async def _publish_metrics(relay: Relay, mqtt) -> None:

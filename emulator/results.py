@@ -15,48 +15,64 @@ from rich.console import Console
 from rich.table import Table
 
 from emulator.daemon import photons
-from emulator.scenario import Expect, Link, Scenario, app_kind
+from emulator.scenario import BB84App, Expect, Link, Scenario, bb84_link
+from nodes.qkd import decoy
 
-SENDER_FIELDS = ("key_sha256_a", "daemon_lag_s")
+SENDER_FIELDS = ("key_sha256_a", "secret_bits_a", "daemon_lag_s")
+DEFAULT_EC_EFFICIENCY = 1.16
 
 
-def predicted_bb84(link: Link, sample_fraction: float) -> dict[str, float]:
-    """Closed-form gain, QBER and sifted key rate for the link's source and detectors."""
+def predicted_bb84(link: Link, app: BB84App, ec_efficiency: float | None) -> dict[str, float]:
+    """Closed-form gain, QBER, sifted key rate and (with decoys) the GLLP rate of the link."""
     q = link.quantum
     assert q is not None
+    source = q.source
     eta = photons.transmittance(link.length_km, q.attenuation_db_per_km) * q.detector.efficiency
     y0 = photons.background_yield(q.detector.dark_count_probability)
-    gain = float(photons.gain(q.source.mu, eta, y0))
-    error = float(photons.error_gain(q.source.mu, eta, y0, q.detector.misalignment))
-    return {
+    gain = float(photons.gain(source.mu, eta, y0))
+    error = float(photons.error_gain(source.mu, eta, y0, q.detector.misalignment))
+    signal_share = source.intensity_probabilities[0]
+    kept = signal_share * 0.5 * (1 - app.sample_fraction)
+    out = {
         "gain": gain,
         "qber": error / gain if gain else float("nan"),
-        "sifted_rate_bps": q.source.rate_hz * gain * 0.5 * (1 - sample_fraction),
+        "sifted_rate_bps": source.rate_hz * gain * kept,
+        "plob_bits_per_pulse": float(decoy.plob_bound(eta)),
     }
+    if app.postprocessing:
+        f = ec_efficiency or DEFAULT_EC_EFFICIENCY
+        out["ec_efficiency_used"] = f
+        out["gllp_bits_per_pulse"] = float(decoy.gllp_rate(
+            source.mu, source.decoys[0], eta, y0, q.detector.misalignment, f=f, q=kept))
+    return out
 
 
-def merge_qkd(scenario: Scenario, node_entries: list[dict], emulated_s: float) -> list[dict]:
+def merge_qkd(scenario: Scenario, node_entries: list[dict]) -> list[dict]:
+    """Join the sender's and receiver's entries of each QKD link and add predictions."""
     by_link: dict[str, dict] = {}
     for entry in node_entries:
         if "protocol" not in entry:
             continue
-        merged = by_link.setdefault(entry["link"], {})
+        merged = by_link.setdefault(entry["link"], {"auth_rejected": 0})
+        merged["auth_rejected"] += entry.get("auth_rejected", 0)
         if entry.get("role") == "sender":
             for name in SENDER_FIELDS:
                 merged[name] = entry.get(name)
             merged["sifted_bits_a"] = entry.get("sifted_bits")
             merged.setdefault("pulses", entry.get("pulses"))
         else:
-            merged.update({k: v for k, v in entry.items() if k != "role"})
-    apps = {app.link or scenario.link_between(app.a, app.b).id: app for app in scenario.apps
-            if app_kind(app).startswith("qkd.")}
+            merged.update({k: v for k, v in entry.items()
+                           if k not in ("role", "auth_rejected")})
+    apps = {bb84_link(scenario, app).id: app for app in scenario.apps
+            if isinstance(app, BB84App)}
     out = []
     for name, entry in by_link.items():
         link = scenario.link(name)
-        prediction = predicted_bb84(link, apps[name].sample_fraction)
         source_s = (entry.get("pulses") or 0) / link.quantum.source.rate_hz
         entry["sifted_rate_bps"] = entry.get("sifted_bits", 0) / source_s if source_s else 0.0
-        entry["predicted"] = prediction
+        if entry.get("processed_slots"):
+            entry["pa_bits_per_pulse"] = entry["pa_output_bits"] / entry["processed_slots"]
+        entry["predicted"] = predicted_bb84(link, apps[name], entry.get("ec_efficiency"))
         out.append(entry)
     return out
 
@@ -112,6 +128,23 @@ def print_summary(console: Console, result: dict) -> None:
         table.add_row("sifted key rate (bit/s)", _fmt(entry.get("sifted_rate_bps"), ",.0f"),
                       _fmt(predicted.get("sifted_rate_bps"), ",.0f"))
         table.add_row("daemon lag behind the clock (s)", _fmt(entry.get("daemon_lag_s"), ".3f"), "")
+        if "secret_bits" in entry and entry.get("blocks_ok") is not None:
+            table.add_row("blocks ok / failed / aborted",
+                          f"{entry['blocks_ok']} / {entry['blocks_failed']} / "
+                          f"{entry['blocks_aborted']}", "")
+            table.add_row("Cascade efficiency f", _fmt(entry.get("ec_efficiency"), ".3f"), "")
+            table.add_row("Y1 lower bound / e1 upper bound",
+                          f"{_fmt(entry.get('y1_lower'))} / {_fmt(entry.get('e1_upper'))}", "")
+            table.add_row("PA output bits per pulse", _fmt(entry.get("pa_bits_per_pulse")),
+                          _fmt(predicted.get("gllp_bits_per_pulse")) + " (GLLP)")
+            table.add_row("secret key bits (after auth refill)",
+                          _fmt(entry.get("secret_bits"), ",d"), "")
+            table.add_row("secret key rate (bit/s)",
+                          _fmt(entry.get("secret_key_rate_bps"), ",.0f"), "")
+            table.add_row("keys identical at both ends",
+                          "yes" if entry.get("key_sha256_a") == entry.get("key_sha256_b")
+                          else "NO", "")
+            table.add_row("authentication rejects", _fmt(entry.get("auth_rejected"), ",d"), "")
         table.add_row("realtime factor", _fmt(entry.get("realtime_factor"), ".3f"), "")
         console.print(table)
     if result.get("links"):

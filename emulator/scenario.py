@@ -295,7 +295,7 @@ def app_kind(app: App) -> str:
 
 class Fault(Struct, forbid_unknown_fields=True):
     at_s: NonNegative
-    action: Literal["cut", "restore"]
+    action: Literal["cut", "restore", "corrupt"]  # corrupt: flip a bit in a bulk TCP chunk
     link: Name
     for_s: Positive | None = None
 

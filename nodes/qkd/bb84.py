@@ -1,36 +1,93 @@
-"""The ``qkd.bb84`` app: the thin trio shell around the sifting cores.
+"""The ``qkd.bb84`` app: the thin trio shell around the sifting and post-processing cores.
 
 The sender (link end ``a``) starts its source in the daemon with a fresh PRF key, dials the
-receiver through the relay, and answers sift requests until the receiver has sifted every
-detection. The receiver (``b``) opens its detector, batches its detection records every
-``sift_interval_s`` and feeds the replies to its core. Each side returns one result entry
-built from what it measured or was told; the orchestrator merges the two.
+receiver through the relay, and answers until the receiver has processed every detection.
+The receiver (``b``) opens its detector, batches its detection records every
+``sift_interval_s`` and feeds the replies to its cores. Every message on the channel is
+authenticated (``AuthenticatedLink``: Wegman-Carter, NACK and resend around rejects). Each
+side returns one result entry from what it measured or was told; the orchestrator merges them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import trio
 
 from emulator.daemon import protocol as p
 from emulator.scenario import BB84App, bb84_link
+from nodes.qkd import decoy
 from nodes.qkd import messages as m
-from nodes.qkd.sifting import SiftReceiver, SiftSender
+from nodes.qkd.auth import Authenticator
+from nodes.qkd.auth_channel import AuthenticatedLink
+from nodes.qkd.keystore import KeyStore
+from nodes.qkd.postprocessing import (
+    Block,
+    PostprocessingConfig,
+    ReceiverPostprocessing,
+    SenderPostprocessing,
+    estimate_block,
+)
+from nodes.qkd.sifting import SIGNAL, SiftReceiver, SiftSender
 from nodes.sdk import NodeContext
+from nodes.transport import Channel
 
 PROTOCOL = "bb84"
+BOOTSTRAP_AUTH_KEYS = 4096
+TIMER_PERIOD_S = 0.25
 
 
 def channel_name(link: str) -> str:
     return f"qkd.bb84/{link}"
 
 
-def key_digest(key_parts: list[np.ndarray]) -> str:
-    bits = np.concatenate(key_parts) if key_parts else np.zeros(0, dtype=np.uint8)
-    return hashlib.sha256(np.packbits(bits).tobytes() + len(bits).to_bytes(8, "little")).hexdigest()
+class SecureChannel:
+    """The app channel with every message sealed and checked by an ``AuthenticatedLink``."""
+
+    def __init__(self, channel: Channel, authenticator: Authenticator) -> None:
+        self.channel = channel
+        self.link = AuthenticatedLink(authenticator)
+
+    def post(self, message: object) -> None:
+        self.channel.post(self.link.send(m.encoder.encode(message)))
+
+    async def messages(self) -> AsyncIterator[object]:
+        while True:
+            frame = await self.channel.receive()
+            bodies, frames = self.link.receive(frame, time.monotonic())
+            for reply in frames:
+                self.channel.post(reply)
+            for body in bodies:
+                yield m.decoder.decode(body)
+
+    async def run_timer(self) -> None:
+        while True:
+            await trio.sleep(TIMER_PERIOD_S)
+            for frame in self.link.handle_timer(time.monotonic()):
+                self.channel.post(frame)
+
+
+def _config(app: BB84App, source) -> PostprocessingConfig:
+    return PostprocessingConfig(
+        intensities=tuple(source.intensities), probabilities=tuple(source.intensity_probabilities),
+        block_bits=app.block_bits, min_block_bits=app.min_block_bits, schedule=app.cascade,
+        qber_abort=app.qber_abort, eps_pa=app.eps_pa)
+
+
+async def _settle(node: NodeContext, link: str, store: KeyStore, secure: SecureChannel,
+                  finished) -> None:
+    """Deliver finished blocks: refill the auth pool, store the key, publish an event."""
+    while finished:
+        block: Block = finished.popleft()
+        if block.status == "ok":
+            secure.link.auth.replenish(block.auth_material)
+            store.add(f"{link}/{block.block}", block.final_key)
+            await node.event("key_produced", link=link, block=block.block,
+                             bits=len(block.final_key))
+        else:
+            await node.event(f"qkd_block_{block.status}", link=link, block=block.block)
 
 
 async def run(node: NodeContext, app: BB84App) -> list[dict]:
@@ -41,12 +98,20 @@ async def run(node: NodeContext, app: BB84App) -> list[dict]:
 
 
 async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
+    source = node.scenario.link(link).quantum.source
     rng = node.rng(f"bb84/{link}")
     prf_key = rng.bytes(16)
-    core = SiftSender(prf_key, [1.0], app.sample_fraction, rng)
+    sift = SiftSender(prf_key, source.intensity_probabilities, app.sample_fraction, rng)
+    post = SenderPostprocessing(_config(app, source), node.rng(f"bb84/{link}/pp")) \
+        if app.postprocessing else None
+    store = KeyStore(app.b)
     channel = await node.transport.connect(app.b, channel_name(link))
+    secure = SecureChannel(channel, Authenticator("initiator", app.psk.encode(),
+                                                  bootstrap_keys=BOOTSTRAP_AUTH_KEYS))
     await node.clock.sleep_until(node.t_start)
-    started = await node.daemon.request(p.SourceStart, link=link, prf_key=prf_key)
+    started = await node.daemon.request(p.SourceStart, link=link, prf_key=prf_key,
+                                        intensities=source.intensities,
+                                        probabilities=source.intensity_probabilities)
     await node.event("source_started", link=link, t_start=started.t_start)
     pulses = 0
     daemon_stats: list[p.Stats] = []
@@ -57,50 +122,72 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
         stopped = await node.daemon.request(p.SourceStop, link=link)
         pulses = stopped.pulses
         daemon_stats.append(await node.daemon.request(p.StatsRequest))
-        channel.post(m.encoder.encode(m.SourceFinished(pulses=pulses)))
+        secure.post(m.SourceFinished(pulses=pulses))
         await node.event("source_stopped", link=link, pulses=pulses)
 
     async def answer() -> None:
-        while True:
-            message = m.decoder.decode(await channel.receive())
+        async for message in secure.messages():
             if isinstance(message, m.SiftRequest):
-                channel.post(m.encoder.encode(core.on_sift_request(message)))
+                secure.post(sift.on_sift_request(message))
             elif isinstance(message, m.SampleResult):
-                core.on_sample_result(message)
+                record = sift.on_sample_result(message)
+                if post is not None:
+                    post.add_record(record)
             elif isinstance(message, m.ReceiverFinished):
                 return
+            elif post is not None:
+                for out in post.on_message(message):
+                    secure.post(out)
+                await _settle(node, link, store, secure, post.finished)
+            else:
+                raise ValueError(f"unexpected {type(message).__name__} without post-processing")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(channel.run_writer)
+        nursery.start_soon(secure.run_timer)
         nursery.start_soon(stop_source_at_end)
         await answer()
         nursery.cancel_scope.cancel()
     await channel.aclose()
     return {
         "link": link, "a": app.a, "b": app.b, "protocol": PROTOCOL, "role": "sender",
-        "pulses": pulses, "sifted_bits": core.sifted_bits, "qber": core.stats.qber,
-        "sample_bits": core.stats.sample_bits, "key_sha256_a": key_digest(core.key),
-        "source_rate_hz": started.rate_hz,
+        "pulses": pulses, "sifted_bits": sum(len(r.key) for r in sift.records.values()),
+        "key_sha256_a": store.digest(), "secret_bits_a": store.total_bits,
+        "auth_rejected": secure.link.rejected, "source_rate_hz": started.rate_hz,
         "daemon_lag_s": daemon_stats[0].lag_s if daemon_stats else None,
     }
 
 
 async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
-    core = SiftReceiver()
+    source = node.scenario.link(link).quantum.source
+    config = _config(app, source)
+    sift = SiftReceiver(len(source.intensities))
+    post = ReceiverPostprocessing(config, node.rng(f"bb84/{link}/pp")) \
+        if app.postprocessing else None
+    store = KeyStore(app.a)
     detections = node.daemon.detections(link)
     await node.daemon.request(p.DetectorOpen, link=link)
     channel = await node.transport.accept(app.a, channel_name(link))
+    secure = SecureChannel(channel, Authenticator("responder", app.psk.encode(),
+                                                  bootstrap_keys=BOOTSTRAP_AUTH_KEYS))
     detections_done = trio.Event()
-    all_sifted = trio.Event()
+    all_done = trio.Event()
     source_finished = False
+    sifting_finished = False
     pulses = 0
     t_first_detection: float | None = None
     wall_first_detection: float | None = None
 
     def check_done() -> None:
-        if (detections_done.is_set() and source_finished and not core.buffered
-                and not core.outstanding):
-            all_sifted.set()
+        nonlocal sifting_finished
+        if (not sifting_finished and detections_done.is_set() and source_finished
+                and not sift.buffered and not sift.outstanding):
+            sifting_finished = True
+            if post is not None:
+                for out in post.finish():
+                    secure.post(out)
+        if sifting_finished and (post is None or post.idle):
+            all_done.set()
 
     async def read_detections() -> None:
         nonlocal t_first_detection, wall_first_detection
@@ -108,7 +195,7 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
             if t_first_detection is None and batch.slot:
                 t_first_detection = node.clock.now()
                 wall_first_detection = time.time()
-            core.add_detections(batch.slot, batch.basis, batch.outcome)
+            sift.add_detections(batch.slot, batch.basis, batch.outcome, batch.frame_end)
             if batch.last:
                 detections_done.set()
                 return
@@ -117,51 +204,115 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
         while not detections_done.is_set():
             with trio.move_on_after(node.clock.wall_duration(app.sift_interval_s)):
                 await detections_done.wait()
-            request = core.next_request()
+            request = sift.next_request()
             if request is not None:
-                channel.post(m.encoder.encode(request))
+                secure.post(request)
         check_done()
 
     async def read_replies() -> None:
         nonlocal pulses, source_finished
-        while True:
-            message = m.decoder.decode(await channel.receive())
+        async for message in secure.messages():
             if isinstance(message, m.SiftReply):
-                channel.post(m.encoder.encode(core.on_sift_reply(message)))
+                result, record = sift.on_sift_reply(message)
+                secure.post(result)
+                for out in post.add_record(record) if post is not None else ():
+                    secure.post(out)
             elif isinstance(message, m.SourceFinished):
                 pulses = message.pulses
                 source_finished = True
+            elif post is not None:
+                for out in post.on_message(message):
+                    secure.post(out)
+            else:
+                raise ValueError(f"unexpected {type(message).__name__} without post-processing")
+            if post is not None:
+                await _settle(node, link, store, secure, post.finished)
             check_done()
 
     async def report_progress() -> None:
         while True:
             await trio.sleep(1.0)
-            await node.metrics(link=link, detections=core.stats.detections,
-                               sifted_bits=core.sifted_bits, qber=core.stats.qber)
+            await node.metrics(link=link, detections=int(sum(
+                r.detections.sum() for r in sift.records.values())),
+                sifted_bits=sum(len(r.key) for r in sift.records.values()),
+                secret_bits=store.total_bits)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(channel.run_writer)
-        nursery.start_soon(read_detections)
-        nursery.start_soon(send_requests)
-        nursery.start_soon(read_replies)
-        nursery.start_soon(report_progress)
-        await all_sifted.wait()
-        channel.post(m.encoder.encode(m.ReceiverFinished(batches=core.stats.batches)))
+        async with trio.open_nursery() as readers:
+            readers.start_soon(secure.run_timer)
+            readers.start_soon(read_detections)
+            readers.start_soon(send_requests)
+            readers.start_soon(read_replies)
+            readers.start_soon(report_progress)
+            await all_done.wait()
+            # the sender closes on ReceiverFinished: stop reading before we say it
+            readers.cancel_scope.cancel()
+        secure.post(m.ReceiverFinished(batches=len(sift.records)))
         await channel.drain()
         nursery.cancel_scope.cancel()
     t_done = node.clock.now()
     await channel.aclose()
-    rate_hz = node.scenario.link(link).quantum.source.rate_hz
-    source_s = pulses / rate_hz
-    stats = core.stats
-    return {
+    entry = receiver_entry(sift, post, store, config, pulses, source.rate_hz)
+    entry.update({
         "link": link, "a": app.a, "b": app.b, "protocol": PROTOCOL, "role": "receiver",
-        "pulses": pulses, "detections": stats.detections, "sifted_bits": core.sifted_bits,
-        "sample_bits": stats.sample_bits, "sample_errors": stats.sample_errors,
-        "qber": stats.qber, "gain": stats.detections / pulses if pulses else float("nan"),
-        "realtime_factor": source_s / (t_done - node.t_start) if t_done > node.t_start else 0.0,
+        "auth_rejected": secure.link.rejected,
+        "realtime_factor": (pulses / source.rate_hz) / (t_done - node.t_start)
+        if t_done > node.t_start else 0.0,
         "first_detection_emu_s": t_first_detection,
         "first_detection_wall": wall_first_detection,
-        "key_sha256_b": key_digest(core.key),
+    })
+    return entry
+
+
+def receiver_entry(sift: SiftReceiver, post: ReceiverPostprocessing | None, store: KeyStore,
+                   config: PostprocessingConfig, pulses: int, rate_hz: float) -> dict:
+    """The receiver's measurements: counts, estimates per intensity, post-processing totals."""
+    records = sorted(sift.records.values(), key=lambda r: r.batch)
+    n = len(config.intensities)
+    detections = sum((r.detections for r in records), np.zeros(n, np.int64))
+    matched = sum((r.matched for r in records), np.zeros(n, np.int64))
+    errors = sum((r.errors for r in records), np.zeros(n, np.int64))
+    sample = sum(r.sample_bits for r in records)
+    sent = [pulses * prob for prob in config.probabilities]
+    gains = [float(d / s) if s else None for d, s in zip(detections, sent)]
+    qbers = [float(errors[SIGNAL] / sample) if sample else None]
+    qbers += [float(errors[i] / matched[i]) if matched[i] else None for i in range(1, n)]
+    labels = [f"{mu:g}" for mu in config.intensities]
+    source_s = pulses / rate_hz if rate_hz else 0.0
+    entry: dict = {
+        "pulses": pulses, "detections": int(detections.sum()),
+        "sifted_bits": sum(len(r.key) for r in records), "sample_bits": sample,
+        "sample_errors": int(errors[SIGNAL]), "qber": qbers[0], "gain": gains[SIGNAL],
+        "gain_by_intensity": dict(zip(labels, gains)),
+        "qber_by_intensity": dict(zip(labels, qbers)),
+        "secret_bits": store.total_bits, "key_sha256_b": store.digest(),
+        "secret_bits_per_pulse": store.total_bits / pulses if pulses else 0.0,
+        "secret_key_rate_bps": store.total_bits / source_s if source_s else 0.0,
     }
+    if post is None:
+        return entry
+    ok = [b for b in post.blocks if b.status == "ok"]
+    reconciled = sum(b.n for b in ok)
+    leaked = sum(b.leaked_bits for b in ok)
+    qber_ok = (sum(b.estimate.e_mu * b.n for b in ok) / reconciled) if reconciled else 0.0
+    shannon = reconciled * float(decoy.binary_entropy(qber_ok))
+    processed = [r for b in post.blocks for r in b.records]
+    pooled = estimate_block(processed, post.blocks[0].slot_start, post.blocks[-1].slot_end,
+                            config) if post.blocks and n == 3 else None
+    entry.update({
+        "pa_output_bits": sum(b.out_len for b in ok),
+        "auth_key_bits": sum(b.auth_bits for b in ok),
+        "reconciled_bits": reconciled, "ec_leaked_bits": leaked,
+        "ec_efficiency": leaked / shannon if shannon else None,
+        "y1_lower": pooled.y1_lower if pooled else None,
+        "e1_upper": pooled.e1_upper if pooled else None,
+        "blocks_ok": len(ok),
+        "blocks_failed": sum(b.status == "failed_verification" for b in post.blocks),
+        "blocks_aborted": sum(b.status == "aborted" for b in post.blocks),
+        "processed_slots": (post.blocks[-1].slot_end - post.blocks[0].slot_start)
+        if post.blocks else 0,
+        "cascade": config.schedule,
+    })
+    return entry
 

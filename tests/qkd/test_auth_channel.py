@@ -71,7 +71,7 @@ def test_replayed_frame_is_rejected() -> None:
     a, b = pair()
     frame = a.send(b"pay me")
     assert b.receive(frame, 0.0)[0] == [b"pay me"]
-    bodies, replies = b.receive(frame, 0.0)
+    bodies, _ = b.receive(frame, 0.0)
     assert bodies == [] and b.rejected == 1
 
 
