@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from qnet_process import ROOT, alive, run_qnet
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +50,8 @@ def test_repeater_chain_decoherence_in_flight(tmp_path: Path) -> None:
         assert [r["node"] for r in entry["repeaters"]] == ["r1", "r2", "r3"]
         assert all(r["measurements"] == r["swaps"] > 0 for r in entry["repeaters"])
     # the outcome messages take 50 ms per hop: the ends' halves wait >= 100 ms for them
-    assert slow["swap_latency_ms_median"] > 100 > 20 > fast["swap_latency_ms_median"]
+    assert slow["swap_latency_ms_median"] > 100
+    assert fast["swap_latency_ms_median"] < 20
     assert slow["fidelity_model"] < fast["fidelity_model"] - 0.1
     assert slow["fidelity_mean"] < fast["fidelity_mean"]
 
