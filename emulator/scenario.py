@@ -204,6 +204,15 @@ class BBM92App(Struct, tag="qkd.bbm92", tag_field="kind", forbid_unknown_fields=
     link: Name | None = None
 
 
+class ExternalApp(Struct, tag="external", tag_field="kind", forbid_unknown_fields=True):
+    """A program run as its own process at ``a`` and at ``b``, driving its node through the
+    local app socket (nodes/app_socket.py); ``python`` as ``command[0]`` is this Python."""
+
+    a: Name
+    b: Name
+    command: Annotated[list[str], Meta(min_length=1)]
+
+
 def entanglement_neighbours(sc: Scenario) -> dict[str, list[str]]:
     """Adjacency over links that have an ``[links.entanglement]`` part."""
     adj: dict[str, list[str]] = {n.name: [] for n in sc.nodes}
@@ -285,7 +294,7 @@ def _expand_repeaters(sc: Scenario) -> None:
     sc.apps.extend(r for r in wanted if (r.a, r.app) not in have)
 
 
-App = BB84App | PairsApp | RepeaterApp | TeleportApp | BBM92App
+App = BB84App | PairsApp | RepeaterApp | TeleportApp | BBM92App | ExternalApp
 
 
 def app_kind(app: App) -> str:

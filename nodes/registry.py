@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
+from nodes import app_socket
 from nodes.entanglement import bbm92, pairs, teleport
 from nodes.qkd import bb84
 
@@ -15,6 +16,7 @@ APPS: dict[str, AppRunner] = {
     "entanglement.repeater": pairs.run,
     "teleport": teleport.run,
     "qkd.bbm92": bbm92.run,
+    "external": app_socket.run_external,
 }
 
 
