@@ -105,6 +105,51 @@ def validate(scenario: Annotated[Path, typer.Argument(help="scenario TOML file")
                   f"{len(sc.apps)} apps)")
 
 
+@app.command()
+def sweep(
+    scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
+    param: Annotated[str, typer.Option(help="dotted path to vary, e.g. links.0.length_km")],
+    values: Annotated[str, typer.Option(help="comma-separated values, e.g. 0,25,50,75,100")],
+    out: Annotated[Path, typer.Option(help="folder for sweep.csv, sweep.png and the runs")],
+    duration: Annotated[Optional[float], typer.Option(help="override scenario.duration_s")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="PATH=VALUE override")] = [],
+    broker: Annotated[str, typer.Option(help="embedded | mosquitto | mqtt://host:port")] = "embedded",
+) -> None:
+    """Run the scenario once per value; write a CSV and a key-rate plot with GLLP and PLOB."""
+    from emulator import broker as brokers
+    from emulator.orchestrator import RunFailed
+    from emulator.supervise import ChildFailed
+    from emulator.sweep import sweep as run_sweep
+
+    overrides = list(set_) + ([f"scenario.duration_s={duration}"] if duration else [])
+    try:
+        numbers = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        _invalid(f"--values: expected comma-separated numbers, got {values!r}")
+    if not numbers:
+        _invalid("--values: no values given")
+    try:
+        brokers.parse_broker(broker)
+        for value in numbers:
+            load_scenario(scenario, [*overrides, f"{param}={value!r}"])
+    except ScenarioError as exc:
+        _invalid(str(exc))
+    except ValueError as exc:
+        _invalid(f"--broker: {exc}")
+    try:
+        points = run_sweep(scenario, param, numbers, out, overrides, broker, console)
+    except (ChildFailed, RunFailed, brokers.BrokerError, OSError) as exc:
+        err.print(f"[red]sweep failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_RUNTIME)
+    for point in points:
+        q = point.qkd
+        console.print(f"{param} = {point.value:g}: secret bits/pulse "
+                      f"{q.get('pa_bits_per_pulse') or 0:.3e} (GLLP "
+                      f"{q.get('predicted', {}).get('gllp_bits_per_pulse', 0):.3e}), "
+                      f"{q.get('secret_key_rate_bps', 0):,.0f} bit/s, exit {point.exit_code}")
+    console.print(f"wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+
+
 @app.command("list")
 def list_scenarios() -> None:
     """List the shipped scenarios with their descriptions."""

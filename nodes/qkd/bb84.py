@@ -37,6 +37,7 @@ from nodes.transport import Channel
 PROTOCOL = "bb84"
 BOOTSTRAP_AUTH_KEYS = 4096
 TIMER_PERIOD_S = 0.25
+MAX_BATCH_DETECTIONS = 1_000_000  # a sift request of ~9 MB; sent early when reached
 
 
 def channel_name(link: str) -> str:
@@ -67,6 +68,11 @@ class SecureChannel:
             await trio.sleep(TIMER_PERIOD_S)
             for frame in self.link.handle_timer(time.monotonic()):
                 self.channel.post(frame)
+
+
+async def _cancel_after(wait, scope: trio.CancelScope) -> None:
+    await wait()
+    scope.cancel()
 
 
 def _config(app: BB84App, source) -> PostprocessingConfig:
@@ -171,6 +177,7 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
     secure = SecureChannel(channel, Authenticator("responder", app.psk.encode(),
                                                   bootstrap_keys=BOOTSTRAP_AUTH_KEYS))
     detections_done = trio.Event()
+    batch_full = trio.Event()
     all_done = trio.Event()
     source_finished = False
     sifting_finished = False
@@ -196,14 +203,20 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
                 t_first_detection = node.clock.now()
                 wall_first_detection = time.time()
             sift.add_detections(batch.slot, batch.basis, batch.outcome, batch.frame_end)
+            if sift.buffered >= MAX_BATCH_DETECTIONS:
+                batch_full.set()
             if batch.last:
                 detections_done.set()
                 return
 
     async def send_requests() -> None:
+        nonlocal batch_full
         while not detections_done.is_set():
             with trio.move_on_after(node.clock.wall_duration(app.sift_interval_s)):
-                await detections_done.wait()
+                async with trio.open_nursery() as first:
+                    for waiter in (detections_done.wait, batch_full.wait):
+                        first.start_soon(_cancel_after, waiter, first.cancel_scope)
+            batch_full = trio.Event()
             request = sift.next_request()
             if request is not None:
                 secure.post(request)

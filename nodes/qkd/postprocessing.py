@@ -96,9 +96,9 @@ def estimate_block(records: list[BatchRecord], slot_start: int, slot_end: int,
     rates += [errors[i] / matched[i] if matched[i] else 0.5
               for i in range(1, len(config.intensities))]
     mu, nu, _ = config.intensities
-    return decoy.estimate(mu, nu, tuple(int(round(s)) for s in sent),
+    return decoy.estimate(mu, nu, tuple(round(s) for s in sent),
                           tuple(int(d) for d in detected),
-                          tuple(int(round(rate * d)) for rate, d in zip(rates, detected)))
+                          tuple(round(rate * d) for rate, d in zip(rates, detected)))
 
 
 def abort_reason(estimate: decoy.DecoyEstimate, config: PostprocessingConfig) -> str | None:

@@ -10,7 +10,7 @@ signal bits (sample removed), aligned bit for bit. No core ever sees the other's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class SiftStats:
 
     @classmethod
     def empty(cls, intensities: int) -> SiftStats:
-        zeros = lambda: np.zeros(intensities, dtype=np.int64)  # noqa: E731
+        zeros = lambda: np.zeros(intensities, dtype=np.int64)
         return cls(zeros(), zeros(), zeros())
 
     def add(self, record: BatchRecord) -> None:
