@@ -93,7 +93,7 @@ def plot(points: list[SweepPoint], grid: np.ndarray, gllp: np.ndarray, plob: np.
         ax.plot(zero, [np.nanmin(plob[plob > 0]) * 1e-4] * len(zero), "C3x",
                 label="measured: no key")
     ax.set_xlabel(param)
-    ax.set_ylabel("secret bits per pulse")
+    ax.set_ylabel("secret bits per pulse (PA output)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
