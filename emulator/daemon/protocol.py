@@ -97,6 +97,7 @@ class Stats(msgspec.Struct, tag="stats_reply"):
     detections: int
     lag_recent_s: float = 0.0  # lag of the most recent frame (worst over links)
     dropped_frames: int = 0  # Detections dropped from a full buffer (detector never opened)
+    cpu_s: float = 0.0  # CPU seconds the daemon process has used (for realtime factors)
 
 
 class Error(msgspec.Struct, tag="error"):

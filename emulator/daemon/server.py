@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import math
+import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
@@ -536,6 +537,7 @@ class Daemon:
             detections=sum(x.detections for x in links),
             lag_recent_s=max((x.lag_recent for x in links), default=0.0),
             dropped_frames=sum(x.dropped_frames for x in links),
+            cpu_s=time.process_time(),
         )
 
     async def handle(self, stream: trio.SocketStream) -> None:

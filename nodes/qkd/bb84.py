@@ -115,6 +115,8 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
     secure = SecureChannel(channel, Authenticator("initiator", app.psk.encode(),
                                                   bootstrap_keys=BOOTSTRAP_AUTH_KEYS))
     await node.clock.sleep_until(node.t_start)
+    daemon_cpu_start = (await node.daemon.request(p.StatsRequest)).cpu_s
+    cpu_start = time.process_time()
     started = await node.daemon.request(p.SourceStart, link=link, prf_key=prf_key,
                                         intensities=source.intensities,
                                         probabilities=source.intensity_probabilities)
@@ -157,6 +159,8 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
     await channel.aclose()
     return {
         "link": link, "a": app.a, "b": app.b, "protocol": PROTOCOL, "role": "sender",
+        "cpu_s_a": time.process_time() - cpu_start,
+        "cpu_s_daemon": daemon_stats[0].cpu_s - daemon_cpu_start if daemon_stats else None,
         "pulses": pulses, "sifted_bits": sum(len(r.key) for r in sift.records.values()),
         "key_sha256_a": store.digest(), "secret_bits_a": store.total_bits,
         "auth_rejected": secure.link.rejected, "source_rate_hz": started.rate_hz,
@@ -173,6 +177,8 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
     store = KeyStore(app.a)
     detections = node.daemon.detections(link)
     await node.daemon.request(p.DetectorOpen, link=link)
+    await node.clock.sleep_until(node.t_start)
+    cpu_start = time.process_time()
     channel = await node.transport.accept(app.a, channel_name(link))
     secure = SecureChannel(channel, Authenticator("responder", app.psk.encode(),
                                                   bootstrap_keys=BOOTSTRAP_AUTH_KEYS))
@@ -270,7 +276,8 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
     entry.update({
         "link": link, "a": app.a, "b": app.b, "protocol": PROTOCOL, "role": "receiver",
         "auth_rejected": secure.link.rejected,
-        "realtime_factor": (pulses / source.rate_hz) / (t_done - node.t_start)
+        "cpu_s_b": time.process_time() - cpu_start,
+        "completion_factor": (pulses / source.rate_hz) / (t_done - node.t_start)
         if t_done > node.t_start else 0.0,
         "first_detection_emu_s": t_first_detection,
         "first_detection_wall": wall_first_detection,
