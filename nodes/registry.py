@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from nodes import app_socket
 from nodes.entanglement import bbm92, pairs, teleport

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+from typing import Self
 
 import msgspec
 
@@ -47,7 +48,7 @@ class AppClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> AppClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
