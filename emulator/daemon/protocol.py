@@ -193,13 +193,15 @@ class Prepared(msgspec.Struct, tag="prepared"):
 
 
 class QubitGate(msgspec.Struct, tag="qubit_gate", forbid_unknown_fields=True):
-    """Gate ``I X Y Z H S SDG RX RY RZ`` (one qubit, ``angle`` in radians for rotations) or
-    ``CNOT CZ`` (``qubits[0]`` is the control) on this node's qubits."""
+    """Gate ``I X Y Z H S SDG RX RY RZ`` or ``ROT`` (``exp(-i angle/2 n.sigma)`` about
+    ``axis`` n) on one qubit, ``angle`` in radians, or ``CNOT CZ`` (``qubits[0]`` is the
+    control) on this node's qubits."""
 
     id: int
     gate: str
     qubits: list[QubitRef]
     angle: float = 0.0
+    axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
 
 
 class QubitMeasure(msgspec.Struct, tag="qubit_measure", forbid_unknown_fields=True):

@@ -241,9 +241,14 @@ _ROTATIONS = {"RX": st.rx, "RY": st.ry, "RZ": st.rz}
 _TWO_QUBIT_GATES = {"CNOT": st.CNOT, "CZ": st.CZ}
 
 
-def gate_matrix(name: str, angle: float, n_qubits: int) -> np.ndarray:
+def gate_matrix(name: str, angle: float, n_qubits: int,
+                axis: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
     """Matrix of a named gate; ``ValueError`` for an unknown name or the wrong qubit count."""
     name = name.upper()
+    if name == "ROT":
+        if n_qubits != 1 or not np.all(np.isfinite(axis)) or not np.any(axis):
+            raise ValueError("ROT needs one qubit and a finite non-zero axis")
+        return st.rot(axis, angle)
     if name in _ONE_QUBIT_GATES or name in _ROTATIONS:
         if n_qubits != 1:
             raise ValueError(f"gate {name} acts on one qubit, not {n_qubits}")
@@ -465,7 +470,7 @@ class Daemon:
             if isinstance(request, p.QubitGate):
                 if len(set(refs)) != len(refs):
                     raise ValueError("a gate needs distinct qubits")
-                matrix = gate_matrix(request.gate, request.angle, len(refs))
+                matrix = gate_matrix(request.gate, request.angle, len(refs), request.axis)
                 if len(refs) == 1 and request.gate.upper() in ("I", "X", "Y", "Z"):
                     memories.apply_pauli(node, refs[0], request.gate.upper(), now)
                 else:

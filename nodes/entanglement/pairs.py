@@ -20,9 +20,13 @@ from itertools import pairwise
 import numpy as np
 import trio
 
+from emulator.daemon import states as st
 from emulator.scenario import PairsApp, RepeaterApp, Scenario, memory_of
 from nodes.daemon_client import DaemonError
 from nodes.entanglement import estimate
+from nodes.entanglement.purification import PurifyParity
+from nodes.entanglement.purification import rounds as purification_rounds
+from nodes.entanglement.purify_ends import PurifierA, PurifierB
 from nodes.entanglement.qubits import QuantumOps
 from nodes.entanglement.swapping import (
     EndToEnd,
@@ -31,6 +35,7 @@ from nodes.entanglement.swapping import (
     FinishedAck,
     Held,
     Outcomes,
+    PurifyRound,
     RepeaterCore,
     SwapRecord,
     decoder,
@@ -222,9 +227,23 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
             if isinstance(message, SwapRecord) and not finishing:
                 for e in tracker.record(message):
                     send_ready.send_nowait(e)
+            elif isinstance(message, PurifyParity) and purifier is not None:
+                purifier.peer_parity(message)
             elif isinstance(message, FinishedAck):
                 acked.set()
                 return
+
+    async def send_right(payload: bytes) -> None:
+        async with sending:
+            if not finishing:
+                await right.send(payload)
+
+    purifier = None
+    measure_from = receive_ready
+    if app.purification != "none":
+        purifier = PurifierA(ops, app.purification, app.purification_rounds, send_right,
+                             node.rng(f"purify/{name}"))
+        send_final, measure_from = trio.open_memory_channel(math.inf)
 
     async def on_measured(batch, bases, bits, t) -> None:
         nonlocal measured
@@ -249,7 +268,9 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
         outer.start_soon(records)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_feed, ops, link, sink)
-            nursery.start_soon(_measure_loop, ops, name, "a", receive_ready, on_measured)
+            if purifier is not None:
+                nursery.start_soon(purifier.run, receive_ready, send_final)
+            nursery.start_soon(_measure_loop, ops, name, "a", measure_from, on_measured)
             with trio.move_on_after(max(0.0, node.clock.wall_at(node.t_end) - time.time())):
                 await done.wait()
             async with sending:
@@ -260,8 +281,12 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
         with trio.move_on_after(10.0):
             await acked.wait()
         outer.cancel_scope.cancel()
-    return {"section": "entanglement", "role": "a_end", "name": name, "measured_a": measured,
-            "p_success_first_link": started.p_success, "t_first": t_first}
+    entry = {"section": "entanglement", "role": "a_end", "name": name, "measured_a": measured,
+             "p_success_first_link": started.p_success, "t_first": t_first}
+    if purifier is not None:
+        entry["purification_attempted"] = purifier.attempted
+        entry["purification_kept"] = purifier.kept
+    return entry
 
 
 async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
@@ -300,9 +325,28 @@ async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
             assert basis_a == basis_b
             joined.append((basis_a, bit_a, bit_b, decay_a + decay_b))
 
-    finished = trio.Event()
+    sending = trio.Lock()  # never cancel a half-sent frame
+    closing = False
 
-    async def messages() -> None:
+    async def send_left(payload: bytes) -> None:
+        async with sending:
+            if not closing:
+                await left.send(payload)
+
+    purifier = PurifierB(ops, send_left) if app.purification != "none" else None
+
+    async def add_for_purification() -> None:
+        async for e in receive_ready:
+            await purifier.add(e)
+
+    async def measure_final(message: Outcomes) -> None:
+        """Purification mode: measure our halves of a's final pairs when a reports them."""
+        pairs = await purifier.take(list(message.pairs))
+        bases = list(message.bases)
+        bits, t = await ops.measure_array([ops.ref(e.mine.slot) for e in pairs], bases)
+        await on_measured(pairs, bases, bits, t)
+
+    async def messages(nursery: trio.Nursery) -> None:
         while True:
             message = decoder.decode(await left.receive())
             if isinstance(message, SwapRecord):
@@ -313,23 +357,33 @@ async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
                                                    message.outcomes, message.decay,
                                                    strict=True):
                     pending_a[pair] = (basis, bit, decay)
+                if purifier is not None:
+                    nursery.start_soon(measure_final, message)
                 _join()
+            elif isinstance(message, PurifyRound) and purifier is not None:
+                nursery.start_soon(purifier.round, message)
+            elif isinstance(message, PurifyParity) and purifier is not None:
+                purifier.peer_parity(message)
             elif isinstance(message, Finished):
-                await left.send(encoder.encode(FinishedAck()))
-                finished.set()
                 return
 
     await node.clock.sleep_until(node.t_start)
     await ops.start_link(link)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_feed, ops, link, sink)
-        nursery.start_soon(_measure_loop, ops, name, "b", receive_ready, on_measured)
-        await messages()
+        if purifier is None:
+            nursery.start_soon(_measure_loop, ops, name, "b", receive_ready, on_measured)
+        else:
+            nursery.start_soon(add_for_purification)
+        await messages(nursery)
         with trio.move_on_after(2.0):  # our own measurements of the last pairs may lag
             while pending_a:
                 await trio.sleep(0.005)
-        nursery.cancel_scope.cancel()
+        async with sending:
+            closing = True
+            nursery.cancel_scope.cancel()
     with trio.CancelScope(shield=True):
+        await left.send(encoder.encode(FinishedAck()))  # our last message on this channel
         await ops.stop_link(link)
     return report(node.scenario, app, joined, latencies, times)
 
@@ -345,7 +399,12 @@ def report(sc: Scenario, app: PairsApp, joined, latencies, times) -> dict:
     path = full_path(app)
     f_chain = estimate.werner_chain(
         sc.link_between(u, v).entanglement.source_fidelity for u, v in pairwise(path))
-    model = [estimate.dephased_werner(f_chain, d) for *_, d in joined]
+    if app.purification == "none":
+        model = [estimate.dephased_werner(f_chain, d) for *_, d in joined]
+    else:  # recurrence bookkeeping on the Werner chain; memory decay not modelled here
+        _, coeffs = purification_rounds(app.purification, st.werner_coefficients(f_chain),
+                                        app.purification_rounds)
+        model = [float(coeffs[0])] if joined else []
     span = (max(times) - min(times)) if len(times) > 1 else 0.0
     entry = {
         "section": "entanglement", "role": "report", "name": app_name(app),

@@ -38,9 +38,10 @@ class QuantumOps:
     async def prepare(self, theta: float = 0.0, phi: float = 0.0) -> p.Prepared:
         return await self.daemon.request(p.QubitPrepare, theta=theta, phi=phi)
 
-    async def gate(self, gate: str, *qubits: QubitRef, angle: float = 0.0) -> float:
+    async def gate(self, gate: str, *qubits: QubitRef, angle: float = 0.0,
+                   axis: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> float:
         done = await self.daemon.request(p.QubitGate, gate=gate, qubits=list(qubits),
-                                         angle=angle)
+                                         angle=angle, axis=axis)
         return done.t
 
     async def measure(self, qubits: list[QubitRef], bases: list[str] | str) -> p.Measured:

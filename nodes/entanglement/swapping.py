@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import msgspec
 
 from emulator.daemon import states as st
+from nodes.entanglement.purification import PurifyParity, PurifyStart
 
 
-class SwapRecord(msgspec.Struct, tag="swap", array_like=True):
+class SwapRecord(msgspec.Struct, tag="swap"):
     """Repeater ``at`` joined pair ``left`` (its left link) and ``right`` with BSM ``(m1, m2)``
     at emulated time ``t``; ``decay`` = sum of its two qubits' ``storage_time / T2``."""
 
@@ -31,7 +32,7 @@ class SwapRecord(msgspec.Struct, tag="swap", array_like=True):
     decay: float
 
 
-class Outcomes(msgspec.Struct, tag="outcomes", array_like=True):
+class Outcomes(msgspec.Struct, tag="outcomes"):
     """End ``a``'s measurements, for ``b`` to correlate: per end-to-end pair its own pair id,
     the basis, the outcome bit and its own qubit's ``storage_time / T2``."""
 
@@ -41,18 +42,26 @@ class Outcomes(msgspec.Struct, tag="outcomes", array_like=True):
     decay: list[float]
 
 
-class Finished(msgspec.Struct, tag="finished", array_like=True):
+class Finished(msgspec.Struct, tag="finished"):
     """End ``a`` is done: ``measured`` end-to-end pairs; repeaters stop, ``b`` reports."""
 
     measured: int
 
 
-class FinishedAck(msgspec.Struct, tag="finished_ack", array_like=True):
+class FinishedAck(msgspec.Struct, tag="finished_ack"):
     """End ``b`` saw ``Finished``; travels back to ``a``. Each channel's last message in each
     direction is ``Finished`` / ``FinishedAck``, so nobody closes with data still in flight."""
 
 
-ChainMessage = SwapRecord | Outcomes | Finished | FinishedAck
+class PurifyRound(msgspec.Struct, tag="purify_round"):
+    """a -> b: purify end-to-end pairs ``source`` and ``target`` (named by a's pair ids)."""
+
+    start: PurifyStart
+    source: int
+    target: int
+
+
+ChainMessage = SwapRecord | Outcomes | Finished | FinishedAck | PurifyRound | PurifyParity
 encoder = msgspec.msgpack.Encoder()
 decoder = msgspec.msgpack.Decoder(ChainMessage)
 

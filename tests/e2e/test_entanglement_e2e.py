@@ -76,3 +76,25 @@ def test_bbm92_chsh_and_qber(tmp_path: Path) -> None:
     q = (1 - e) / 2
     assert abs(entry["qber"] - q) < 4 * math.sqrt(q * (1 - q) / entry["qber_samples"])
     assert entry["sifted_key_bits"] > 1000 and entry["secret_key_bits"] > 0
+
+
+def test_repeater_chain_with_dejmps_purification(tmp_path: Path) -> None:
+    """One DEJMPS round on the end-to-end Werner pairs (no memory decay): fidelity and the
+    success rate as the recurrence bookkeeping says."""
+    from emulator.daemon import states as st
+    from nodes.entanglement import estimate
+    from nodes.entanglement.purification import rounds
+
+    f_link = 0.95
+    sets = [f"links.{i}.entanglement.source_fidelity={f_link}" for i in range(4)]
+    sets += [f"nodes.{i}.memory.t2_s=1e6" for i in range(5)]
+    sets += ["apps.0.count=300", "apps.0.purification=dejmps", "apps.0.purification_rounds=1",
+             "expect.0.gt=0"]
+    (entry,) = run(tmp_path, "repeater-chain", *sets, duration=6)["entanglement"]
+    f_chain = estimate.werner_chain([f_link] * 4)
+    (p_ok,), coeffs = rounds("dejmps", st.werner_coefficients(f_chain), 1)
+    assert entry["fidelity_model"] == pytest.approx(coeffs[0])
+    assert entry["pairs"] >= 200
+    assert abs(entry["fidelity_mean"] - coeffs[0]) < 4 * entry["fidelity_std"]
+    n = entry["purification_attempted"]
+    assert abs(entry["purification_kept"] / n - p_ok) < 4 * math.sqrt(p_ok * (1 - p_ok) / n)
