@@ -162,6 +162,7 @@ def print_summary(console: Console, result: dict) -> None:
         table.add_row("completion factor (source s / time to last key)",
                       _fmt(entry.get("completion_factor"), ".3f"), "")
         console.print(table)
+    print_entanglement_summary(console, result)
     if result.get("links"):
         table = Table(title="classical links (through the relays)")
         for column in ("link", "bytes a->b", "bytes b->a", "messages", "dropped"):
@@ -220,3 +221,35 @@ def entanglement_sections(scenario: Scenario, node_entries: list[dict]) -> dict[
             entry["repeaters"] = sorted(repeaters[name], key=lambda r: r.get("node", ""))
         sections[section].append(entry)
     return sections
+
+
+def print_entanglement_summary(console: Console, result: dict) -> None:
+    """Tables of the ``entanglement`` and ``teleport`` sections (estimate beside model)."""
+    rows = [("pairs", "pairs", ",d"), ("pairs/s (emulated)", "pairs_per_s", ",.0f"),
+            ("fidelity (estimated)", "fidelity_mean", ".4f"),
+            ("  standard error", "fidelity_std", ".4f"), ("fidelity (model)", "fidelity_model",
+                                                          ".4f"),
+            ("CHSH S", "chsh", ".3f"), ("QBER", "qber", ".4f"),
+            ("secret key bits", "secret_key_bits", ",d"),
+            ("swap latency median (ms)", "swap_latency_ms_median", ".2f")]
+    for entry in result.get("entanglement", []):
+        table = Table(title=f"entanglement {entry.get('name')} "
+                            f"(path {' - '.join(entry.get('path') or [])})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for label, key, spec in rows:
+            if entry.get(key) is not None:
+                table.add_row(label, _fmt(entry[key], spec))
+        console.print(table)
+    for entry in result.get("teleport", []):
+        table = Table(title=f"teleport {entry.get('name')}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for label, key, spec in [("states", "count", ",d"),
+                                 ("fidelity (estimated)", "fidelity_mean", ".4f"),
+                                 ("  standard error", "fidelity_std", ".4f"),
+                                 ("fidelity (model, random inputs)", "fidelity_model", ".4f"),
+                                 ("round trip median (wall ms)", "round_trip_ms_median", ".2f")]:
+            if entry.get(key) is not None:
+                table.add_row(label, _fmt(entry[key], spec))
+        console.print(table)
