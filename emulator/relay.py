@@ -287,14 +287,15 @@ class Relay:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read)
-                async with receive:
-                    async for release, data in receive:
-                        await self._sleep_until(release)
-                        await self._wait_up()
-                        await sink.send_all(self._maybe_corrupt(data))
-                        self.counters.add(key, len(data))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+                # inside the nursery, so a peer that closed mid-flight is not an error group
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    async with receive:
+                        async for release, data in receive:
+                            await self._sleep_until(release)
+                            await self._wait_up()
+                            await sink.send_all(self._maybe_corrupt(data))
+                            self.counters.add(key, len(data))
+                nursery.cancel_scope.cancel()
         finally:
             cancel.cancel()
 
