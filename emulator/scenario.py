@@ -126,6 +126,9 @@ class BB84App(Struct, tag="qkd.bb84", tag_field="kind", forbid_unknown_fields=Tr
     qber_abort: Annotated[float, Meta(gt=0, le=0.5)] = 0.11
     eps_pa: Annotated[float, Meta(gt=0, lt=1)] = 1e-10
     psk: Annotated[str, Meta(min_length=16)] = "qnet pre-shared authentication secret"
+    finite_key: bool = False  # Lim et al. 2014 bounds: key from Z basis, X basis tests
+    eps_sec: Annotated[float, Meta(gt=0, lt=1)] = 1e-10
+    eps_cor: Annotated[float, Meta(gt=0, lt=1)] = 1e-15
 
 
 # ---------------------------------------------------------------------------------------------

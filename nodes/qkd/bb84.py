@@ -28,7 +28,7 @@ from nodes.qkd.postprocessing import (
     PostprocessingConfig,
     ReceiverPostprocessing,
     SenderPostprocessing,
-    estimate_block,
+    decoy_estimate,
 )
 from nodes.qkd.sifting import SIGNAL, SiftReceiver, SiftSender
 from nodes.sdk import NodeContext
@@ -79,7 +79,8 @@ def _config(app: BB84App, source) -> PostprocessingConfig:
     return PostprocessingConfig(
         intensities=tuple(source.intensities), probabilities=tuple(source.intensity_probabilities),
         block_bits=app.block_bits, min_block_bits=app.min_block_bits, schedule=app.cascade,
-        qber_abort=app.qber_abort, eps_pa=app.eps_pa)
+        qber_abort=app.qber_abort, eps_pa=app.eps_pa, finite_key=app.finite_key,
+        eps_sec=app.eps_sec, eps_cor=app.eps_cor)
 
 
 async def _settle(node: NodeContext, link: str, store: KeyStore, secure: SecureChannel,
@@ -107,8 +108,10 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
     source = node.scenario.link(link).quantum.source
     rng = node.rng(f"bb84/{link}")
     prf_key = rng.bytes(16)
-    sift = SiftSender(prf_key, source.intensity_probabilities, app.sample_fraction, rng)
-    post = SenderPostprocessing(_config(app, source), node.rng(f"bb84/{link}/pp")) \
+    config = _config(app, source)
+    sift = SiftSender(prf_key, source.intensity_probabilities, app.sample_fraction, rng,
+                      key_rule=config.key_rule)
+    post = SenderPostprocessing(config, node.rng(f"bb84/{link}/pp")) \
         if app.postprocessing else None
     store = KeyStore(app.b)
     channel = await node.transport.connect(app.b, channel_name(link))
@@ -171,7 +174,7 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
 async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
     source = node.scenario.link(link).quantum.source
     config = _config(app, source)
-    sift = SiftReceiver(len(source.intensities))
+    sift = SiftReceiver(len(source.intensities), key_rule=config.key_rule)
     post = ReceiverPostprocessing(config, node.rng(f"bb84/{link}/pp")) \
         if app.postprocessing else None
     store = KeyStore(app.a)
@@ -291,13 +294,13 @@ def receiver_entry(sift: SiftReceiver, post: ReceiverPostprocessing | None, stor
     records = sorted(sift.records.values(), key=lambda r: r.batch)
     n = len(config.intensities)
     detections = sum((r.detections for r in records), np.zeros(n, np.int64))
-    matched = sum((r.matched for r in records), np.zeros(n, np.int64))
     errors = sum((r.errors for r in records), np.zeros(n, np.int64))
     sample = sum(r.sample_bits for r in records)
     sent = [pulses * prob for prob in config.probabilities]
     gains = [float(d / s) if s else None for d, s in zip(detections, sent)]
-    qbers = [float(errors[SIGNAL] / sample) if sample else None]
-    qbers += [float(errors[i] / matched[i]) if matched[i] else None for i in range(1, n)]
+    revealed = sum((r.revealed for r in records), np.zeros(n, np.int64))
+    checked = revealed + np.eye(n, dtype=np.int64)[SIGNAL] * sample  # bits compared openly
+    qbers = [float(errors[i] / checked[i]) if checked[i] else None for i in range(n)]
     labels = [f"{mu:g}" for mu in config.intensities]
     source_s = pulses / rate_hz if rate_hz else 0.0
     entry: dict = {
@@ -318,8 +321,9 @@ def receiver_entry(sift: SiftReceiver, post: ReceiverPostprocessing | None, stor
     qber_ok = (sum(b.estimate.e_mu * b.n for b in ok) / reconciled) if reconciled else 0.0
     shannon = reconciled * float(decoy.binary_entropy(qber_ok))
     processed = [r for b in post.blocks for r in b.records]
-    pooled = estimate_block(processed, post.blocks[0].slot_start, post.blocks[-1].slot_end,
-                            config) if post.blocks and n == 3 else None
+    pooled = decoy_estimate(processed, post.blocks[0].slot_start, post.blocks[-1].slot_end,
+                            config) if post.blocks and not config.finite_key else None
+    finite = [b.finite for b in ok if b.finite is not None]
     entry.update({
         "pa_output_bits": sum(b.out_len for b in ok),
         "auth_key_bits": sum(b.auth_bits for b in ok),
@@ -333,6 +337,14 @@ def receiver_entry(sift: SiftReceiver, post: ReceiverPostprocessing | None, stor
         "processed_slots": (post.blocks[-1].slot_end - post.blocks[0].slot_start)
         if post.blocks else 0,
         "cascade": config.schedule,
+        "key_length_model": "finite-key (Lim et al. 2014)" if config.finite_key
+        else "asymptotic GLLP (vacuum + weak decoy)",
     })
+    if finite:
+        entry["finite_key"] = {
+            "single_photon_key_bits_lower": sum(f.s_key1 for f in finite),
+            "vacuum_key_bits_lower": sum(f.s_key0 for f in finite),
+            "phase_error_upper_mean": float(np.mean([f.phi for f in finite])),
+        }
     return entry
 

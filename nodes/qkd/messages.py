@@ -25,14 +25,16 @@ class SiftRequest(msgspec.Struct, tag="sift_request"):
 
 class SiftReply(msgspec.Struct, tag="sift_reply"):
     """Sender -> receiver: which bases matched, the announced intensity of every clicked slot,
-    and the sender's bits at the sample positions (indices into the batch's sifted signal bits)."""
+    the sender's bits at the sample positions (indices into the batch's key bits) and at every
+    matched slot that is revealed rather than kept."""
 
     batch: int
     match: bytes  # numpy.packbits of (sender basis == receiver basis), len = slots
     intensity: bytes  # uint8 intensity index per requested slot
     sample_positions: bytes  # uint32 LE
     sample_bits: bytes  # uint8
-    decoy_bits: bytes = b""  # sender's bits at every matched decoy/vacuum slot, in slot order
+    revealed_bits: bytes = b""  # sender's bits at every matched slot kept out of the key
+    # (decoy and vacuum slots; in finite-key mode every X-basis slot), in slot order
 
 
 class SampleResult(msgspec.Struct, tag="sample_result"):
@@ -41,7 +43,7 @@ class SampleResult(msgspec.Struct, tag="sample_result"):
     batch: int
     errors: int
     sampled: int
-    decoy_errors: dict[int, int] = {}  # intensity index -> errors among its matched slots
+    revealed_errors: dict[int, int] = {}  # intensity index -> errors among revealed slots
 
 
 class SourceFinished(msgspec.Struct, tag="source_finished"):

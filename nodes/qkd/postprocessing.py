@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
 from nodes.qkd import decoy
@@ -46,6 +47,27 @@ class PostprocessingConfig:
     qber_abort: float = 0.11
     eps_pa: float = 1e-10
     verification_tag_bits: int = 122
+    finite_key: bool = False  # Lim et al. 2014 bounds; needs the "z_basis" key rule
+    eps_sec: float = 1e-10
+    eps_cor: float = 1e-15
+
+    @property
+    def key_rule(self) -> str:
+        return "z_basis" if self.finite_key else "signal"
+
+
+class FiniteCounts(msgspec.Struct, frozen=True):
+    """A block's counts for the finite-key bound: key (Z) and test (X) basis, per intensity."""
+
+    key_counts: tuple[int, ...]
+    test_counts: tuple[int, ...]
+    test_errors: tuple[int, ...]
+
+    @property
+    def e_mu(self) -> float:
+        """Test-basis error rate over all intensities (Cascade's starting estimate)."""
+        total = sum(self.test_counts)
+        return sum(self.test_errors) / total if total else 0.5
 
 
 @dataclass
@@ -57,7 +79,8 @@ class Block:
     slot_start: int
     slot_end: int
     key: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
-    estimate: decoy.DecoyEstimate | None = None
+    estimate: decoy.DecoyEstimate | FiniteCounts | None = None
+    finite: decoy.FiniteKeyResult | None = None
     cascade_rounds: int = 0
     leaked_bits: int = 0
     out_len: int = 0
@@ -80,6 +103,17 @@ class Block:
 
 
 def estimate_block(records: list[BatchRecord], slot_start: int, slot_end: int,
+                   config: PostprocessingConfig) -> decoy.DecoyEstimate | FiniteCounts:
+    """The block's estimate: finite-key counts, or the asymptotic decoy bounds."""
+    if config.finite_key:
+        return FiniteCounts(
+            key_counts=tuple(int(x) for x in sum(r.key_counts for r in records)),
+            test_counts=tuple(int(x) for x in sum(r.revealed for r in records)),
+            test_errors=tuple(int(x) for x in sum(r.errors for r in records)))
+    return decoy_estimate(records, slot_start, slot_end, config)
+
+
+def decoy_estimate(records: list[BatchRecord], slot_start: int, slot_end: int,
                    config: PostprocessingConfig) -> decoy.DecoyEstimate:
     """Vacuum + weak decoy estimate for slots [slot_start, slot_end).
 
@@ -101,19 +135,32 @@ def estimate_block(records: list[BatchRecord], slot_start: int, slot_end: int,
                           tuple(round(rate * d) for rate, d in zip(rates, detected)))
 
 
-def abort_reason(estimate: decoy.DecoyEstimate, config: PostprocessingConfig) -> str | None:
+def abort_reason(estimate: decoy.DecoyEstimate | FiniteCounts,
+                 config: PostprocessingConfig) -> str | None:
     if estimate.e_mu > config.qber_abort:
         return f"QBER {estimate.e_mu:.4f} above {config.qber_abort}"
+    if isinstance(estimate, FiniteCounts):
+        return None  # a too-small block shows as a zero length
     if estimate.y1_lower <= 0:
         return f"single-photon yield bound Y1_L = {estimate.y1_lower:.3g} <= 0"
     return None
 
 
 def output_length(block: Block, config: PostprocessingConfig) -> int:
-    """GLLP privacy-amplification output length with the measured leakage."""
+    """Privacy-amplification output length with the measured leakage.
+
+    Asymptotic: GLLP, l = n Q1/Q_mu [1 - H2(e1)] - leak_EC - verification - 2 log2(1/eps_pa).
+    Finite key: Lim et al. (2014) eq. (1) with the verification tag counted as leakage.
+    """
     est = block.estimate
     assert est is not None
     verification = BlockVerifier(config.verification_tag_bits).leaked_bits
+    if isinstance(est, FiniteCounts):
+        block.finite = decoy.finite_key_length(
+            tuple(config.intensities), tuple(config.probabilities), est.key_counts,
+            est.test_counts, est.test_errors, block.leaked_bits + verification,
+            eps_sec=config.eps_sec, eps_cor=config.eps_cor)
+        return min(block.finite.length, block.n)
     return decoy.secret_key_length(block.n, est.q_mu, est.q1, est.e1_upper, block.leaked_bits,
                                    verification_bits=verification, auth_bits=0,
                                    eps_pa=config.eps_pa)

@@ -1,11 +1,17 @@
 """BB84 sifting, decoy disclosure and QBER sampling as two sans-I/O cores.
 
 The receiver batches its detection records into ``SiftRequest``s; the sender answers from its
-own PRF choices with the basis match, the announced intensity of every clicked slot, its bits
-at a random sample of the matched signal positions, and its bits at every matched decoy and
-vacuum position (those never enter the key). The receiver counts errors and reports them.
-Both ends then hold, per batch, the same ``BatchRecord``: counts per intensity and the kept
-signal bits (sample removed), aligned bit for bit. No core ever sees the other's key.
+own PRF choices with the basis match, the announced intensity of every clicked slot, and its
+bits where the key rule reveals them. Two key rules:
+
+* ``"signal"`` (asymptotic GLLP): the key is the matched signal-intensity bits minus a random
+  sample that is revealed to estimate the QBER; every matched decoy/vacuum bit is revealed.
+* ``"z_basis"`` (finite-key, after Lim et al. 2014): the key is every matched Z-basis bit of
+  every intensity; every matched X-basis bit is revealed (the test set), no extra sample.
+
+The receiver counts errors in what was revealed and reports them. Both ends then hold, per
+batch, the same ``BatchRecord``: counts per intensity and the key bits, aligned bit for bit.
+No core ever sees the other's key.
 """
 
 from __future__ import annotations
@@ -17,7 +23,19 @@ import numpy as np
 from emulator.prf import sender_choices
 from nodes.qkd import messages as m
 
-SIGNAL = 0  # intensity index of the signal state; only these bits enter the key
+SIGNAL = 0  # intensity index of the signal state
+KEY_RULES = ("signal", "z_basis")
+Z_BASIS = 0
+
+
+def key_masks(rule: str, match: np.ndarray, intensity: np.ndarray,
+              bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate key slots, revealed slots) among the clicked slots under ``rule``."""
+    if rule == "signal":
+        return match & (intensity == SIGNAL), match & (intensity != SIGNAL)
+    if rule == "z_basis":
+        return match & (bases == Z_BASIS), match & (bases != Z_BASIS)
+    raise ValueError(f"unknown key rule {rule!r}; choose from {KEY_RULES}")
 
 
 @dataclass
@@ -28,10 +46,12 @@ class BatchRecord:
     slot_end: int
     detections: np.ndarray  # per intensity index
     matched: np.ndarray  # per intensity index (bases equal)
-    errors: np.ndarray  # per intensity: decoys all matched bits, signal the sample only
+    errors: np.ndarray  # per intensity: errors among revealed bits (signal: the sample)
     sample_bits: int
-    key: np.ndarray  # kept signal bits (uint8 0/1)
+    key: np.ndarray  # kept key bits (uint8 0/1)
     complete: bool = False  # the receiver's error counts are known
+    key_counts: np.ndarray | None = None  # per intensity: bits that entered the key
+    revealed: np.ndarray | None = None  # per intensity: bits revealed (errors' denominators)
 
 
 @dataclass
@@ -70,13 +90,14 @@ class SiftSender:
     """Sender's core: answers sift requests from its PRF key; never sees receiver outcomes."""
 
     def __init__(self, prf_key: bytes, intensity_probabilities: list[float],
-                 sample_fraction: float, rng: np.random.Generator) -> None:
+                 sample_fraction: float, rng: np.random.Generator,
+                 key_rule: str = "signal") -> None:
         self.prf_key = prf_key
         self.intensity_probabilities = list(intensity_probabilities)
-        self.sample_fraction = sample_fraction
+        self.sample_fraction = sample_fraction if key_rule == "signal" else 0.0
+        self.key_rule = key_rule
         self.rng = rng
         self.records: dict[int, BatchRecord] = {}
-        self._decoy_bits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def intensities(self) -> int:
@@ -89,23 +110,24 @@ class SiftSender:
             raise ValueError("sift request: slots and bases differ in length")
         bits, bases, intensity = sender_choices(self.prf_key, slots, self.intensity_probabilities)
         match = bases == their_bases
-        signal_bits = bits[match & (intensity == SIGNAL)]
-        decoy = match & (intensity != SIGNAL)
-        sample = self.rng.random(len(signal_bits)) < self.sample_fraction
+        in_key, revealed = key_masks(self.key_rule, match, intensity, bases)
+        key_bits = bits[in_key]
+        sample = self.rng.random(len(key_bits)) < self.sample_fraction
         positions = np.flatnonzero(sample).astype("<u4")
         n = self.intensities
         self.records[request.batch] = BatchRecord(
             batch=request.batch, slot_end=request.slot_end,
             detections=_counts(intensity, n), matched=_counts(intensity[match], n),
             errors=np.zeros(n, dtype=np.int64), sample_bits=len(positions),
-            key=signal_bits[~sample])
+            key=key_bits[~sample], key_counts=_counts(intensity[in_key][~sample], n),
+            revealed=_counts(intensity[revealed], n))
         return m.SiftReply(
             batch=request.batch,
             match=np.packbits(match).tobytes(),
             intensity=intensity.astype(np.uint8).tobytes(),
             sample_positions=positions.tobytes(),
-            sample_bits=signal_bits[sample].astype(np.uint8).tobytes(),
-            decoy_bits=bits[decoy].astype(np.uint8).tobytes(),
+            sample_bits=key_bits[sample].astype(np.uint8).tobytes(),
+            revealed_bits=bits[revealed].astype(np.uint8).tobytes(),
         )
 
     def on_sample_result(self, result: m.SampleResult) -> BatchRecord:
@@ -113,11 +135,11 @@ class SiftSender:
         if result.sampled != record.sample_bits:
             raise ValueError(f"batch {result.batch}: receiver sampled {result.sampled} bits, "
                              f"we revealed {record.sample_bits}")
-        record.errors[SIGNAL] = result.errors
-        for index, errors in result.decoy_errors.items():
-            if not 0 < index < self.intensities:
-                raise ValueError(f"batch {result.batch}: no decoy intensity {index}")
+        for index, errors in result.revealed_errors.items():
+            if not 0 <= index < self.intensities:
+                raise ValueError(f"batch {result.batch}: no intensity {index}")
             record.errors[index] = errors
+        record.errors[SIGNAL] += result.errors
         record.complete = True
         return record
 
@@ -125,8 +147,9 @@ class SiftSender:
 class SiftReceiver:
     """Receiver's core: turns detection records into sift requests and keeps its sifted key."""
 
-    def __init__(self, intensities: int = 1) -> None:
+    def __init__(self, intensities: int = 1, key_rule: str = "signal") -> None:
         self.n_intensities = intensities
+        self.key_rule = key_rule
         self.records: dict[int, BatchRecord] = {}
         self._buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._slot_end = 0
@@ -171,22 +194,26 @@ class SiftReceiver:
         n = self.n_intensities
         if len(intensity) != len(bases) or (len(intensity) and intensity.max() >= n):
             raise ValueError(f"batch {reply.batch}: bad intensity announcement")
-        signal_bits = outcomes[match & (intensity == SIGNAL)]
+        in_key, revealed = key_masks(self.key_rule, match, intensity, bases)
+        key_bits = outcomes[in_key]
         positions = np.frombuffer(reply.sample_positions, dtype="<u4")
         their_bits = np.frombuffer(reply.sample_bits, dtype=np.uint8)
-        errors = np.zeros(n, dtype=np.int64)
-        errors[SIGNAL] = np.count_nonzero(signal_bits[positions] != their_bits)
-        decoy = match & (intensity != SIGNAL)
-        decoy_wrong = outcomes[decoy] != np.frombuffer(reply.decoy_bits, dtype=np.uint8)
-        errors += _counts(intensity[decoy][decoy_wrong], n) * (np.arange(n) != SIGNAL)
-        keep = np.ones(len(signal_bits), dtype=bool)
+        sample_errors = int(np.count_nonzero(key_bits[positions] != their_bits))
+        wrong = outcomes[revealed] != np.frombuffer(reply.revealed_bits, dtype=np.uint8)
+        revealed_errors = _counts(intensity[revealed][wrong], n)
+        errors = revealed_errors.copy()
+        errors[SIGNAL] += sample_errors
+        keep = np.ones(len(key_bits), dtype=bool)
         keep[positions] = False
         record = BatchRecord(
             batch=reply.batch, slot_end=slot_end, detections=_counts(intensity, n),
             matched=_counts(intensity[match], n), errors=errors, sample_bits=len(positions),
-            key=signal_bits[keep], complete=True)
+            key=key_bits[keep], complete=True,
+            key_counts=_counts(intensity[in_key][keep], n),
+            revealed=_counts(intensity[revealed], n))
         self.records[reply.batch] = record
         result = m.SampleResult(
-            batch=reply.batch, errors=int(errors[SIGNAL]), sampled=len(positions),
-            decoy_errors={i: int(errors[i]) for i in range(1, n)})
+            batch=reply.batch, errors=sample_errors, sampled=len(positions),
+            revealed_errors={i: int(revealed_errors[i]) for i in range(n)
+                             if revealed_errors[i]})
         return result, record

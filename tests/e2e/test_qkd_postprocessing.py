@@ -55,3 +55,14 @@ def test_relay_bit_flips_are_rejected_and_keys_still_match(tmp_path: Path) -> No
     assert qkd["secret_bits"] > 0 and qkd["blocks_failed"] == 0
     relay_log = (tmp_path / "run" / "relay-alice-bob.log").read_text()
     assert relay_log.count("flipped a bit") == 2
+
+
+def test_finite_key_mode_runs_end_to_end(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = run_qnet("run", METRO, "--duration", "6", "--run-dir", str(run_dir), "--no-progress",
+                    "--set", "apps.0.finite_key=true")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (qkd,) = json.loads((run_dir / "result.json").read_text())["qkd"]
+    assert qkd["key_length_model"].startswith("finite-key")
+    assert qkd["key_sha256_a"] == qkd["key_sha256_b"] and qkd["secret_bits"] > 0
+    assert 0 < qkd["finite_key"]["phase_error_upper_mean"] < 0.5
