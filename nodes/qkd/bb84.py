@@ -11,7 +11,6 @@ side returns one result entry from what it measured or was told; the orchestrato
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import numpy as np
 import trio
@@ -21,7 +20,6 @@ from emulator.scenario import BB84App, bb84_link
 from nodes.qkd import decoy
 from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
-from nodes.qkd.auth_channel import AuthenticatedLink
 from nodes.qkd.keystore import KeyStore
 from nodes.qkd.postprocessing import (
     Block,
@@ -30,44 +28,17 @@ from nodes.qkd.postprocessing import (
     SenderPostprocessing,
     decoy_estimate,
 )
+from nodes.qkd.secure_channel import SecureChannel
 from nodes.qkd.sifting import SIGNAL, SiftReceiver, SiftSender
 from nodes.sdk import NodeContext
-from nodes.transport import Channel
 
 PROTOCOL = "bb84"
 BOOTSTRAP_AUTH_KEYS = 4096
-TIMER_PERIOD_S = 0.25
 MAX_BATCH_DETECTIONS = 1_000_000  # a sift request of ~9 MB; sent early when reached
 
 
 def channel_name(link: str) -> str:
     return f"qkd.bb84/{link}"
-
-
-class SecureChannel:
-    """The app channel with every message sealed and checked by an ``AuthenticatedLink``."""
-
-    def __init__(self, channel: Channel, authenticator: Authenticator) -> None:
-        self.channel = channel
-        self.link = AuthenticatedLink(authenticator)
-
-    def post(self, message: object) -> None:
-        self.channel.post(self.link.send(m.encoder.encode(message)))
-
-    async def messages(self) -> AsyncIterator[object]:
-        while True:
-            frame = await self.channel.receive()
-            bodies, frames = self.link.receive(frame, time.monotonic())
-            for reply in frames:
-                self.channel.post(reply)
-            for body in bodies:
-                yield m.decoder.decode(body)
-
-    async def run_timer(self) -> None:
-        while True:
-            await trio.sleep(TIMER_PERIOD_S)
-            for frame in self.link.handle_timer(time.monotonic()):
-                self.channel.post(frame)
 
 
 async def _cancel_after(wait, scope: trio.CancelScope) -> None:

@@ -48,12 +48,25 @@ class PostprocessingConfig:
     eps_pa: float = 1e-10
     verification_tag_bits: int = 122
     finite_key: bool = False  # Lim et al. 2014 bounds; needs the "z_basis" key rule
+    entangled: bool = False  # entanglement-based (BBM92): no multi-photon term
     eps_sec: float = 1e-10
     eps_cor: float = 1e-15
 
     @property
     def key_rule(self) -> str:
         return "z_basis" if self.finite_key else "signal"
+
+
+class SampleCounts(msgspec.Struct, frozen=True):
+    """An entanglement-based block's QBER sample: bit and phase errors are taken as equal
+    (symmetric bases), as in the BBM92 rate r = 1 - h(e) - f h(e)."""
+
+    sample_bits: int
+    sample_errors: int
+
+    @property
+    def e_mu(self) -> float:
+        return self.sample_errors / self.sample_bits if self.sample_bits else 0.5
 
 
 class FiniteCounts(msgspec.Struct, frozen=True):
@@ -79,7 +92,7 @@ class Block:
     slot_start: int
     slot_end: int
     key: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
-    estimate: decoy.DecoyEstimate | FiniteCounts | None = None
+    estimate: decoy.DecoyEstimate | FiniteCounts | SampleCounts | None = None
     finite: decoy.FiniteKeyResult | None = None
     cascade_rounds: int = 0
     leaked_bits: int = 0
@@ -104,7 +117,10 @@ class Block:
 
 def estimate_block(records: list[BatchRecord], slot_start: int, slot_end: int,
                    config: PostprocessingConfig) -> decoy.DecoyEstimate | FiniteCounts:
-    """The block's estimate: finite-key counts, or the asymptotic decoy bounds."""
+    """The block's estimate: finite-key counts, a BBM92 sample, or the asymptotic decoy bounds."""
+    if config.entangled:
+        return SampleCounts(sum(r.sample_bits for r in records),
+                            int(sum(r.errors[SIGNAL] for r in records)))
     if config.finite_key:
         return FiniteCounts(
             key_counts=tuple(int(x) for x in sum(r.key_counts for r in records)),
@@ -139,7 +155,7 @@ def abort_reason(estimate: decoy.DecoyEstimate | FiniteCounts,
                  config: PostprocessingConfig) -> str | None:
     if estimate.e_mu > config.qber_abort:
         return f"QBER {estimate.e_mu:.4f} above {config.qber_abort}"
-    if isinstance(estimate, FiniteCounts):
+    if isinstance(estimate, (FiniteCounts, SampleCounts)):
         return None  # a too-small block shows as a zero length
     if estimate.y1_lower <= 0:
         return f"single-photon yield bound Y1_L = {estimate.y1_lower:.3g} <= 0"
@@ -151,6 +167,7 @@ def output_length(block: Block, config: PostprocessingConfig) -> int:
 
     Asymptotic: GLLP, l = n Q1/Q_mu [1 - H2(e1)] - leak_EC - verification - 2 log2(1/eps_pa).
     Finite key: Lim et al. (2014) eq. (1) with the verification tag counted as leakage.
+    Entanglement-based: l = n [1 - H2(e)] - leak_EC - verification - 2 log2(1/eps_pa).
     """
     est = block.estimate
     assert est is not None
@@ -161,6 +178,10 @@ def output_length(block: Block, config: PostprocessingConfig) -> int:
             est.test_counts, est.test_errors, block.leaked_bits + verification,
             eps_sec=config.eps_sec, eps_cor=config.eps_cor)
         return min(block.finite.length, block.n)
+    if isinstance(est, SampleCounts):
+        length = (block.n * (1 - float(decoy.binary_entropy(est.e_mu))) - block.leaked_bits
+                  - verification - 2 * np.log2(1 / config.eps_pa))
+        return max(0, int(np.floor(length)))
     return decoy.secret_key_length(block.n, est.q_mu, est.q1, est.e1_upper, block.leaked_bits,
                                    verification_bits=verification, auth_bits=0,
                                    eps_pa=config.eps_pa)

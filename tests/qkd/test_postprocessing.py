@@ -156,3 +156,39 @@ def test_finite_key_mode_gives_matching_keys_below_the_asymptotic_rate() -> None
         assert 0 < measured < asymptotic * 1.2  # key from decoy slots too, so not below q=1/4
         ratios.append(measured / asymptotic)
     assert ratios[1] > ratios[0]  # finite-size penalty shrinks with the block
+
+
+def test_entanglement_based_model_uses_the_bbm92_length() -> None:
+    """Records with one 'intensity' and a QBER sample, as a BBM92 app builds them."""
+    from nodes.qkd.sifting import BatchRecord
+
+    rng = np.random.default_rng(7)
+    config = PostprocessingConfig((1.0,), (1.0,), block_bits=50_000, min_block_bits=50_000,
+                                  entangled=True)
+    tx = SenderPostprocessing(config, np.random.default_rng(1))
+    rx = ReceiverPostprocessing(config, np.random.default_rng(2))
+    qber, out = 0.03, []
+    for batch in range(6):
+        alice = rng.integers(0, 2, 20_000, dtype=np.uint8)
+        bob = alice ^ (rng.random(20_000) < qber).astype(np.uint8)
+        sample = rng.random(20_000) < 0.1
+        errors = int(np.count_nonzero(alice[sample] != bob[sample]))
+
+        def record(key: np.ndarray) -> BatchRecord:
+            return BatchRecord(batch, (batch + 1) * 20_000, np.array([20_000]),
+                               np.array([20_000]), np.array([errors]), int(sample.sum()),
+                               key[~sample], complete=True)
+
+        tx.add_record(record(alice))
+        out += rx.add_record(record(bob))
+        while out:
+            replies = [r for message in out for r in tx.on_message(message)]
+            out = [r for message in replies for r in rx.on_message(message)]
+    ok = [b for b in rx.blocks if b.status == "ok"]
+    assert len(ok) == 2 and all(b.status == "ok" for b in tx.blocks)
+    assert np.array_equal(delivered(tx), delivered(rx))
+    for block in ok:
+        e = block.estimate.e_mu
+        expected = block.n * (1 - decoy.binary_entropy(e)) - block.leaked_bits - 122 - \
+            2 * math.log2(1e10)
+        assert abs(block.out_len - expected) <= 1
