@@ -11,7 +11,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import trio
 import typer
@@ -37,18 +37,19 @@ def _invalid(message: str) -> None:
 @app.command()
 def run(
     scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write result.json here")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="override scenario.seed")] = None,
-    duration: Annotated[Optional[float], typer.Option(help="override scenario.duration_s")] = None,
-    time_scale: Annotated[Optional[float], typer.Option("--time-scale", help="override scenario.time_scale")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write result.json here")] = None,
+    seed: Annotated[int | None, typer.Option(help="override scenario.seed")] = None,
+    duration: Annotated[float | None, typer.Option(help="override scenario.duration_s")] = None,
+    time_scale: Annotated[float | None, typer.Option("--time-scale", help="override scenario.time_scale")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="PATH=VALUE override, e.g. links.0.length_km=50")] = [],
     broker: Annotated[str, typer.Option(help="embedded | mosquitto | mqtt://host:port")] = "embedded",
-    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="folder for logs and results")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="folder for logs and results")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Run a scenario: start every process, supervise, collect results, tear down."""
     from emulator import broker as brokers
-    from emulator.orchestrator import RunFailed, RunOptions, run as run_scenario
+    from emulator.orchestrator import RunFailed, RunOptions
+    from emulator.orchestrator import run as run_scenario
     from emulator.results import print_summary
     from emulator.supervise import ChildFailed
 
@@ -111,7 +112,7 @@ def sweep(
     param: Annotated[str, typer.Option(help="dotted path to vary, e.g. links.0.length_km")],
     values: Annotated[str, typer.Option(help="comma-separated values, e.g. 0,25,50,75,100")],
     out: Annotated[Path, typer.Option(help="folder for sweep.csv, sweep.png and the runs")],
-    duration: Annotated[Optional[float], typer.Option(help="override scenario.duration_s")] = None,
+    duration: Annotated[float | None, typer.Option(help="override scenario.duration_s")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="PATH=VALUE override")] = [],
     broker: Annotated[str, typer.Option(help="embedded | mosquitto | mqtt://host:port")] = "embedded",
 ) -> None:

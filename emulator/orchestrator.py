@@ -216,12 +216,13 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
             daemon = state.child("daemon", "daemon", "emulator.daemon", DaemonConfig(
                 run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
                 tokens=tokens, mqtt=mqtt_address,
-                links=[DaemonLink(l.id, l.a, l.b, l.length_km, l.quantum)
-                       for l in scenario.links if l.quantum is not None],
+                links=[DaemonLink(link.id, link.a, link.b, link.length_km, link.quantum)
+                       for link in scenario.links if link.quantum is not None],
                 memories={n.name: memory_of(scenario, n.name) for n in scenario.nodes},
                 entanglement_links=[
-                    DaemonEntanglementLink(l.id, l.a, l.b, l.length_km, l.entanglement)
-                    for l in scenario.links if l.entanglement is not None]))
+                    DaemonEntanglementLink(link.id, link.a, link.b, link.length_km,
+                                           link.entanglement)
+                    for link in scenario.links if link.entanglement is not None]))
             await children.start(start_child, daemon)
 
             # 3. nodes
@@ -234,11 +235,11 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
             endpoint = {c.name: Endpoint(tcp=c.ready["tcp"], udp=c.ready["udp"]) for c in nodes}
 
             # 4. relays, one per classical link
-            relays = [state.child(f"relay-{l.id}", "relay", "emulator.relay", RelayConfig(
+            relays = [state.child(f"relay-{link.id}", "relay", "emulator.relay", RelayConfig(
                 run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
-                name=l.id, a=l.a, b=l.b, a_to_b=direction(l), b_to_a=direction(l),
-                targets={"a": endpoint[l.a], "b": endpoint[l.b]}, mqtt=mqtt_address))
-                for l in scenario.links]
+                name=link.id, a=link.a, b=link.b, a_to_b=direction(link),
+                b_to_a=direction(link), targets={"a": endpoint[link.a], "b": endpoint[link.b]},
+                mqtt=mqtt_address)) for link in scenario.links]
             await _start_all(children, relays)
             peers: dict[str, dict[str, Endpoint]] = {n.name: {} for n in scenario.nodes}
             for link, relay in zip(scenario.links, relays):

@@ -24,7 +24,7 @@ TERMINATE_GRACE_S = 3.0
 class ChildFailed(Exception):
     """A child process exited while the run still needed it (or never became ready)."""
 
-    def __init__(self, child: "Child", reason: str) -> None:
+    def __init__(self, child: Child, reason: str) -> None:
         super().__init__(f"{child.name} ({child.role}) {reason}")
         self.child = child
         self.reason = reason

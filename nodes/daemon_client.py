@@ -9,8 +9,8 @@ per-link channel of the app that opened the detector. Errors from the daemon rai
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import trio
 

@@ -54,34 +54,6 @@ class BatchRecord:
     revealed: np.ndarray | None = None  # per intensity: bits revealed (errors' denominators)
 
 
-@dataclass
-class SiftStats:
-    """Totals over all batches (for results and progress)."""
-
-    detections: np.ndarray
-    matched: np.ndarray
-    errors: np.ndarray
-    sample_bits: int = 0
-    batches: int = 0
-
-    @classmethod
-    def empty(cls, intensities: int) -> SiftStats:
-        zeros = lambda: np.zeros(intensities, dtype=np.int64)
-        return cls(zeros(), zeros(), zeros())
-
-    def add(self, record: BatchRecord) -> None:
-        self.detections += record.detections
-        self.matched += record.matched
-        self.errors += record.errors
-        self.sample_bits += record.sample_bits
-        self.batches += 1
-
-    @property
-    def qber(self) -> float:
-        """Signal QBER from the revealed samples."""
-        return self.errors[SIGNAL] / self.sample_bits if self.sample_bits else float("nan")
-
-
 def _counts(values: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(values, minlength=n)[:n].astype(np.int64)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +64,18 @@ def start_qnet(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "emulator", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_default_sigint)
+
+
+@contextlib.contextmanager
+def running_qnet(*args: str) -> Iterator[subprocess.Popen]:
+    """``qnet`` started in the background; killed and reaped when the block ends."""
+    process = start_qnet(*args)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def run_qnet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+from qnet_process import ROOT, run_qnet
 
 from emulator.daemon.photons import background_yield, gain, transmittance
-from qnet_process import ROOT, run_qnet
 
 METRO = str(ROOT / "scenarios" / "qkd-metro-25km.toml")
 

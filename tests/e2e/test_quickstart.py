@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from qnet_process import ROOT, alive, descendants, run_qnet, start_qnet, wait_gone
+from qnet_process import ROOT, alive, descendants, run_qnet, running_qnet, wait_gone
 
 QUICKSTART = str(ROOT / "scenarios" / "quickstart.toml")
 
@@ -86,9 +85,8 @@ def _wait_for_children(process, run_dir: Path, names: list[str], timeout: float)
 
 def test_sigint_mid_run_stops_every_child_within_5s(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    process = start_qnet("run", QUICKSTART, "--duration", "30", "--run-dir", str(run_dir),
-                         "--no-progress")
-    try:
+    with running_qnet("run", QUICKSTART, "--duration", "30", "--run-dir", str(run_dir),
+                      "--no-progress") as process:
         children = _wait_for_children(process, run_dir, ["daemon", "alice", "bob",
                                                          "relay-alice-bob"], 30)
         assert len(children) >= 5  # broker, daemon, two nodes, relay
@@ -99,17 +97,12 @@ def test_sigint_mid_run_stops_every_child_within_5s(tmp_path: Path) -> None:
         assert process.returncode == 130
         left = wait_gone(children, max(0.1, 5 - (time.monotonic() - sent)))
         assert not left, f"children still alive 5 s after SIGINT: {left}"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
 
 def test_crashed_node_is_reported_with_its_log_tail_and_nothing_is_left(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    process = start_qnet("run", QUICKSTART, "--duration", "30", "--run-dir", str(run_dir),
-                         "--no-progress")
-    try:
+    with running_qnet("run", QUICKSTART, "--duration", "30", "--run-dir", str(run_dir),
+                      "--no-progress") as process:
         children = _wait_for_children(process, run_dir, ["alice", "bob", "relay-alice-bob"], 30)
         bob = json.loads((run_dir / "bob.ready.json").read_text())["pid"]
         time.sleep(1.0)
@@ -119,10 +112,6 @@ def test_crashed_node_is_reported_with_its_log_tail_and_nothing_is_left(tmp_path
         assert "bob" in err and "exited unexpectedly" in err
         assert "last lines of" in err and "bob.log" in err.replace("\n", "")
         assert not wait_gone(children, 5)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
 
 def test_cut_fault_goes_over_mqtt_and_the_run_recovers(tmp_path: Path) -> None:
@@ -147,9 +136,8 @@ def test_cut_fault_goes_over_mqtt_and_the_run_recovers(tmp_path: Path) -> None:
 def test_children_exit_when_the_orchestrator_is_killed(tmp_path: Path) -> None:
     """Even SIGKILL of qnet (no clean-up possible) leaves no daemon, node or relay behind."""
     run_dir = tmp_path / "run"
-    process = start_qnet("run", QUICKSTART, "--duration", "30", "--run-dir", str(run_dir),
-                         "--no-progress")
-    try:
+    with running_qnet("run", QUICKSTART, "--duration", "30", "--run-dir", str(run_dir),
+                      "--no-progress") as process:
         children = _wait_for_children(process, run_dir, ["daemon", "alice", "bob",
                                                          "relay-alice-bob"], 30)
         ours = {json.loads((run_dir / f"{n}.ready.json").read_text())["pid"]
@@ -157,15 +145,10 @@ def test_children_exit_when_the_orchestrator_is_killed(tmp_path: Path) -> None:
         assert ours <= children
         process.kill()
         process.communicate(timeout=10)
-        assert not wait_gone(ours, 5)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-        # the broker (a third-party program) does not watch its parent: end it here
-        for pid in descendants_snapshot(children):
-            os.kill(pid, signal.SIGKILL)
-
-
-def descendants_snapshot(pids: set[int]) -> set[int]:
-    return {p for p in pids if alive(p)}
+        try:
+            assert not wait_gone(ours, 5)
+        finally:
+            # the broker (a third-party program) does not watch its parent: end it here
+            for pid in children:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)

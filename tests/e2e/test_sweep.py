@@ -6,7 +6,6 @@ import csv
 from pathlib import Path
 
 import pytest
-
 from qnet_process import ROOT, run_qnet
 
 pytestmark = pytest.mark.e2e
