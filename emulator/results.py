@@ -217,6 +217,9 @@ def entanglement_sections(scenario: Scenario, node_entries: list[dict]) -> dict[
             for k, v in fields.items():
                 target.setdefault(k, v)
     for (section, name), entry in sorted(merged.items()):
+        if entry.get("protocol_kind") == "bbm92":  # every message is authenticated, both ways
+            entry["auth_rejected"] = (entry.get("auth_rejected_a") or 0) + (
+                entry.get("auth_rejected_b") or 0)
         if section == "entanglement" and name in repeaters:
             entry["repeaters"] = sorted(repeaters[name], key=lambda r: r.get("node", ""))
         sections[section].append(entry)
@@ -230,9 +233,18 @@ def print_entanglement_summary(console: Console, result: dict) -> None:
             ("  standard error", "fidelity_std", ".4f"), ("fidelity (model)", "fidelity_model",
                                                           ".4f"),
             ("CHSH S", "chsh", ".3f"), ("QBER", "qber", ".4f"),
-            ("secret key bits", "secret_key_bits", ",d"),
+            ("secret key bits (delivered)", "secret_bits", ",d"),
+            ("  Cascade efficiency f", "ec_efficiency", ".3f"),
+            ("  blocks ok / failed / aborted", "blocks", ""),
+            ("  authentication rejects", "auth_rejected", ",d"),
+            ("  keys equal at both ends", "keys_equal", ""),
             ("swap latency median (ms)", "swap_latency_ms_median", ".2f")]
     for entry in result.get("entanglement", []):
+        if entry.get("protocol_kind") == "bbm92":
+            entry = {**entry, "keys_equal": str(entry.get("key_sha256_a")
+                                                == entry.get("key_sha256_b")),
+                     "blocks": f"{entry.get('blocks_ok')} / {entry.get('blocks_failed')} / "
+                               f"{entry.get('blocks_aborted')}"}
         table = Table(title=f"entanglement {entry.get('name')} "
                             f"(path {' - '.join(entry.get('path') or [])})")
         table.add_column("metric")
