@@ -30,6 +30,7 @@ from emulator.prf import intensity_thresholds
 from emulator.scenario import FIBRE_GROUP_DELAY_S_PER_KM, LinkEntanglement
 from emulator.wire import FramedStream, FrameTooLarge
 
+LAG_WARNING_S = 0.1  # log when frame processing falls this far behind (doubling thereafter)
 log = logging.getLogger("qnet.daemon")
 
 HELLO_TIMEOUT_S = 10.0  # wall seconds an unauthenticated connection may stay silent
@@ -147,6 +148,10 @@ class LinkRuntime:
                 self.frames += 1
                 self.pulses += end - start
                 self.detections += found.slot.size
+                if lag > LAG_WARNING_S and lag > 2 * self.lag_worst:
+                    log.warning("link %s: %.3f s behind the emulated clock (frame %d); "
+                                "no pulse is skipped, detections arrive late", self.link.name,
+                                lag, k)
                 self.lag_recent = lag
                 self.lag_worst = max(self.lag_worst, lag)
                 if last:
