@@ -1,10 +1,13 @@
 """Wegman-Carter authentication of post-processing messages with one-time Poly1305 keys.
 
-Each message is tagged with Poly1305 (``cryptography``) under a fresh 32-byte key drawn from
-a key pool and never used again (Wegman & Carter, JCSS 22 (1981); Poly1305 as a one-time MAC:
-forgery probability <= 8 ceil(L / 16) / 2^106 for an L-byte message, Bernstein 2005, thm 3.3).
-There is one pool per direction so both ends consume keys in the same order: the message with
-sequence number ``s`` in a direction uses that direction's ``s``-th key.
+Each message is tagged with Poly1305 (``cryptography``) keyed (r, s): r is the direction's
+secret hash key, drawn once from the pre-shared material and reused, and s a fresh 16-byte
+one-time pad drawn from a key pool and never used again. That is the Wegman-Carter
+construction (Wegman & Carter, JCSS 22 (1981)): the tag h_r(m) + s mod 2^128 reveals nothing
+about r because s is used once, so r may be reused; forgery probability <= 8 ceil(L / 16) /
+2^106 per attempt for an L-byte message (Bernstein 2005, thm 3.3). So a message costs 128
+bits of key. There is one pool per direction so both ends consume pads in the same order: the
+message with sequence number ``s`` in a direction uses that direction's ``s``-th pad.
 
 Pools are bootstrapped from the pre-shared secret by role (SHAKE-256 expansion, so bootstrap
 keys are only computationally secure) and replenished with produced QKD key bytes via
@@ -25,7 +28,8 @@ from typing import Literal
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-KEY_BYTES = 32
+HASH_KEY_BYTES = 16  # Poly1305 r, one per direction, reused
+KEY_BYTES = 16  # one-time pad s per message: the pool's unit
 TAG_BYTES = 16
 KEY_BITS_PER_MESSAGE = 8 * KEY_BYTES
 _SEQ = struct.Struct(">Q")
@@ -113,12 +117,15 @@ class Authenticator:
             raise ValueError(f"role must be 'initiator' or 'responder', got {role!r}")
         self.role = role
         self.max_skip = max_skip
-        pools = {
-            d: KeyPool(bootstrap_material(psk, d, bootstrap_keys * KEY_BYTES)) for d in _DIRECTIONS
+        material = {
+            d: bootstrap_material(psk, d, HASH_KEY_BYTES + bootstrap_keys * KEY_BYTES)
+            for d in _DIRECTIONS
         }
         out_dir, in_dir = _DIRECTIONS if role == "initiator" else _DIRECTIONS[::-1]
-        self.outbound = pools[out_dir]
-        self.inbound = pools[in_dir]
+        self._out_hash_key = material[out_dir][:HASH_KEY_BYTES]
+        self._in_hash_key = material[in_dir][:HASH_KEY_BYTES]
+        self.outbound = KeyPool(material[out_dir][HASH_KEY_BYTES:])
+        self.inbound = KeyPool(material[in_dir][HASH_KEY_BYTES:])
         self.rejected: Counter[str] = Counter()
         self.messages_sealed = 0
         self.messages_opened = 0
@@ -149,7 +156,7 @@ class Authenticator:
     def seal(self, payload: bytes) -> bytes:
         """Frame ``payload`` with the next sequence number and its one-time Poly1305 tag."""
         seq = self.outbound.next_index
-        key = self.outbound.peek(seq)  # raises KeyPoolExhausted before anything is consumed
+        key = self._out_hash_key + self.outbound.peek(seq)  # raises before consuming anything
         header = _SEQ.pack(seq)
         tag = Poly1305.generate_tag(key, header + payload)
         self.outbound.consume_through(seq)
@@ -169,7 +176,7 @@ class Authenticator:
         if seq - expected > self.max_skip:
             self._reject("out_of_window", f"sequence {seq} too far ahead of {expected}")
         try:
-            key = self.inbound.peek(seq)
+            key = self._in_hash_key + self.inbound.peek(seq)
         except KeyPoolExhausted:
             self._reject("no_key", f"no key for sequence {seq} yet")
         try:

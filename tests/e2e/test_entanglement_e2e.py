@@ -70,11 +70,11 @@ def test_bbm92_chsh_qber_and_post_processed_key(tmp_path: Path) -> None:
     """CHSH and QBER as the Werner model says; authenticated post-processing ends with the
     same key at both ends, of the length n [1 - h(e)] - leak - verification - 2 log2(1/eps).
 
-    25 s: every message costs 256 bits of authentication key and a Cascade run takes ~90
-    rounds, so a block pays for itself only from ~60k sifted bits (~7k pairs/s here)."""
+    15 s: every message costs 128 bits of authentication key and a Cascade run takes ~90
+    rounds, so a block pays for itself only from ~30k sifted bits (~7k pairs/s here)."""
     from nodes.qkd.decoy import binary_entropy
 
-    result = run(tmp_path, "bbm92", duration=25)
+    result = run(tmp_path, "bbm92", duration=15)
     assert result["ok"]
     (entry,) = result["entanglement"]
     f0 = 0.98  # scenarios/bbm92.toml; no memory decay there
