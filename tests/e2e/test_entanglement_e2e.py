@@ -93,7 +93,11 @@ def test_bbm92_chsh_qber_and_post_processed_key(tmp_path: Path) -> None:
             - 2 * math.log2(1e10)
         assert abs(entry["pa_output_bits"] - expected) <= 1
         assert entry["secret_bits"] == entry["pa_output_bits"] - entry["auth_key_bits"]
-    assert 1.0 < entry["ec_efficiency"] < 1.6
+    # Cascade efficiency against the model QBER: the reported ec_efficiency divides by the
+    # sampled QBER of a few thousand bits (+-15% at 1 sigma), too noisy for a tight bound;
+    # the block's true error count is binomial over ~10^5 bits (+-3%).
+    f_model = entry["ec_leaked_bits"] / (entry["reconciled_bits"] * float(binary_entropy(q)))
+    assert 0.9 < f_model < 1.6  # seen 1.09-1.19 over seeds 1-4
 
 
 def test_repeater_chain_with_dejmps_purification(tmp_path: Path) -> None:
