@@ -40,13 +40,15 @@ def client_session(port: int, token: str) -> dict:
         got = []
         while len(got) < 50:
             got += client.pairs("alice-bob", max=50 - len(got)).pairs
-        bits = np.frombuffer(client.measure([client.ref(x.slot) for x in got], "Z").outcomes,
-                             np.uint8)
+        client.stop_link("alice-bob")
+        # pairs delivered meanwhile still hold alice's slots: collect them so all can be freed
+        got += client.pairs("alice-bob", max=1000, timeout_s=0.2).pairs
         with pytest.raises(AppError) as refused:
             client.measure([p.QubitRef("bob", got[0].slot)], "Z")
-        prepared = client.prepare()
+        bits = np.frombuffer(client.measure([client.ref(x.slot) for x in got], "Z").outcomes,
+                             np.uint8)[:50]
+        prepared = client.prepare()  # a free slot again: measuring frees it
         zero = client.measure([prepared.qubit], "Z").outcomes
-        client.stop_link("alice-bob")
         return {"n": len(bits), "code": refused.value.code, "zero": zero, "t": client.now()}
 
 
