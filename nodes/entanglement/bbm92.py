@@ -28,9 +28,9 @@ from nodes.entanglement.qubits import QuantumOps
 from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
 from nodes.qkd.decoy import binary_entropy
+from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
 from nodes.qkd.postprocessing import (
-    Block,
     PostprocessingConfig,
     ReceiverPostprocessing,
     SenderPostprocessing,
@@ -193,21 +193,6 @@ async def _measure_all(ops: QuantumOps, link: str, pick, out: dict, stop: trio.E
             out[x.pair] = (int(s), int(bit))
 
 
-async def _settle(node: NodeContext, link: str, store: KeyStore, secure: SecureChannel,
-                  finished) -> None:
-    """Deliver finished blocks: refill the auth pool, store the key, publish an event."""
-    while finished:
-        block: Block = finished.popleft()
-        if block.status == "ok":
-            secure.link.auth.replenish(block.auth_material)
-            store.add(f"{link}/{block.block}", block.final_key)
-            await node.event("key_produced", link=link, block=block.block,
-                             bits=len(block.final_key), protocol="bbm92")
-        else:
-            await node.event(f"qkd_block_{block.status}", link=link, block=block.block,
-                             protocol="bbm92")
-
-
 async def run(node: NodeContext, app: BBM92App) -> list[dict]:
     if node.name == app.a:
         return [await run_a(node, app)]
@@ -260,7 +245,7 @@ async def run_a(node: NodeContext, app: BBM92App) -> dict:
             else:
                 for out in post.on_message(message):
                     secure.post(out)
-                await _settle(node, link, store, secure, post.finished)
+                await deliver_blocks(node, link, "bbm92", store, secure, post.finished)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(channel.run_writer)
@@ -360,7 +345,7 @@ async def run_b(node: NodeContext, app: BBM92App) -> dict:
                 outs = post.on_message(message)
             for out in outs:
                 secure.post(out)
-            await _settle(node, link, store, secure, post.finished)
+            await deliver_blocks(node, link, "bbm92", store, secure, post.finished)
             if answered_last and post.idle:
                 all_done.set()
 

@@ -20,9 +20,9 @@ from emulator.scenario import BB84App, bb84_link
 from nodes.qkd import decoy
 from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
+from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
 from nodes.qkd.postprocessing import (
-    Block,
     PostprocessingConfig,
     ReceiverPostprocessing,
     SenderPostprocessing,
@@ -52,20 +52,6 @@ def _config(app: BB84App, source) -> PostprocessingConfig:
         block_bits=app.block_bits, min_block_bits=app.min_block_bits, schedule=app.cascade,
         qber_abort=app.qber_abort, eps_pa=app.eps_pa, finite_key=app.finite_key,
         eps_sec=app.eps_sec, eps_cor=app.eps_cor)
-
-
-async def _settle(node: NodeContext, link: str, store: KeyStore, secure: SecureChannel,
-                  finished) -> None:
-    """Deliver finished blocks: refill the auth pool, store the key, publish an event."""
-    while finished:
-        block: Block = finished.popleft()
-        if block.status == "ok":
-            secure.link.auth.replenish(block.auth_material)
-            store.add(f"{link}/{block.block}", block.final_key)
-            await node.event("key_produced", link=link, block=block.block,
-                             bits=len(block.final_key))
-        else:
-            await node.event(f"qkd_block_{block.status}", link=link, block=block.block)
 
 
 async def run(node: NodeContext, app: BB84App) -> list[dict]:
@@ -120,7 +106,7 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
             elif post is not None:
                 for out in post.on_message(message):
                     secure.post(out)
-                await _settle(node, link, store, secure, post.finished)
+                await deliver_blocks(node, link, PROTOCOL, store, secure, post.finished)
             else:
                 raise ValueError(f"unexpected {type(message).__name__} without post-processing")
 
@@ -219,7 +205,7 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
             else:
                 raise ValueError(f"unexpected {type(message).__name__} without post-processing")
             if post is not None:
-                await _settle(node, link, store, secure, post.finished)
+                await deliver_blocks(node, link, PROTOCOL, store, secure, post.finished)
             check_done()
 
     async def report_progress() -> None:
