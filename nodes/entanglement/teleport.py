@@ -128,8 +128,8 @@ async def run_receiver(node: NodeContext, app: TeleportApp) -> dict:
                     held[x.pair] = (x.slot, x.t_stored)
                 arrived.notify_all()
 
-    await node.clock.sleep_until(node.t_start)
-    await ops.start_link(link)
+    # the sender starts the link with its own cap on pending halves (it needs a free slot for
+    # the input state); starting it here too could fill its memory before that cap applies
     async with trio.open_nursery() as nursery:
         nursery.start_soon(feed)
         while True:
