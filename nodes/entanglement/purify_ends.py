@@ -10,6 +10,7 @@ the same round when asked. Failures of an operation (cutoff) count as a discarde
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,40 @@ async def apply_ops(ops: QuantumOps, gate_ops: list[GateOp], source: int, target
     return bit
 
 
+Parities = dict[int, tuple[trio.Event, list[int]]]
+
+
+def record_peer_parity(parities: Parities, msg: PurifyParity) -> None:
+    """File the peer's parity of a round (it may arrive before our own is sent)."""
+    event, box = parities.setdefault(msg.round_id, (trio.Event(), []))
+    box.append(msg.parity)
+    event.set()
+
+
+async def parity_round(ops: QuantumOps, send: Callable[[bytes], Awaitable[None]],
+                       parities: Parities, rnd: PurificationRound, src: EndToEnd,
+                       tgt: EndToEnd) -> bool:
+    """Apply the round's gates, exchange parities with the peer; True keeps ``src``.
+
+    A failed local operation still sends a parity (so the peer is not left waiting) and
+    discards the pair; a discarded source is freed here.
+    """
+    try:
+        bit = await apply_ops(ops, rnd.ops, src.mine.slot, tgt.mine.slot)
+        failed = False
+    except DaemonError:
+        bit, failed = 0, True
+    await send(encoder.encode(rnd.local_parity(bit)))
+    event, box = parities.setdefault(rnd.round_id, (trio.Event(), []))
+    await event.wait()
+    del parities[rnd.round_id]
+    keep = rnd.peer_parity(PurifyParity(rnd.round_id, box[0])) is Decision.KEEP and not failed
+    if not keep:
+        with contextlib.suppress(DaemonError):
+            await ops.discard(ops.ref(src.mine.slot))
+    return keep
+
+
 @dataclass
 class PurifierA:
     """End a's recurrence: level queues, one round at a time."""
@@ -60,9 +95,7 @@ class PurifierA:
         self.levels = [deque() for _ in range(self.rounds)]
 
     def peer_parity(self, msg: PurifyParity) -> None:
-        event, box = self.parities.setdefault(msg.round_id, (trio.Event(), []))
-        box.append(msg.parity)
-        event.set()
+        record_peer_parity(self.parities, msg)
 
     async def run(self, ready: trio.MemoryReceiveChannel, final: trio.MemorySendChannel) -> None:
         async for pair in ready:
@@ -81,23 +114,9 @@ class PurifierA:
         rnd, start = PurificationRound.initiate(rid, self.protocol, self.rng)
         self.attempted += 1
         await self.send(encoder.encode(PurifyRound(start, src.mine.pair, tgt.mine.pair)))
-        try:
-            bit = await apply_ops(self.ops, rnd.ops, src.mine.slot, tgt.mine.slot)
-            failed = False
-        except DaemonError:
-            bit, failed = 0, True
-        await self.send(encoder.encode(rnd.local_parity(bit)))
-        event, box = self.parities.setdefault(rid, (trio.Event(), []))
-        await event.wait()
-        del self.parities[rid]
-        decision = rnd.peer_parity(PurifyParity(rid, box[0]))
-        if decision is Decision.KEEP and not failed:
+        if await parity_round(self.ops, self.send, self.parities, rnd, src, tgt):
             self.kept += 1
             return True
-        try:
-            await self.ops.discard(self.ops.ref(src.mine.slot))
-        except DaemonError:
-            pass
         return False
 
 
@@ -133,26 +152,10 @@ class PurifierB:
             self.changed.notify_all()
 
     def peer_parity(self, msg: PurifyParity) -> None:
-        event, box = self.parities.setdefault(msg.round_id, (trio.Event(), []))
-        box.append(msg.parity)
-        event.set()
+        record_peer_parity(self.parities, msg)
 
     async def round(self, msg: PurifyRound) -> None:
         rnd = PurificationRound.accept(msg.start)
         src, tgt = await self.take([msg.source, msg.target])
-        try:
-            bit = await apply_ops(self.ops, rnd.ops, src.mine.slot, tgt.mine.slot)
-            failed = False
-        except DaemonError:
-            bit, failed = 0, True
-        await self.send(encoder.encode(rnd.local_parity(bit)))
-        event, box = self.parities.setdefault(rnd.round_id, (trio.Event(), []))
-        await event.wait()
-        del self.parities[rnd.round_id]
-        if rnd.peer_parity(PurifyParity(rnd.round_id, box[0])) is Decision.KEEP and not failed:
+        if await parity_round(self.ops, self.send, self.parities, rnd, src, tgt):
             await self.put_back(src)
-            return
-        try:
-            await self.ops.discard(self.ops.ref(src.mine.slot))
-        except DaemonError:
-            pass
