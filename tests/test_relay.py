@@ -335,10 +335,10 @@ async def test_udp_reply_to_source_reaches_sender_with_delay():
         nursery.cancel_scope.cancel()
 
 
-async def test_subprocess_ready_file_forwarding_and_sigterm(tmp_path):
-    a, b = await open_node(), await open_node()
+async def start_relay_process(config, tmp_path):
+    """``python -m emulator.relay`` with ``config``; returns (process, listen) once ready."""
     config_path, ready = tmp_path / "relay.json", tmp_path / "ready.json"
-    write_config(config_path, relay_config(a, b, Direction(delay_s=0.001)))
+    write_config(config_path, config)
     command = [sys.executable, "-m", "emulator.relay", "--config", config_path, "--ready-file", ready]  # fmt: skip
     with (tmp_path / "log").open("wb") as log:
         proc = await trio.lowlevel.open_process(command, cwd=REPO, stderr=log)
@@ -347,7 +347,19 @@ async def test_subprocess_ready_file_forwarding_and_sigterm(tmp_path):
             while not ready.exists():
                 assert proc.poll() is None, (tmp_path / "log").read_text()
                 await trio.sleep(0.02)
-            listen = json.loads(ready.read_text())["listen"]
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, json.loads(ready.read_text())["listen"]
+
+
+async def test_subprocess_ready_file_forwarding_and_sigterm(tmp_path):
+    a, b = await open_node(), await open_node()
+    proc, listen = await start_relay_process(relay_config(a, b, Direction(delay_s=0.001)),
+                                             tmp_path)
+    try:
+        with trio.fail_after(15):
             assert set(listen) == {"a", "b"} and set(listen["a"]) == {"tcp", "udp"}
             stream = await trio.open_tcp_stream(HOST, listen["b"]["tcp"])  # b connects to a
             peer = await a.listener.accept()
@@ -425,17 +437,9 @@ async def test_subprocess_sigterm_publishes_retained_result(broker, tmp_path):
 
     a, b = await open_node(), await open_node()
     config = relay_config(a, b, Direction(), mqtt=MqttAddress(broker.host, broker.port))
-    config_path, ready = tmp_path / "relay.json", tmp_path / "ready.json"
-    write_config(config_path, config)
-    command = [sys.executable, "-m", "emulator.relay", "--config", config_path, "--ready-file", ready]  # fmt: skip
-    with (tmp_path / "relay.log").open("wb") as log:
-        proc = await trio.lowlevel.open_process(command, cwd=REPO, stderr=log)
+    proc, listen = await start_relay_process(config, tmp_path)
     try:
         with trio.fail_after(15):
-            while not ready.exists():
-                assert proc.poll() is None, (tmp_path / "relay.log").read_text()
-                await trio.sleep(0.02)
-            listen = json.loads(ready.read_text())["listen"]
             await b.udp.sendto(b"ba", (HOST, listen["b"]["udp"]))
             assert await a.udp.recv(100) == b"ba"
             proc.send_signal(signal.SIGTERM)
