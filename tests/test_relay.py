@@ -6,6 +6,7 @@ brief's budgets (median one-way delay within +2 ms, rate within 10 %).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -335,8 +336,11 @@ async def test_udp_reply_to_source_reaches_sender_with_delay():
         nursery.cancel_scope.cancel()
 
 
-async def start_relay_process(config, tmp_path):
-    """``python -m emulator.relay`` with ``config``; returns (process, listen) once ready."""
+@contextlib.asynccontextmanager
+async def relay_process(config, tmp_path):
+    """``python -m emulator.relay`` with ``config``, ready; yields (process, listen).
+
+    On exit the process is killed if still running, reaped, and checked to be gone."""
     config_path, ready = tmp_path / "relay.json", tmp_path / "ready.json"
     write_config(config_path, config)
     command = [sys.executable, "-m", "emulator.relay", "--config", config_path, "--ready-file", ready]  # fmt: skip
@@ -347,18 +351,19 @@ async def start_relay_process(config, tmp_path):
             while not ready.exists():
                 assert proc.poll() is None, (tmp_path / "log").read_text()
                 await trio.sleep(0.02)
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc, json.loads(ready.read_text())["listen"]
+        yield proc, json.loads(ready.read_text())["listen"]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    with pytest.raises(ProcessLookupError):
+        os.kill(proc.pid, 0)
 
 
 async def test_subprocess_ready_file_forwarding_and_sigterm(tmp_path):
     a, b = await open_node(), await open_node()
-    proc, listen = await start_relay_process(relay_config(a, b, Direction(delay_s=0.001)),
-                                             tmp_path)
-    try:
+    config = relay_config(a, b, Direction(delay_s=0.001))
+    async with relay_process(config, tmp_path) as (proc, listen):
         with trio.fail_after(15):
             assert set(listen) == {"a", "b"} and set(listen["a"]) == {"tcp", "udp"}
             stream = await trio.open_tcp_stream(HOST, listen["b"]["tcp"])  # b connects to a
@@ -370,12 +375,6 @@ async def test_subprocess_ready_file_forwarding_and_sigterm(tmp_path):
             await stream.aclose()
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    with pytest.raises(ProcessLookupError):
-        os.kill(proc.pid, 0)
     assert "final" in (tmp_path / "log").read_text()
 
 
@@ -437,8 +436,7 @@ async def test_subprocess_sigterm_publishes_retained_result(broker, tmp_path):
 
     a, b = await open_node(), await open_node()
     config = relay_config(a, b, Direction(), mqtt=MqttAddress(broker.host, broker.port))
-    proc, listen = await start_relay_process(config, tmp_path)
-    try:
+    async with relay_process(config, tmp_path) as (proc, listen):
         with trio.fail_after(15):
             await b.udp.sendto(b"ba", (HOST, listen["b"]["udp"]))
             assert await a.udp.recv(100) == b"ba"
@@ -448,9 +446,3 @@ async def test_subprocess_sigterm_publishes_retained_result(broker, tmp_path):
             await mqtt.subscribe("qnet/t/relay/a-b/result", qos=1)  # retained: still there
             result = await next_payload(mqtt, "qnet/t/relay/a-b/result")
         assert (result["bytes_ba"], result["messages"], result["dropped"]) == (2, 1, 0)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    with pytest.raises(ProcessLookupError):
-        os.kill(proc.pid, 0)
