@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from emulator.daemon import photons
+from emulator.physics import decoy
 from emulator.scenario import BB84App, Expect, Link, Scenario, bb84_link
-from nodes.qkd import decoy
 
 SENDER_FIELDS = ("key_sha256_a", "secret_bits_a", "daemon_lag_s", "cpu_s_a", "cpu_s_daemon")
 DEFAULT_EC_EFFICIENCY = 1.16

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from nodes import app_socket
-from nodes.entanglement import bbm92, pairs, teleport
-from nodes.qkd import bb84
+from nodes.entanglement.pairs import shell as pairs
+from nodes.entanglement.teleport import shell as teleport
+from nodes.qkd.bb84 import shell as bb84
+from nodes.qkd.bbm92 import shell as bbm92
 
 AppRunner = Callable[..., Awaitable[list[dict]]]
 

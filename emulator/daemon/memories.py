@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from emulator.daemon import states as st
+from emulator.physics import states as st
 
 
 class SlotRef(NamedTuple):

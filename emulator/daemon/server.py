@@ -25,7 +25,7 @@ from emulator.clock import EmulatedClock
 from emulator.daemon import memories as mem
 from emulator.daemon import photons
 from emulator.daemon import protocol as p
-from emulator.daemon import states as st
+from emulator.physics import states as st
 from emulator.prf import intensity_thresholds
 from emulator.scenario import FIBRE_GROUP_DELAY_S_PER_KM, LinkEntanglement
 from emulator.wire import FramedStream, FrameTooLarge

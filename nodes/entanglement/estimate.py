@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from emulator.daemon import states as st
+from emulator.physics import states as st
 
 BASES = "XYZ"
 PHI_PLUS_SIGN = {"X": 1, "Y": -1, "Z": 1}  # <PP> of Phi+

@@ -15,7 +15,7 @@ import math
 import msgspec
 import numpy as np
 
-from emulator.daemon import states as st
+from emulator.physics import states as st
 
 PROTOCOLS = ("bbpssw", "dejmps")
 TWIRL_ELEMENTS = 12

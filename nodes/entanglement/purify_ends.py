@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
-from emulator.daemon import states as st
+from emulator.physics import states as st
 from nodes.daemon_client import DaemonError
 from nodes.entanglement.purification import Decision, GateOp, PurificationRound, PurifyParity
 from nodes.entanglement.qubits import QuantumOps

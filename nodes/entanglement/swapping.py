@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from emulator.daemon import states as st
+from emulator.physics import states as st
 from nodes.entanglement.purification import PurifyParity, PurifyStart
 
 

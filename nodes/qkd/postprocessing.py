@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
-from nodes.qkd import decoy
+from emulator.physics import decoy
 from nodes.qkd import messages as m
 from nodes.qkd.auth import KEY_BITS_PER_MESSAGE
 from nodes.qkd.cascade import CascadeDone, CascadeReceiver, CascadeSender, ParityQuery, ParityReply

@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 
-from emulator.daemon import states as st
 from emulator.daemon.memories import (
     CutoffExpired,
     EmptySlot,
@@ -21,6 +20,7 @@ from emulator.daemon.memories import (
     RegisterTooLarge,
     SlotRef,
 )
+from emulator.physics import states as st
 
 EXACT = 1e-9
 PHI = np.array([1.0, 0, 0, 0])

@@ -72,7 +72,7 @@ def test_bbm92_chsh_qber_and_post_processed_key(tmp_path: Path) -> None:
 
     15 s: every message costs 128 bits of authentication key and a Cascade run takes ~90
     rounds, so a block pays for itself only from ~30k sifted bits (~7k pairs/s here)."""
-    from nodes.qkd.decoy import binary_entropy
+    from emulator.physics.decoy import binary_entropy
 
     result = run(tmp_path, "bbm92", duration=15)
     assert result["ok"]
@@ -103,7 +103,7 @@ def test_bbm92_chsh_qber_and_post_processed_key(tmp_path: Path) -> None:
 def test_repeater_chain_with_dejmps_purification(tmp_path: Path) -> None:
     """One DEJMPS round on the end-to-end Werner pairs (no memory decay): fidelity and the
     success rate as the recurrence bookkeeping says."""
-    from emulator.daemon import states as st
+    from emulator.physics import states as st
     from nodes.entanglement import estimate
     from nodes.entanglement.purification import rounds
 

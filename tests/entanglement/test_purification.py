@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from emulator.daemon import states as st
 from emulator.daemon.memories import MemorySpec, QuantumMemories
+from emulator.physics import states as st
 from nodes.entanglement import purification as pu
 
 EXACT = 1e-9

@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from emulator.daemon import states as st
 from emulator.daemon.memories import MemorySpec, QuantumMemories, SlotRef
+from emulator.physics import states as st
 from nodes.entanglement import estimate
 from nodes.entanglement.swapping import EndTracker, Held, RepeaterCore, decoder, encoder
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from emulator.daemon.photons import detect_frame, transmittance
-from nodes.qkd import decoy
+from emulator.physics import decoy
 from nodes.qkd.postprocessing import (
     PostprocessingConfig,
     ReceiverPostprocessing,

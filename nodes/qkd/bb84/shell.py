@@ -16,8 +16,8 @@ import numpy as np
 import trio
 
 from emulator.daemon import protocol as p
+from emulator.physics import decoy
 from emulator.scenario import BB84App, bb84_link
-from nodes.qkd import decoy
 from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
 from nodes.qkd.delivery import deliver_blocks

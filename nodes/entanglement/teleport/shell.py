@@ -19,7 +19,7 @@ import trio
 
 from emulator.scenario import TeleportApp
 from nodes.entanglement import estimate
-from nodes.entanglement.pairs import t2_of
+from nodes.entanglement.pairs.shell import t2_of
 from nodes.entanglement.qubits import QuantumOps
 from nodes.sdk import NodeContext
 

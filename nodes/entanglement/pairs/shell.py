@@ -20,7 +20,7 @@ from itertools import pairwise
 import numpy as np
 import trio
 
-from emulator.daemon import states as st
+from emulator.physics import states as st
 from emulator.scenario import PairsApp, RepeaterApp, Scenario, memory_of
 from nodes.daemon_client import DaemonError
 from nodes.entanglement import estimate

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from emulator.daemon import states as st
+from emulator.physics import states as st
 
 EXACT = 1e-9
 

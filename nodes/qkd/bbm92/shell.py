@@ -22,12 +22,12 @@ import msgspec
 import numpy as np
 import trio
 
+from emulator.physics.decoy import binary_entropy
 from emulator.scenario import BBM92App
 from nodes.entanglement import estimate
 from nodes.entanglement.qubits import QuantumOps
 from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
-from nodes.qkd.decoy import binary_entropy
 from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
 from nodes.qkd.postprocessing import (

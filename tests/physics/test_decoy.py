@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from nodes.qkd.decoy import (
+from emulator.physics.decoy import (
     binary_entropy,
     channel_transmittance,
     e1_upper,

@@ -1,0 +1,1 @@
+"""The teleport app kind: teleportation over a direct link (spec, shell, result merge)."""
