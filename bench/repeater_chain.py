@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emulator.daemon import states as st
 from emulator.daemon.memories import MemorySpec, QuantumMemories
+from emulator.physics import states as st
 
 RESULT = Path(__file__).resolve().parent / "results" / "repeater_chain.json"
 
