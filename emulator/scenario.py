@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-FIBRE_GROUP_DELAY_S_PER_KM = 4.9e-6
+from emulator.physics.channels import FIBRE_GROUP_DELAY_S_PER_KM
 
 NonNegative = Annotated[float, Meta(ge=0)]
 Positive = Annotated[float, Meta(gt=0)]
