@@ -89,6 +89,24 @@ def merge_qkd(scenario: Scenario, node_entries: list[dict]) -> list[dict]:
     return out
 
 
+ROUTING_FIELDS = ("section", "role", "app")
+
+
+def join_ends(entries: list[dict], name: str) -> dict:
+    """One result entry from the entries an app's nodes returned (a node may be missing).
+
+    The ``role = "report"`` entry (from the end that holds both ends' outcomes) wins; the other
+    ends' fields fill in where the report has none. Routing fields are dropped."""
+    joined: dict = {}
+    ordered = sorted(entries, key=lambda e: e.get("role") != "report")
+    for entry in ordered:
+        for k, v in entry.items():
+            if k not in ROUTING_FIELDS:
+                joined.setdefault(k, v)
+    joined.setdefault("name", name)
+    return joined
+
+
 def metric_value(result: dict, metric: str) -> Any:
     """Resolve ``qkd.alice-bob.qber``: a list section is indexed by its entries' link/name."""
     parts = metric.split(".")
