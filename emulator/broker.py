@@ -10,6 +10,9 @@ CONNECT/CONNACK round trip, and on exit stops it like ``trio.run_process`` does:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -26,7 +29,9 @@ from urllib.parse import urlsplit
 import msgspec
 import trio
 
+from emulator import telemetry
 from emulator.mqtt import MqttError, open_mqtt
+from emulator.telemetry import Account
 
 __all__ = [
     "BrokerError",
@@ -119,25 +124,59 @@ def _mosquitto_executable() -> str:
                       "(apt-get install mosquitto), or use broker = 'embedded'")
 
 
-def _amqtt_config(port: int) -> str:
-    # Only the anonymous-auth plugin: amqtt's default plugin set adds $SYS publishing and
-    # per-packet logging plugins, which cost throughput and add traffic nobody reads.
-    return (
-        "---\n"
-        "listeners:\n"
-        "  default:\n"
-        "    type: tcp\n"
-        f"    bind: 127.0.0.1:{port}\n"
-        "plugins:\n"
-        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-        "    allow_anonymous: true\n"
-    )
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds credentials or names them)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file existed with wider permissions
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
 
 
-def _mosquitto_config(port: int) -> str:
+def _argon2_hash(password: str) -> str:
+    # Passwords are 192-bit random tokens, so a cheap argon2 setting loses nothing against
+    # guessing and keeps broker start-up and each CONNECT in the millisecond range.
+    import argon2
+
+    return argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(password)
+
+
+def _pbkdf2_hash(password: str) -> str:
+    """mosquitto's ``$7$`` format: PBKDF2-HMAC-SHA512, 101 rounds, 12-byte salt, base64."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+    return f"$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def _amqtt_config(port: int, password_file: Path | None = None,
+                  accounts: dict[str, Account] | None = None) -> str:
+    """amqtt YAML (written as JSON, a YAML subset: ``#`` in topic filters needs no quoting).
+
+    With accounts: password-file login (anonymous refused) and per-user publish and subscribe
+    ACLs; without: anonymous access. Only auth and topic plugins: amqtt's default set adds
+    $SYS publishing and per-packet logging, which cost throughput and add traffic.
+    """
+    if accounts is None:
+        plugins: dict = {"amqtt.plugins.authentication.AnonymousAuthPlugin":
+                         {"allow_anonymous": True}}
+    else:
+        rules = telemetry.acl(accounts)
+        plugins = {
+            "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(password_file)},
+            "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {
+                "publish_acl": rules["publish"], "acl": rules["subscribe"]},
+        }
+    config = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+              "plugins": plugins}
+    return json.dumps(config, indent=2) + "\n"
+
+
+def _mosquitto_config(port: int, password_file: Path | None = None,
+                      acl_file: Path | None = None) -> str:
+    login = ("allow_anonymous true\n" if password_file is None else
+             f"allow_anonymous false\npassword_file {password_file}\nacl_file {acl_file}\n")
     return (
         f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
+        f"{login}"
         "persistence false\n"
         "log_dest stderr\n"
         "log_type error\n"
@@ -146,33 +185,65 @@ def _mosquitto_config(port: int) -> str:
     )
 
 
-def broker_command(spec: BrokerSpec, port: int, workdir: Path) -> list[str] | None:
-    """Write the broker's config file into ``workdir`` and return its argv (None if external)."""
+def _mosquitto_acl(accounts: dict[str, Account]) -> str:
+    lines = []
+    for account in accounts.values():
+        lines.append(f"user {account.username}")
+        lines += [f"topic write {topic}" for topic in account.publish]
+        lines += [f"topic read {topic}" for topic in account.subscribe]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def broker_command(spec: BrokerSpec, port: int, workdir: Path,
+                   accounts: dict[str, Account] | None = None) -> list[str] | None:
+    """Write the broker's config files into ``workdir`` and return its argv (None if external).
+
+    ``accounts`` (from ``telemetry.credentials``) turn on login and ACLs; every file is 0600.
+    """
     if spec.kind == "external":
         return None
     workdir.mkdir(parents=True, exist_ok=True)
+    for account in (accounts or {}).values():
+        if ":" in account.username or any(c.isspace() for c in account.username):
+            raise ValueError(f"broker account {account.username!r}: no ':' or spaces allowed")
     if spec.kind == "embedded":
         config = workdir / "amqtt.yaml"
-        config.write_text(_amqtt_config(port))
+        password_file = None
+        if accounts is not None:
+            password_file = workdir / "amqtt.passwd"
+            _write_private(password_file, "".join(
+                f"{a.username}:{_argon2_hash(a.password)}\n" for a in accounts.values()))
+        _write_private(config, _amqtt_config(port, password_file, accounts))
         return [_amqtt_executable(), "-c", str(config)]
     config = workdir / "mosquitto.conf"
-    config.write_text(_mosquitto_config(port))
+    password_file = acl_file = None
+    if accounts is not None:
+        password_file, acl_file = workdir / "mosquitto.passwd", workdir / "mosquitto.acl"
+        _write_private(password_file, "".join(
+            f"{a.username}:{_pbkdf2_hash(a.password)}\n" for a in accounts.values()))
+        _write_private(acl_file, _mosquitto_acl(accounts))
+    _write_private(config, _mosquitto_config(port, password_file, acl_file))
     return [_mosquitto_executable(), "-c", str(config)]
 
 
-async def _mqtt_round_trip(host: str, port: int) -> None:
+async def _mqtt_round_trip(host: str, port: int, account: Account | None) -> None:
+    login = {} if account is None else {"username": account.username,
+                                        "password": account.password}
     async with open_mqtt(host, port, f"qnet-probe-{os.getpid()}", keepalive=5,
-                         connect_timeout=2.0):
+                         connect_timeout=2.0, **login):
         pass
 
 
 async def wait_until_accepting(
-    host: str, port: int, timeout: float, *, process: trio.Process | None = None
+    host: str, port: int, timeout: float, *, process: trio.Process | None = None,
+    account: Account | None = None,
 ) -> None:
     """Return once a broker at host:port answers an MQTT CONNECT; TimeoutError otherwise.
 
     Retries every 20 ms while the port refuses connections (broker still starting); if the
-    broker's ``process`` is given and exits meanwhile, raises BrokerError at once.
+    broker's ``process`` is given and exits meanwhile, raises BrokerError at once. The probe
+    logs in with ``account`` when the broker requires a login.
     """
     last_error: BaseException | None = None
     ready = exited = False
@@ -189,7 +260,7 @@ async def wait_until_accepting(
         with trio.move_on_after(timeout):
             while True:
                 try:
-                    await _mqtt_round_trip(host, port)
+                    await _mqtt_round_trip(host, port, account)
                     ready = True
                     break
                 except (MqttError, OSError) as exc:

@@ -22,8 +22,12 @@ T = TypeVar("T")
 
 
 class MqttAddress(msgspec.Struct):
+    """Where the broker is and this process's own login (None for an external broker)."""
+
     host: str
     port: int
+    username: str | None = None
+    password: str | None = None
 
 
 class DaemonLink(msgspec.Struct):
@@ -109,6 +113,7 @@ class NodeConfig(msgspec.Struct):
     mqtt: MqttAddress
     scenario: dict  # the validated scenario as builtins; the node re-validates it
     host: str = "127.0.0.1"
+    link_keys: dict[str, str] = {}  # peer -> hex secret of their link (channel hello MACs)
 
 
 def child_arguments(description: str) -> argparse.Namespace:

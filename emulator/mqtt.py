@@ -22,7 +22,7 @@ Usage::
 Semantics:
 
 * ``open_mqtt`` returns once the broker's CONNACK accepted the session (clean session,
-  MQTT 3.1.1); a refusal, no answer within ``connect_timeout`` or a TCP failure raises
+  MQTT 3.1.1; ``username``/``password`` when given); a refusal (bad credentials too), no answer within ``connect_timeout`` or a TCP failure raises
   ``MqttConnectError``.
 * Received messages wait in a buffer of ``max_buffered`` messages (default 100 000) until
   ``messages()`` takes them, so a slow consumer never stalls the network loop; when the
@@ -419,6 +419,8 @@ async def open_mqtt(
     client_id: str,
     *,
     will: tuple[str, bytes | str] | None = None,
+    username: str | None = None,
+    password: str | None = None,
     keepalive: int = 30,
     connect_timeout: float = 10.0,
     max_buffered: int = 100_000,
@@ -429,6 +431,8 @@ async def open_mqtt(
     context) if the broker goes away; see the module docstring for the exact semantics.
     """
     client = MqttClient(client_id, keepalive, max_buffered)
+    if username is not None:
+        client._paho.username_pw_set(username, password)
     if will is not None:
         client._paho.will_set(will[0], will[1], qos=1, retain=True)
     try:
