@@ -24,7 +24,7 @@ from emulator.scenario import Scenario, app_kind
 from emulator.supervise import watch_parent
 from nodes.daemon_client import open_daemon
 from nodes.registry import app_runner
-from nodes.sdk import NodeContext
+from nodes.sdk import NodeContext, current_app
 from nodes.transport import Transport
 
 log = logging.getLogger("qnet.node")
@@ -49,6 +49,7 @@ async def _run_apps(node: NodeContext) -> list[dict]:
     entries: list[dict] = []
 
     async def one(app) -> None:
+        current_app.set(f"{app_kind(app)}:{app.a}-{app.b}")  # keys node.partial(...)
         entries.extend(await app_runner(app_kind(app))(node, app))
 
     async with trio.open_nursery() as nursery:
@@ -60,7 +61,7 @@ async def _run_apps(node: NodeContext) -> list[dict]:
 
 async def serve(config: NodeConfig, ready_file) -> None:
     scenario = msgspec.convert(config.scenario, Scenario)
-    transport = Transport(config.name, config.host)
+    transport = Transport.for_node(config, scenario)
     endpoint = await transport.bind()
     control = f"qnet/{config.run_id}/control"
     async with (
@@ -75,8 +76,8 @@ async def serve(config: NodeConfig, ready_file) -> None:
             clock=EmulatedClock(config.t0, config.time_scale), scenario=scenario,
             daemon=daemon, transport=transport, mqtt=mqtt,
         )
-        write_ready(ready_file, tcp=endpoint.tcp, udp=endpoint.udp)
-        log.info("ready: tcp %d udp %d", endpoint.tcp, endpoint.udp)
+        write_ready(ready_file, **endpoint)
+        log.info("ready: tcp %s udp %d", endpoint["tcp"], endpoint["udp"])
         stop = trio.Event()
         started = trio.Event()
 
@@ -95,7 +96,8 @@ async def serve(config: NodeConfig, ready_file) -> None:
             log.info("start: t_start=%.3f t_end=%.3f peers=%s", node.t_start, node.t_end,
                      sorted(transport.peers))
             entries = await _run_apps(node)
-            payload = json.dumps({"node": config.name, "apps": entries})
+            payload = json.dumps({"node": config.name, "apps": entries,
+                                  "counters": transport.counters()})
             await mqtt.publish(f"qnet/{config.run_id}/{config.name}/result", payload,
                                qos=1, retain=True)
             log.info("apps finished, result published")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,9 @@ from emulator.mqtt import MqttClient
 from emulator.scenario import Scenario
 from nodes.daemon_client import DaemonClient
 from nodes.transport import Transport
+
+# Which app the current task runs for (set by the runtime per app task; keys ``partial``).
+current_app: ContextVar[str] = ContextVar("current_app", default="app")
 
 
 @dataclass
@@ -34,6 +38,7 @@ class NodeContext:
     t_start: float = 0.0  # emulated time at which apps start
     t_end: float = 0.0  # emulated time at which sources stop
     _rngs: dict[str, np.random.Generator] = field(default_factory=dict)
+    _partials: dict[str, dict] = field(default_factory=dict)
 
     def rng(self, purpose: str) -> np.random.Generator:
         """A generator seeded from the run seed, this node and ``purpose`` (reproducible runs)."""
@@ -41,6 +46,17 @@ class NodeContext:
             words = [self.seed] + [ord(c) for c in f"{self.name}/{purpose}"]
             self._rngs[purpose] = np.random.default_rng(words)
         return self._rngs[purpose]
+
+    def partial(self, entry: dict) -> None:
+        """This app's result so far, published if the run is aborted before the app returns.
+
+        Each call replaces the previous entry of the same app (``current_app``); call it after
+        every delivered block, so a run that fails late still reports the keys produced."""
+        self._partials[current_app.get()] = dict(entry)
+
+    def partial_entries(self) -> list[dict]:
+        """The latest ``partial`` entry of every app of this node (what an abort publishes)."""
+        return list(self._partials.values())
 
     def topic(self, leaf: str) -> str:
         return f"qnet/{self.run_id}/{self.name}/{leaf}"
