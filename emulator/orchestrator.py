@@ -192,6 +192,9 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
     wall_start = time.time()
     spec = brokers.parse_broker(options.broker)
     tokens = {node.name: secrets.token_hex(16) for node in scenario.nodes}
+    link_keys: dict[str, dict[str, str]] = {node.name: {} for node in scenario.nodes}
+    for link in scenario.links:  # one secret per link, known to its two ends only
+        link_keys[link.a][link.b] = link_keys[link.b][link.a] = secrets.token_hex(32)
     scenario_builtins = to_builtins(scenario)
 
     async with trio.open_nursery() as children:
@@ -228,17 +231,21 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
             # 3. nodes
             nodes = [state.child(n.name, "node", "nodes", NodeConfig(
                 run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
-                name=n.name, token=tokens[n.name],
+                name=n.name, token=tokens[n.name], link_keys=link_keys[n.name],
                 daemon=DaemonAddress("127.0.0.1", daemon.ready["port"]), mqtt=mqtt_address,
                 scenario=scenario_builtins)) for n in scenario.nodes]
             await _start_all(children, nodes)
-            endpoint = {c.name: Endpoint(tcp=c.ready["tcp"], udp=c.ready["udp"]) for c in nodes}
+            ready = {c.name: c.ready for c in nodes}  # tcp: one listening port per peer
+
+            def endpoint(node: str, peer: str) -> Endpoint:
+                return Endpoint(tcp=ready[node]["tcp"][peer], udp=ready[node]["udp"])
 
             # 4. relays, one per classical link
             relays = [state.child(f"relay-{link.id}", "relay", "emulator.relay", RelayConfig(
                 run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
                 name=link.id, a=link.a, b=link.b, a_to_b=direction(link),
-                b_to_a=direction(link), targets={"a": endpoint[link.a], "b": endpoint[link.b]},
+                b_to_a=direction(link),
+                targets={"a": endpoint(link.a, link.b), "b": endpoint(link.b, link.a)},
                 mqtt=mqtt_address)) for link in scenario.links]
             await _start_all(children, relays)
             peers: dict[str, dict[str, Endpoint]] = {n.name: {} for n in scenario.nodes}

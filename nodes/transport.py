@@ -1,44 +1,75 @@
-"""Classical channels between node processes, through the link relays.
+"""Classical channels between node processes, through the link relays, safe against any peer.
 
-A node listens on its own TCP port; peers reach it only through the relay of their link
-(the orchestrator tells each node, per peer, which relay endpoint to dial). Each app opens its
-own named channel: the dialling side sends ``ChannelHello`` first, and the listening side hands
-the connection to whoever awaits ``accept(peer, channel)``. Frames are length-prefixed
-(``emulator.wire``); what is inside is the app's own msgspec messages.
+A node listens on one TCP port *per peer* (the orchestrator hands that port to the relay of
+their link only, so a connection there should come from that relay), plus one UDP socket.
+Each app opens its own named channel: the dialling side sends an authenticated
+``ChannelHello`` first (``nodes.channel_hello``), the listening side checks it with the link
+key and hands the connection to whoever awaits ``accept(peer, channel)``. A hello never
+replaces a pending or open channel. Frames are length-prefixed (``emulator.wire``), at most
+``HELLO_MAX_BYTES`` until the hello verified, ``MAX_FRAME`` after.
+
+Everything a stranger can do is bounded and counted (``Transport.counters``): concurrent
+unauthenticated connections per listener, a hello timeout (scaled with the link's delay),
+channels pending per peer; a bad connection ends alone, logged once per kind of fault.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import math
+from collections import Counter
+from collections.abc import Callable, Mapping
 
-import msgspec
 import trio
 
-from emulator.child_config import Endpoint
-from emulator.wire import FramedStream
+from emulator.child_config import Endpoint, NodeConfig
+from emulator.scenario import Scenario
+from emulator.wire import FramedStream, FrameTooLarge
+from nodes.channel_hello import (
+    HELLO_MAX_BYTES,
+    DuplicateChannel,
+    HelloGate,
+    TooManyPending,
+    make_hello,
+)
+from nodes.errors import MalformedMessage, RemoteProtocolError
+
+log = logging.getLogger("qnet.transport")
 
 MAX_FRAME = 32 * 1024 * 1024
-HELLO_TIMEOUT_S = 10.0
+HELLO_TIMEOUT_S = 10.0  # wall seconds, at least; see hello_timeout
+HELLO_DELAY_FACTOR = 4.0  # the hello crosses the link once; allow for jitter and queueing
+MAX_UNAUTHENTICATED = 64  # concurrent connections awaiting their hello, per listener
+MAX_PENDING = 64  # authenticated channels waiting for accept, per peer
+ACCEPT_BACKOFF_S = 0.1  # after EMFILE/ENFILE in accept (as trio.serve_listeners does)
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
-class ChannelHello(msgspec.Struct, tag="channel_hello"):
-    node: str
-    channel: str
+def hello_timeout(delay_s: float, time_scale: float, base_s: float = HELLO_TIMEOUT_S) -> float:
+    """Wall seconds a new connection may take to deliver its hello.
+
+    The hello crosses a relay whose emulated delay is stretched by ``1/time_scale``, so the
+    bound must grow with it: ``max(base, HELLO_DELAY_FACTOR * delay / time_scale)``.
+    """
+    return max(base_s, HELLO_DELAY_FACTOR * delay_s / time_scale)
 
 
-_hello_encoder = msgspec.msgpack.Encoder()
-_hello_decoder = msgspec.msgpack.Decoder(ChannelHello)
+class ChannelFramingError(MalformedMessage):
+    """The peer's bytes on an open channel are not valid frames (the channel is unusable)."""
 
 
 class Channel:
     """A framed, ordered byte-message channel to one peer."""
 
-    def __init__(self, framed: FramedStream, peer: str, name: str) -> None:
+    def __init__(self, framed: FramedStream, peer: str, name: str,
+                 on_close: Callable[[Channel, str | None], None] | None = None) -> None:
         self.framed = framed
         self.peer = peer
         self.name = name
         self.bytes_sent = 0
         self.messages_sent = 0
+        self._on_close = on_close
         self._outbox_send, self._outbox = trio.open_memory_channel[bytes](math.inf)
         self._outbox_drained = trio.Event()
 
@@ -68,72 +99,184 @@ class Channel:
         await self._outbox_drained.wait()
 
     async def receive(self) -> bytes:
-        payload = await self.framed.receive()
+        """Next payload; ``ConnectionError`` when the peer closed or reset the connection,
+        ``ChannelFramingError`` (a ``RemoteProtocolError``) when its bytes are not frames."""
+        try:
+            payload = await self.framed.receive()
+        except FrameTooLarge as exc:
+            self._closed("bad_frames")
+            raise ChannelFramingError(f"channel {self.name!r}: {exc}", peer=self.peer) from None
+        except trio.BrokenResourceError as exc:
+            self._closed("channel_errors")
+            raise ConnectionError(f"channel {self.name!r} to {self.peer} broken: {exc}") from None
         if payload is None:
+            self._closed(None)
             raise ConnectionError(f"channel {self.name!r} to {self.peer} closed by the peer")
         return payload
 
+    def _closed(self, fault: str | None) -> None:
+        if self._on_close is not None:
+            self._on_close(self, fault)
+            self._on_close = None
+
     async def aclose(self) -> None:
+        self._closed(None)
         await self.framed.aclose()
 
 
 class Transport:
-    """The node's classical sockets: a TCP listener for peers and the relay directory."""
+    """The node's classical sockets: one TCP listener per peer, a UDP socket, relay directory.
 
-    def __init__(self, node: str, host: str = "127.0.0.1") -> None:
+    ``link_keys`` maps each peer to the hex secret of their link; a peer without a key can
+    neither be dialled nor reach us. ``hello_timeout_s`` is per peer (see ``hello_timeout``).
+    """
+
+    def __init__(self, node: str, host: str = "127.0.0.1", *, run_id: str = "",
+                 link_keys: Mapping[str, str] | None = None,
+                 hello_timeout_s: Mapping[str, float] | None = None,
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED,
+                 max_pending: int = MAX_PENDING) -> None:
         self.node = node
         self.host = host
+        self.run_id = run_id
         self.peers: dict[str, Endpoint] = {}
-        self._arrived: dict[tuple[str, str], Channel] = {}
+        self._keys = {peer: bytes.fromhex(key) for peer, key in (link_keys or {}).items()}
+        self._timeouts = dict(hello_timeout_s or {})
+        self._gates = {peer: HelloGate(run_id, node, peer, key) for peer, key in self._keys.items()}
+        self.max_unauthenticated = max_unauthenticated
+        self.max_pending = max_pending
+        self._pending: dict[tuple[str, str], Channel] = {}
+        self._open: set[tuple[str, str]] = set()
+        self._unauthenticated: Counter[str] = Counter()
         self._arrival = trio.Condition()
-        self.listener: trio.SocketListener | None = None
+        self._counters: Counter[str] = Counter()
+        self._logged: set[str] = set()
+        self.listeners: dict[str, trio.SocketListener] = {}
         self.udp: trio.socket.SocketType | None = None
 
-    async def bind(self) -> Endpoint:
-        """Bind the TCP listener and the UDP socket; returns this node's own endpoint."""
-        listeners = await trio.open_tcp_listeners(0, host=self.host)
-        self.listener = listeners[0]
+    @classmethod
+    def for_node(cls, config: NodeConfig, scenario: Scenario) -> Transport:
+        """The transport of node ``config.name``: its link keys, hello timeouts per peer."""
+        timeouts = {}
+        for link in scenario.links:
+            if config.name in (link.a, link.b):
+                peer = link.b if link.a == config.name else link.a
+                delay = link.classical_delay_s + link.classical.jitter_ms / 1000.0
+                timeouts[peer] = hello_timeout(delay, config.time_scale)
+        return cls(config.name, config.host, run_id=config.run_id, link_keys=config.link_keys,
+                   hello_timeout_s=timeouts)
+
+    def counters(self) -> dict[str, int]:
+        """What this transport saw: connections, channels, and every rejection by kind."""
+        return dict(self._counters)
+
+    async def bind(self) -> dict[str, object]:
+        """Bind one TCP listener per peer and the UDP socket; returns the ready-file info
+        ``{"tcp": {peer: port}, "udp": port}``."""
+        for peer in self._keys:
+            self.listeners[peer] = (await trio.open_tcp_listeners(0, host=self.host))[0]
         self.udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
         await self.udp.bind((self.host, 0))
-        return Endpoint(
-            tcp=self.listener.socket.getsockname()[1], udp=self.udp.getsockname()[1], host=self.host
-        )
+        return {"tcp": {peer: listener.socket.getsockname()[1]
+                        for peer, listener in self.listeners.items()},
+                "udp": self.udp.getsockname()[1]}
 
     async def serve(self) -> None:
         """Accept peer connections forever (run in the node's nursery)."""
-        assert self.listener is not None
         async with trio.open_nursery() as nursery:
-            while True:
-                stream = await self.listener.accept()
-                nursery.start_soon(self._greet, stream)
+            for peer, listener in self.listeners.items():
+                nursery.start_soon(self._serve_listener, peer, listener, nursery)
 
-    async def _greet(self, stream: trio.SocketStream) -> None:
-        framed = FramedStream(stream, MAX_FRAME)
-        with trio.move_on_after(HELLO_TIMEOUT_S):
-            payload = await framed.receive()
+    async def _serve_listener(self, peer: str, listener: trio.SocketListener,
+                              nursery: trio.Nursery) -> None:
+        while True:
             try:
-                hello = _hello_decoder.decode(payload) if payload else None
-            except msgspec.DecodeError:
-                hello = None
-            if hello is not None:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRORS:
+                    raise
+                self._fault("accept_errors", f"accept on the listener for {peer}: {exc}")
+                await trio.sleep(ACCEPT_BACKOFF_S)
+                continue
+            self._counters["connections"] += 1
+            if self._unauthenticated[peer] >= self.max_unauthenticated:
+                self._fault("rejected_connections",
+                            f"more than {self.max_unauthenticated} connections awaiting a hello "
+                            f"on the listener for {peer}")
+                await trio.aclose_forcefully(stream)
+                continue
+            self._unauthenticated[peer] += 1
+            nursery.start_soon(self._greet, peer, stream)
+
+    async def _greet(self, peer: str, stream: trio.SocketStream) -> None:
+        """Read and check the hello; hand the connection over as a pending channel or close it."""
+        framed = FramedStream(stream, HELLO_MAX_BYTES)
+        handed_over = False
+        try:
+            with trio.move_on_after(self._timeouts.get(peer, HELLO_TIMEOUT_S)):
+                payload = await framed.receive()
+                if payload is None:
+                    self._counters["closed_before_hello"] += 1
+                    return
+                hello = self._gates[peer].check(payload)
+                key = (peer, hello.channel)
+                if key in self._pending or key in self._open:
+                    raise DuplicateChannel(f"channel {hello.channel!r} from {peer} already exists",
+                                           peer=peer)
+                if sum(1 for p, _ in self._pending if p == peer) >= self.max_pending:
+                    raise TooManyPending(f"{peer} has {self.max_pending} channels pending",
+                                         peer=peer)
+                framed.raise_limit(MAX_FRAME)
+                self._pending[key] = Channel(framed, peer, hello.channel, self._channel_closed)
+                handed_over = True
+                self._counters["channels_accepted"] += 1
                 async with self._arrival:
-                    self._arrived[(hello.node, hello.channel)] = Channel(
-                        framed, hello.node, hello.channel)
                     self._arrival.notify_all()
                 return
-        await stream.aclose()
+            self._fault("hello_timeouts", f"a connection on the listener for {peer} sent no "
+                        "hello in time")
+        except FrameTooLarge as exc:
+            self._fault("bad_hellos", f"listener for {peer}: {exc}")
+        except RemoteProtocolError as exc:
+            self._fault(getattr(exc, "counter", "bad_hellos"), f"listener for {peer}: {exc}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fault("connection_errors", f"listener for {peer}: {exc}")
+        finally:
+            self._unauthenticated[peer] -= 1
+            if not handed_over:
+                await trio.aclose_forcefully(stream)
+
+    def _channel_closed(self, channel: Channel, fault: str | None) -> None:
+        """Forget a channel whose connection ended, so its name may be opened again."""
+        self._open.discard((channel.peer, channel.name))
+        if self._pending.get((channel.peer, channel.name)) is channel:
+            del self._pending[(channel.peer, channel.name)]
+        if fault is not None:
+            self._fault(fault, f"channel {channel.name!r} from {channel.peer} ended")
+
+    def _fault(self, counter: str, message: str) -> None:
+        """Count a peer's fault; log the first of each kind as a warning, the rest at debug."""
+        self._counters[counter] += 1
+        level = logging.DEBUG if counter in self._logged else logging.WARNING
+        self._logged.add(counter)
+        log.log(level, "%s (%s, further ones logged at debug)", message, counter)
 
     async def connect(self, peer: str, channel: str) -> Channel:
         """Dial ``peer`` through its relay and open the named channel."""
+        if peer not in self._keys:
+            raise LookupError(f"{self.node} has no link key for {peer!r}")
         endpoint = self.peers[peer]
         stream = await trio.open_tcp_stream(endpoint.host, endpoint.tcp)
         framed = FramedStream(stream, MAX_FRAME)
-        await framed.send(_hello_encoder.encode(ChannelHello(self.node, channel)))
+        await framed.send(make_hello(self._keys[peer], self.run_id, self.node, peer, channel))
         return Channel(framed, peer, channel)
 
     async def accept(self, peer: str, channel: str) -> Channel:
         """Wait for ``peer`` to open the named channel to us."""
+        key = (peer, channel)
         async with self._arrival:
-            while (peer, channel) not in self._arrived:
+            while key not in self._pending:
                 await self._arrival.wait()
-            return self._arrived.pop((peer, channel))
+            accepted = self._pending.pop(key)
+            self._open.add(key)
+            return accepted
