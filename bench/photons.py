@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emulator.daemon.photons import background_yield, detect_frame, gain, transmittance
+from emulator.physics.channels import transmittance
+from emulator.physics.detection import detect_frame
+from emulator.physics.detectors import background_yield, gain
 
 PULSES = 10**9
 MU, ETA_DET, ALPHA, P_DC, E_DET = 0.5, 0.1, 0.2, 1e-6, 0.015

@@ -1,7 +1,7 @@
 """The quantum daemon's TCP server: authenticates nodes, runs link sources, pushes detections.
 
 One trio task per node connection reads requests; one task per running source processes its
-frames in emulated time with ``photons.detect_frame`` and pushes ``Detections`` to the link's
+frames in emulated time with ``detection.detect_frame`` and pushes ``Detections`` to the link's
 receiver only (information separation, DESIGN §4). A bad frame costs only its own connection.
 Wire format and rules: ``emulator.daemon.protocol`` and docs/protocol.md.
 """
@@ -23,8 +23,8 @@ import trio
 from emulator.child_config import DaemonConfig, DaemonEntanglementLink, DaemonLink
 from emulator.clock import EmulatedClock
 from emulator.daemon import memories as mem
-from emulator.daemon import photons
 from emulator.daemon import protocol as p
+from emulator.physics import channels, detection
 from emulator.physics import states as st
 from emulator.prf import intensity_thresholds
 from emulator.scenario import FIBRE_GROUP_DELAY_S_PER_KM, LinkEntanglement
@@ -91,7 +91,7 @@ class LinkRuntime:
         self.rate_hz = q.source.rate_hz
         self.slots_per_frame = max(1, round(q.source.rate_hz * q.frame_ms / 1000.0))
         self.delay_s = link.length_km * FIBRE_GROUP_DELAY_S_PER_KM
-        self.eta = float(photons.transmittance(link.length_km, q.attenuation_db_per_km)) * (
+        self.eta = float(channels.transmittance(link.length_km, q.attenuation_db_per_km)) * (
             q.detector.efficiency
         )
         self.p_dc = q.detector.dark_count_probability
@@ -139,7 +139,7 @@ class LinkRuntime:
                 else:
                     await self.clock.sleep_until(due)
                 lag = max(0.0, self.clock.now() - due)
-                found = photons.detect_frame(
+                found = detection.detect_frame(
                     self.rng, run.key, start, end, run.intensities, run.probabilities,
                     self.eta, self.p_dc, self.e_det,
                 )
@@ -196,7 +196,7 @@ class LinkRuntime:
 
 
 def _detection_messages(
-    link: str, start: int, end: int, found: photons.FrameDetections, last: bool
+    link: str, start: int, end: int, found: detection.FrameDetections, last: bool
 ) -> list[p.Detections]:
     """One frame as one or more Detections covering [start, end) contiguously."""
     m = found.slot.size

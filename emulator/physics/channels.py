@@ -17,7 +17,7 @@ def transmittance(length_km, attenuation_db_per_km):
     """Fibre transmittance eta_ch = 10^(-alpha L / 10) in [0, 1] (alpha in dB/km, L in km).
 
     The loss in dB grows linearly with length (Beer-Lambert); e.g. Ma, Qi, Zhao & Lo,
-    PRA 72, 012326 (2005), eq. (3), with alpha = 0.21 dB/km for their GYS data set.
+    PRA 72, 012326 (2005), with alpha = 0.21 dB/km for their GYS data set.
     """
     loss_db = np.multiply(attenuation_db_per_km, length_km)
     return np.power(10.0, -np.asarray(loss_db, dtype=np.float64) / 10.0)

@@ -1,14 +1,13 @@
-"""Decoy-state parameter estimation and secret-key-length formulas (asymptotic and finite).
+"""Asymptotic decoy-state estimation and key rates: vacuum + weak bounds, GLLP, PLOB.
 
 Pure functions; probabilities per pulse, lengths in bits, ``log2`` everywhere, e0 = 1/2 is the
-error rate of vacuum (dark-count) detections. Sources:
+error rate of vacuum (dark-count) detections. The channel model (gain, QBER) is
+``detectors``; the finite-key version is ``finite_key``. Sources:
 
-* Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005) ("Ma05"): channel model eqs. (7)-(9) and the
-  vacuum + weak decoy bounds Y1_L, e1_U (eqs. (34), (37)).
+* Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005) ("Ma05"): the vacuum + weak decoy bounds Y1_L,
+  e1_U (eqs. (34), (37)).
 * Gottesman, Lo, Lutkenhaus, Preskill, QIC 4, 325 (2004) ("GLLP"): R = q{-Q_mu f H2(E_mu)
-  + Q1 [1 - H2(e1)]}.
-* Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014) ("Lim14"): finite-key bounds
-  eqs. (1)-(5) and the key length, with Hoeffding deviations per intensity.
+  + Q1 [1 - H2(e1)]} (Ma05 eq. (1)).
 * Pirandola, Laurenza, Ottaviani, Banchi, Nat. Commun. 8, 15043 (2017): PLOB bound.
 """
 
@@ -19,43 +18,9 @@ import math
 import msgspec
 import numpy as np
 
-E0 = 0.5  # error probability of a detection caused by vacuum / dark counts
-
-
-def binary_entropy(p):
-    """H2(p) = -p log2 p - (1-p) log2(1-p), with H2(0) = H2(1) = 0; vectorised over p."""
-    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -p * np.log2(p) - (1.0 - p) * np.log2(1.0 - p)
-    return np.where((p <= 0.0) | (p >= 1.0), 0.0, h)
-
-
-def channel_transmittance(length_km, alpha_db_per_km=0.2, detector_efficiency=1.0, extra_db=0.0):
-    """eta = eta_det 10^(-(alpha L + extra)/10): overall transmittance incl. Bob's detector."""
-    loss_db = alpha_db_per_km * np.asarray(length_km, dtype=np.float64) + extra_db
-    return detector_efficiency * 10.0 ** (-loss_db / 10.0)
-
-
-def gain(mu, eta, y0):
-    """Q_mu = 1 - (1 - Y0) e^(-eta mu): detection probability per pulse of mean photon number
-    mu (Ma05 eq. (8), exact form with Y0 and signal clicks independent)."""
-    return 1.0 - (1.0 - y0) * np.exp(-eta * np.asarray(mu, dtype=np.float64))
-
-
-def error_gain(mu, eta, y0, e_det):
-    """E_mu Q_mu = e0 Y0 + e_det (1 - e^(-eta mu)) (Ma05 eq. (9)), e0 = 1/2."""
-    return E0 * y0 + e_det * (1.0 - np.exp(-eta * np.asarray(mu, dtype=np.float64)))
-
-
-def qber(mu, eta, y0, e_det):
-    """E_mu = error_gain / gain: the QBER of pulses of intensity mu."""
-    return error_gain(mu, eta, y0, e_det) / gain(mu, eta, y0)
-
-
-def true_single_photon(eta, y0, e_det):
-    """(Y1, e1) of the channel model: Y1 = 1 - (1-Y0)(1-eta), e1 = (e0 Y0 + e_det eta)/Y1."""
-    y1 = 1.0 - (1.0 - y0) * (1.0 - eta)
-    return y1, (E0 * y0 + e_det * eta) / y1
+from emulator.physics import detectors
+from emulator.physics.detectors import E0
+from emulator.physics.entropy import binary_entropy
 
 
 def y1_lower(mu, nu, q_mu, q_nu, y0):
@@ -102,18 +67,18 @@ def gllp_key_rate(q_mu, e_mu, q1, e1, f, q=0.5):
 
 
 def gllp_rate(mu, nu, eta, y0, e_det, f=1.16, q=0.5, decoy="vacuum+weak"):
-    """Theory curve: GLLP rate per pulse from the channel model (Ma05 eqs. (8), (9)).
+    """Theory curve: GLLP rate per pulse from the channel model (``detectors``, Ma05).
 
     ``decoy="vacuum+weak"`` estimates Q1, e1 with ``y1_lower``/``e1_upper`` from the model's
     gains (what the emulated protocol measures); ``"infinite"`` uses the true Y1, e1.
     Vectorised over ``eta``; 0 beyond the cut-off distance.
     """
     eta = np.asarray(eta, dtype=np.float64)
-    q_mu, e_mu = gain(mu, eta, y0), qber(mu, eta, y0, e_det)
+    q_mu, e_mu = detectors.gain(mu, eta, y0), detectors.qber(mu, eta, y0, e_det)
     if decoy == "infinite":
-        y1, e1 = true_single_photon(eta, y0, e_det)
+        y1, e1 = detectors.single_photon(eta, y0, e_det)
     elif decoy == "vacuum+weak":
-        q_nu, e_nu = gain(nu, eta, y0), qber(nu, eta, y0, e_det)
+        q_nu, e_nu = detectors.gain(nu, eta, y0), detectors.qber(nu, eta, y0, e_det)
         y1 = y1_lower(mu, nu, q_mu, q_nu, y0)
         e1 = e1_upper(nu, q_nu, e_nu, y1, y0)
     else:
@@ -195,98 +160,3 @@ def secret_key_length(
     single = n_sifted * min(1.0, q1 / q_mu) * (1.0 - float(binary_entropy(e1)))
     length = single - leaked_ec_bits - verification_bits - auth_bits - 2.0 * math.log2(1.0 / eps_pa)
     return max(0, math.floor(length))
-
-
-# ------------------------------------------------------------------ finite key (Lim14)
-
-
-class FiniteKeyResult(msgspec.Struct, frozen=True):
-    """Lim14 bounds: vacuum and single-photon counts in the key basis, phase error, length."""
-
-    length: int
-    s_key0: float
-    s_key1: float
-    s_test1: float
-    v_test1: float
-    phi: float
-
-
-def _tau(n: int, mus, probs) -> float:
-    """tau_n = sum_k p_k e^-k k^n / n!: probability that a pulse carries n photons."""
-    return float(sum(p * math.exp(-m) * m**n / math.factorial(n) for m, p in zip(mus, probs)))
-
-
-def _hoeffding(counts, total: int, mus, probs, eps_sec: float, sign: int) -> list[float]:
-    """n_k^+- = e^k / p_k (n_k +- sqrt(n/2 ln(21/eps_sec))) (Lim14, after eq. (1))."""
-    delta = math.sqrt(total / 2.0 * math.log(21.0 / eps_sec))
-    return [math.exp(m) / p * (c + sign * delta) for c, m, p in zip(counts, mus, probs)]
-
-
-def _vacuum_and_single(counts, mus, probs, eps_sec):
-    """Lim14 eqs. (2), (3): lower bounds s_0 and s_1 on vacuum / single-photon events."""
-    mu1, mu2, mu3 = mus
-    total = int(sum(counts))
-    lo = _hoeffding(counts, total, mus, probs, eps_sec, -1)
-    hi = _hoeffding(counts, total, mus, probs, eps_sec, +1)
-    tau0, tau1 = _tau(0, mus, probs), _tau(1, mus, probs)
-    s0 = max(0.0, tau0 * (mu2 * lo[2] - mu3 * hi[1]) / (mu2 - mu3))
-    s1 = (
-        tau1
-        * mu1
-        * (lo[1] - hi[2] - (mu2**2 - mu3**2) / mu1**2 * (hi[0] - s0 / tau0))
-        / (mu1 * (mu2 - mu3) - mu2**2 + mu3**2)
-    )
-    return s0, max(0.0, s1)
-
-
-def _gamma(a: float, b: float, c: float, d: float) -> float:
-    """Lim14 eq. (5) correction: sqrt((c+d)(1-b)b/(c d ln2) log2((c+d)/(c d (1-b) b) 21^2/a^2))."""
-    if b <= 0.0 or b >= 1.0:
-        return 0.0
-    inner = (c + d) / (c * d * (1.0 - b) * b) * (21.0**2) / (a**2)
-    return math.sqrt((c + d) * (1.0 - b) * b / (c * d * math.log(2.0)) * math.log2(inner))
-
-
-def finite_key_length(
-    mus: tuple[float, float, float],
-    probs: tuple[float, float, float],
-    key_counts: tuple[int, int, int],
-    test_counts: tuple[int, int, int],
-    test_errors: tuple[int, int, int],
-    leaked_ec_bits: float,
-    eps_sec: float = 1e-10,
-    eps_cor: float = 1e-15,
-) -> FiniteKeyResult:
-    """Finite-key length after Lim14 for three intensities mu1 > mu2 + mu3, mu2 > mu3 >= 0.
-
-    The key is every key-basis detection (all intensities; ``key_counts`` per intensity);
-    the phase error comes from the fully disclosed test basis (``test_counts`` detections,
-    ``test_errors`` errors per intensity). With h = H2:
-      s_0 >= tau0 (mu2 n-_3 - mu3 n+_2)/(mu2 - mu3)                                  (2)
-      s_1 >= tau1 mu1 [n-_2 - n+_3 - (mu2^2 - mu3^2)/mu1^2 (n+_1 - s_0/tau0)]
-             / [mu1 (mu2 - mu3) - mu2^2 + mu3^2]                                     (3)
-      v_1 <= tau1 (m+_2 - m-_3)/(mu2 - mu3) (test basis errors)                      (4)
-      phi <= v_1/s_1^test + gamma(eps_sec, v_1/s_1^test, s_1^test, s_1^key)           (5)
-      l = floor(s_0 + s_1 (1 - h(phi)) - leak_EC - 6 log2(21/eps_sec) - log2(2/eps_cor))
-    """
-    mu1, mu2, mu3 = mus
-    if not (mu1 > mu2 + mu3 and mu2 > mu3 >= 0.0):
-        raise ValueError(f"need mu1 > mu2 + mu3 and mu2 > mu3 >= 0, got {mus}")
-    s_k0, s_k1 = _vacuum_and_single(key_counts, mus, probs, eps_sec)
-    _, s_t1 = _vacuum_and_single(test_counts, mus, probs, eps_sec)
-    m_total = int(sum(test_errors))
-    m_hi = _hoeffding(test_errors, m_total, mus, probs, eps_sec, +1)
-    m_lo = _hoeffding(test_errors, m_total, mus, probs, eps_sec, -1)
-    v_t1 = _tau(1, mus, probs) * (m_hi[1] - m_lo[2]) / (mu2 - mu3)
-    if s_t1 <= 0.0 or s_k1 <= 0.0:
-        return FiniteKeyResult(0, s_k0, s_k1, s_t1, v_t1, 0.5)
-    ratio = min(max(v_t1 / s_t1, 0.0), 0.5)
-    phi = min(0.5, ratio + _gamma(eps_sec, ratio, s_t1, s_k1))
-    length = (
-        s_k0
-        + s_k1 * (1.0 - float(binary_entropy(phi)))
-        - leaked_ec_bits
-        - 6.0 * math.log2(21.0 / eps_sec)
-        - math.log2(2.0 / eps_cor)
-    )
-    return FiniteKeyResult(max(0, math.floor(length)), s_k0, s_k1, s_t1, v_t1, phi)

@@ -37,7 +37,7 @@ from typing import Literal
 import msgspec
 import numpy as np
 
-from emulator.physics.decoy import binary_entropy
+from emulator.physics.entropy import binary_entropy
 
 Schedule = Literal["original", "yanetal", "option7", "option8"]
 SCHEDULES: tuple[str, ...] = ("original", "yanetal", "option7", "option8")

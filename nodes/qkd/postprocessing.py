@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
-from emulator.physics import decoy
+from emulator.physics import decoy, finite_key
+from emulator.physics.entropy import binary_entropy
 from nodes.qkd import messages as m
 from nodes.qkd.auth import KEY_BITS_PER_MESSAGE
 from nodes.qkd.cascade import CascadeDone, CascadeReceiver, CascadeSender, ParityQuery, ParityReply
@@ -93,7 +94,7 @@ class Block:
     slot_end: int
     key: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
     estimate: decoy.DecoyEstimate | FiniteCounts | SampleCounts | None = None
-    finite: decoy.FiniteKeyResult | None = None
+    finite: finite_key.FiniteKeyResult | None = None
     cascade_rounds: int = 0
     leaked_bits: int = 0
     out_len: int = 0
@@ -173,13 +174,13 @@ def output_length(block: Block, config: PostprocessingConfig) -> int:
     assert est is not None
     verification = BlockVerifier(config.verification_tag_bits).leaked_bits
     if isinstance(est, FiniteCounts):
-        block.finite = decoy.finite_key_length(
+        block.finite = finite_key.finite_key_length(
             tuple(config.intensities), tuple(config.probabilities), est.key_counts,
             est.test_counts, est.test_errors, block.leaked_bits + verification,
             eps_sec=config.eps_sec, eps_cor=config.eps_cor)
         return min(block.finite.length, block.n)
     if isinstance(est, SampleCounts):
-        length = (block.n * (1 - float(decoy.binary_entropy(est.e_mu))) - block.leaked_bits
+        length = (block.n * (1 - float(binary_entropy(est.e_mu))) - block.leaked_bits
                   - verification - 2 * np.log2(1 / config.eps_pa))
         return max(0, int(np.floor(length)))
     return decoy.secret_key_length(block.n, est.q_mu, est.q1, est.e1_upper, block.leaked_bits,

@@ -19,14 +19,10 @@ import trio
 from emulator.child_config import DaemonConfig, DaemonLink, write_config
 from emulator.daemon import protocol as p
 from emulator.daemon import server
-from emulator.daemon.photons import (
-    FrameDetections,
-    background_yield,
-    error_gain_exact,
-    gain,
-    transmittance,
-)
 from emulator.daemon.server import serve
+from emulator.physics.channels import transmittance
+from emulator.physics.detection import FrameDetections
+from emulator.physics.detectors import background_yield, error_gain_exact, gain
 from emulator.prf import sender_choices
 from emulator.scenario import QuantumLink, Source
 from emulator.wire import HEADER, FramedStream, frame

@@ -72,7 +72,7 @@ def test_bbm92_chsh_qber_and_post_processed_key(tmp_path: Path) -> None:
 
     15 s: every message costs 128 bits of authentication key and a Cascade run takes ~90
     rounds, so a block pays for itself only from ~30k sifted bits (~7k pairs/s here)."""
-    from emulator.physics.decoy import binary_entropy
+    from emulator.physics.entropy import binary_entropy
 
     result = run(tmp_path, "bbm92", duration=15)
     assert result["ok"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from qnet_process import ROOT, run_qnet
 
-from emulator.daemon.photons import background_yield, gain, transmittance
+from emulator.physics.channels import transmittance
+from emulator.physics.detectors import background_yield, gain
 
 METRO = str(ROOT / "scenarios" / "qkd-metro-25km.toml")
 

@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import pytest
 
+from emulator.physics.channels import transmittance
 from emulator.physics.decoy import (
-    binary_entropy,
-    channel_transmittance,
     e1_upper,
-    error_gain,
     estimate,
-    finite_key_length,
-    gain,
     gllp_key_rate,
     gllp_rate,
     plob_bound,
     q1_lower,
-    qber,
     secret_key_length,
-    true_single_photon,
     y1_lower,
 )
+from emulator.physics.detectors import error_gain, gain, qber, single_photon
+from emulator.physics.entropy import binary_entropy
 
 # GYS parameters used by Ma05 (their table I): 0.21 dB/km, eta_Bob 4.5%, Y0 1.7e-6, e_det 3.3%.
 ALPHA, ETA_BOB, Y0, E_DET, F = 0.21, 0.045, 1.7e-6, 0.033, 1.22
 MU, NU = 0.48, 0.05
 
 
-def test_binary_entropy_known_values():
-    assert binary_entropy(0.5) == pytest.approx(1.0)
-    assert binary_entropy(0.0) == 0.0 and binary_entropy(1.0) == 0.0
-    p = 0.11
-    assert binary_entropy(p) == pytest.approx(-p * math.log2(p) - (1 - p) * math.log2(1 - p))
+def channel_eta(length_km, alpha=ALPHA, detector_efficiency=1.0):
+    """Total efficiency: fibre transmittance times the receiver's detector efficiency."""
+    return detector_efficiency * transmittance(length_km, alpha)
 
 
 def test_y1_e1_against_plain_math():
@@ -60,10 +53,10 @@ def test_channel_model_matches_ma05():
 
 @pytest.mark.parametrize("mu,nu", [(0.48, 0.05), (0.5, 0.1), (0.6, 0.2)])
 def test_bounds_are_bounds(mu, nu):
-    eta = channel_transmittance(np.linspace(0, 150, 31), ALPHA, ETA_BOB)
+    eta = channel_eta(np.linspace(0, 150, 31), ALPHA, ETA_BOB)
     q_mu, q_nu = gain(mu, eta, Y0), gain(nu, eta, Y0)
     y1_l = y1_lower(mu, nu, q_mu, q_nu, Y0)
-    y1, e1 = true_single_photon(eta, Y0, E_DET)
+    y1, e1 = single_photon(eta, Y0, E_DET)
     assert np.all(y1_l <= y1 * (1 + 1e-12))
     assert np.allclose(y1, Y0 + eta - Y0 * eta)
     e1_u = e1_upper(nu, q_nu, qber(nu, eta, Y0, E_DET), y1_l, Y0)
@@ -75,7 +68,7 @@ def test_bounds_are_bounds(mu, nu):
 
 def test_rate_decreases_with_distance_and_has_cutoff():
     km = np.arange(0, 200, 5.0)
-    rate = gllp_rate(MU, NU, channel_transmittance(km, ALPHA, ETA_BOB), Y0, E_DET, F)
+    rate = gllp_rate(MU, NU, channel_eta(km, ALPHA, ETA_BOB), Y0, E_DET, F)
     positive = rate > 0
     assert positive[0] and not positive[-1]
     assert np.all(np.diff(rate[positive]) < 0)
@@ -84,10 +77,10 @@ def test_rate_decreases_with_distance_and_has_cutoff():
     assert np.all(rate[km > cutoff] == 0)
     # below the infinite-decoy rate and below the repeaterless bound of the fibre alone
     infinite = gllp_rate(
-        MU, NU, channel_transmittance(km, ALPHA, ETA_BOB), Y0, E_DET, F, decoy="infinite"
+        MU, NU, channel_eta(km, ALPHA, ETA_BOB), Y0, E_DET, F, decoy="infinite"
     )
     assert np.all(rate <= infinite + 1e-18)
-    assert np.all(rate[1:] < plob_bound(channel_transmittance(km[1:], ALPHA)))
+    assert np.all(rate[1:] < plob_bound(channel_eta(km[1:], ALPHA)))
 
 
 def test_plob_bound():
@@ -103,7 +96,7 @@ def test_gllp_key_rate_formula():
 
 
 def test_estimate_from_counts_recovers_model_bounds():
-    eta = float(channel_transmittance(25, 0.2, 0.1))
+    eta = float(channel_eta(25, 0.2, 0.1))
     y0, e_det = 1e-5, 0.01
     sent = (10**12, 10**12, 10**12)  # so large that rounding counts does not matter
     det = tuple(round(s * float(gain(m, eta, y0))) for s, m in zip(sent, (0.5, 0.1, 0.0)))
@@ -121,42 +114,3 @@ def test_secret_key_length_hand_computed():
     expected = math.floor(single - leak - 122 - 256 - 2 * math.log2(1e10))
     assert secret_key_length(n, q_mu, q1, e1, leak, 122, 256, 1e-10) == expected
     assert secret_key_length(n, q_mu, q1, 0.25, leak) == 0  # negative -> nothing
-
-
-def _expected_counts(n_pulses, mus, probs, p_basis, eta, y0, e_det):
-    det = [n_pulses * p * p_basis**2 * float(gain(m, eta, y0)) for m, p in zip(mus, probs)]
-    err = [d * float(qber(m, eta, y0, e_det)) for d, m in zip(det, mus)]
-    return det, err
-
-
-def test_finite_key_tends_to_asymptotic_rate():
-    mus, probs, p_basis = (0.5, 0.1, 0.0), (0.7, 0.2, 0.1), 0.5
-    eta, y0, e_det, f = float(channel_transmittance(25, 0.2, 0.1)), 1e-5, 0.01, 1.1
-    # asymptotic limit of Lim14 with mu3 = 0 equals the Ma05 vacuum + weak bounds:
-    # per pulse p^2 [tau0 Y0 + tau1 Y1_L (1 - h(e1_U))] - leak_EC per pulse
-    q = {m: float(gain(m, eta, y0)) for m in mus}
-    y1_l = float(y1_lower(0.5, 0.1, q[0.5], q[0.1], y0))
-    e1_u = float(e1_upper(0.1, q[0.1], float(qber(0.1, eta, y0, e_det)), y1_l, y0))
-    tau0 = sum(p * math.exp(-m) for m, p in zip(mus, probs))
-    tau1 = sum(p * math.exp(-m) * m for m, p in zip(mus, probs))
-    det1, err1 = _expected_counts(1.0, mus, probs, p_basis, eta, y0, e_det)
-    leak_per_pulse = f * sum(det1) * float(binary_entropy(sum(err1) / sum(det1)))
-    asymptotic = p_basis**2 * (tau0 * y0 + tau1 * y1_l * (1 - float(binary_entropy(e1_u))))
-    asymptotic -= leak_per_pulse
-    assert asymptotic > 0
-    per_pulse = []
-    for n_pulses in (1e9, 1e10, 1e11, 1e12, 1e13, 1e15):
-        det, err = _expected_counts(n_pulses, mus, probs, p_basis, eta, y0, e_det)
-        res = finite_key_length(
-            mus, probs, tuple(det), tuple(det), tuple(err), leak_per_pulse * n_pulses
-        )
-        per_pulse.append(res.length / n_pulses)
-    assert all(b >= a for a, b in itertools.pairwise(per_pulse))
-    assert all(r <= asymptotic * (1 + 1e-9) for r in per_pulse)
-    assert per_pulse[-1] == pytest.approx(asymptotic, rel=0.01)
-    assert per_pulse[0] < 0.9 * asymptotic  # finite-size cost is visible at 1e9 pulses
-
-
-def test_finite_key_rejects_bad_intensities():
-    with pytest.raises(ValueError):
-        finite_key_length((0.1, 0.5, 0.0), (0.5, 0.3, 0.2), (1, 1, 1), (1, 1, 1), (0, 0, 0), 0)

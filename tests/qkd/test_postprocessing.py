@@ -12,8 +12,10 @@ import math
 import numpy as np
 import pytest
 
-from emulator.daemon.photons import detect_frame, transmittance
 from emulator.physics import decoy
+from emulator.physics.channels import transmittance
+from emulator.physics.detection import detect_frame
+from emulator.physics.entropy import binary_entropy
 from nodes.qkd.postprocessing import (
     PostprocessingConfig,
     ReceiverPostprocessing,
@@ -89,7 +91,7 @@ def test_secret_bits_per_pulse_match_gllp_with_measured_f(length_km: float, puls
     # measured reconciliation efficiency over the processed blocks
     n = sum(b.n for b in ok)
     e_mu = np.mean([b.estimate.e_mu for b in ok])
-    f = sum(b.leaked_bits for b in ok) / (n * decoy.binary_entropy(e_mu))
+    f = sum(b.leaked_bits for b in ok) / (n * binary_entropy(e_mu))
     assert 1.0 < f < 1.25
     # secret bits (PA output, before the auth refill) per pulse of the processed slots
     slots = ok[-1].slot_end - ok[0].slot_start
@@ -146,7 +148,7 @@ def test_finite_key_mode_gives_matching_keys_below_the_asymptotic_rate() -> None
         assert all(b.finite is not None and 0 < b.finite.phi < 0.5 and b.out_len > 0
                    for b in ok)
         n = sum(b.n for b in ok)
-        f = sum(b.leaked_bits for b in ok) / (n * decoy.binary_entropy(
+        f = sum(b.leaked_bits for b in ok) / (n * binary_entropy(
             np.mean([b.estimate.e_mu for b in ok])))
         slots = ok[-1].slot_end - ok[0].slot_start
         measured = sum(b.out_len for b in ok) / slots
@@ -189,6 +191,6 @@ def test_entanglement_based_model_uses_the_bbm92_length() -> None:
     assert np.array_equal(delivered(tx), delivered(rx))
     for block in ok:
         e = block.estimate.e_mu
-        expected = block.n * (1 - decoy.binary_entropy(e)) - block.leaked_bits - 122 - \
+        expected = block.n * (1 - binary_entropy(e)) - block.leaked_bits - 122 - \
             2 * math.log2(1e10)
         assert abs(block.out_len - expected) <= 1

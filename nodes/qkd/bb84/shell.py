@@ -16,7 +16,7 @@ import numpy as np
 import trio
 
 from emulator.daemon import protocol as p
-from emulator.physics import decoy
+from emulator.physics.entropy import binary_entropy
 from emulator.scenario import BB84App, bb84_link
 from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
@@ -276,7 +276,7 @@ def receiver_entry(sift: SiftReceiver, post: ReceiverPostprocessing | None, stor
     reconciled = sum(b.n for b in ok)
     leaked = sum(b.leaked_bits for b in ok)
     qber_ok = (sum(b.estimate.e_mu * b.n for b in ok) / reconciled) if reconciled else 0.0
-    shannon = reconciled * float(decoy.binary_entropy(qber_ok))
+    shannon = reconciled * float(binary_entropy(qber_ok))
     processed = [r for b in post.blocks for r in b.records]
     pooled = decoy_estimate(processed, post.blocks[0].slot_start, post.blocks[-1].slot_end,
                             config) if post.blocks and not config.finite_key else None

@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 import trio
 
-from emulator.physics.decoy import binary_entropy
+from emulator.physics.entropy import binary_entropy
 from emulator.scenario import BBM92App
 from nodes.entanglement import estimate
 from nodes.entanglement.qubits import QuantumOps

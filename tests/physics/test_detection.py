@@ -1,21 +1,13 @@
-"""Photon layer: the sampler's gain and QBER match the closed forms within 4 binomial sigma."""
+"""Photon-layer sampler: its gain and QBER match ``detectors`` within 4 binomial sigma."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from emulator.daemon.photons import (
-    background_yield,
-    detect_frame,
-    error_gain,
-    error_gain_exact,
-    gain,
-    signal_probability,
-    transmittance,
-)
+from emulator.physics.channels import transmittance
+from emulator.physics.detection import detect_frame
+from emulator.physics.detectors import background_yield, error_gain, error_gain_exact, gain
 from emulator.prf import sender_choices
 
 KEY = b"test-link-key"
@@ -148,32 +140,3 @@ def test_reproducible_and_empty_cases():
                         ).slot.size == 0
     with pytest.raises(ValueError):
         detect_frame(np.random.default_rng(9), b"k", 0, 10, [0.5, 0.1], [1.0], 0.1, 0.0, 0.0)
-
-
-probability = st.floats(0.0, 1.0)
-length = st.floats(0.0, 500.0)
-mu_values = st.floats(0.0, 10.0)
-
-
-@given(length, length, st.floats(0.0, 1.0), mu_values, st.floats(0.0, 0.1), probability)
-def test_rates_bounded_and_monotone_in_length(l1, l2, alpha, mu, p_dc, e_det):
-    short, long_ = min(l1, l2), max(l1, l2)
-    eta_s, eta_l = (float(transmittance(x, alpha)) * ETA_DET for x in (short, long_))
-    assert 0.0 <= eta_l <= eta_s <= 1.0
-    y0 = float(background_yield(p_dc))
-    q_s, q_l = float(gain(mu, eta_s, y0)), float(gain(mu, eta_l, y0))
-    assert y0 <= q_l <= q_s <= 1.0
-    for eta, q in ((eta_s, q_s), (eta_l, q_l)):
-        eq = float(error_gain_exact(mu, eta, p_dc, e_det))
-        assert 0.0 <= eq <= q + 1e-15
-        # stated difference to the approximation: -(1 - e^{-eta mu}) p_dc (1/2 + e_det - p_dc/2)
-        diff = float(error_gain(mu, eta, y0, e_det)) - eq
-        s = float(signal_probability(mu, eta))
-        assert diff == pytest.approx(s * p_dc * (0.5 + e_det - p_dc / 2), abs=1e-15)
-
-
-@given(mu_values, st.floats(0.0, 1.0), st.floats(0.0, 0.1))
-def test_zero_mu_gives_background_and_gain_grows_with_mu(mu, eta, p_dc):
-    y0 = float(background_yield(p_dc))
-    assert float(gain(0.0, eta, y0)) == pytest.approx(y0)
-    assert float(gain(mu, eta, y0)) >= y0 - 1e-15

@@ -1,9 +1,8 @@
-"""Photon layer for prepare-and-measure QKD: weak coherent pulses through fibre to two detectors.
+"""Photon-layer frame sampler: a WCP source through fibre to two threshold detectors.
 
-Pure numpy (no I/O, explicit ``numpy.random.Generator``). The closed forms are the standard
-decoy-state ones (Lo, Ma & Chen, PRL 94, 230504 (2005); Ma, Qi, Zhao & Lo, PRA 72, 012326
-(2005)); ``detect_frame`` samples the model they describe at a cost that grows with the number
-of detections, not pulses. Model and formulas: docs/physics.md, "Photon layer".
+``detect_frame`` samples exactly the model of ``detectors`` (gain, error gain) slot by slot,
+at a cost that grows with the number of detections, not pulses; randomness only through an
+explicit ``numpy.random.Generator``. Model and derivation: docs/physics.md, "Photon layer".
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
+from emulator.physics.detectors import background_yield, gain
+from emulator.physics.sources import signal_probability
 from emulator.prf import choices_from_words, intensity_thresholds, slot_words
 
 
@@ -22,49 +23,6 @@ class FrameDetections(msgspec.Struct, frozen=True):
     slot: np.ndarray  # uint64, increasing
     basis: np.ndarray  # uint8
     outcome: np.ndarray  # uint8
-
-
-def transmittance(length_km, attenuation_db_per_km):
-    """Fibre transmittance eta_ch = 10^(-alpha L / 10) (alpha in dB/km, L in km); in [0, 1]."""
-    return np.power(10.0, -np.multiply(attenuation_db_per_km, length_km) / 10.0)
-
-
-def background_yield(p_dc):
-    """Y0 = 1 - (1 - p_dc)^2: probability that at least one of two detectors dark-counts
-    in a gate without signal (p_dc = dark-count probability per detector per gate)."""
-    return 1.0 - np.square(1.0 - np.asarray(p_dc, dtype=np.float64))
-
-
-def signal_probability(mu, eta):
-    """1 - exp(-eta mu): a Poisson(mu) pulse leaves at least one photon after total
-    efficiency eta (each photon survives independently, so the count is Poisson(eta mu))."""
-    return -np.expm1(-np.multiply(eta, mu))
-
-
-def gain(mu, eta, y0):
-    """Q_mu = 1 - (1 - Y0) exp(-eta mu): probability that a pulse of mean photon number mu
-    produces a click (Ma et al. 2005, eq. 5 with Y_n = 1 - (1 - Y0)(1 - eta)^n)."""
-    return 1.0 - (1.0 - np.asarray(y0, dtype=np.float64)) * np.exp(-np.multiply(eta, mu))
-
-
-def error_gain(mu, eta, y0, e_det):
-    """E_mu Q_mu ~= Y0/2 + e_det (1 - exp(-eta mu)): errors per pulse, bases equal
-    (Ma et al. 2005, eq. 6). Approximation; ``error_gain_exact`` is this module's model."""
-    return np.asarray(y0, dtype=np.float64) / 2.0 + np.multiply(e_det, signal_probability(mu, eta))
-
-
-def error_gain_exact(mu, eta, p_dc, e_det):
-    """Exact errors per pulse of the sampled model, bases equal:
-    E_mu Q_mu = e^{-eta mu} Y0/2 + (1 - e^{-eta mu}) (e_det + p_dc/2 - e_det p_dc).
-
-    No signal: a lone dark count in the wrong detector is an error, a double dark click is
-    one with prob. 1/2 (sum Y0/2). Signal (to the wrong detector with prob. e_det): a dark
-    count in the other detector makes a double click, resolved by a fair coin. Minus the
-    approximation this is -(1 - e^{-eta mu}) p_dc (1/2 + e_det - p_dc/2), i.e. O(p_dc).
-    """
-    p_dc = np.asarray(p_dc, dtype=np.float64)
-    s = signal_probability(mu, eta)
-    return (1.0 - s) * background_yield(p_dc) / 2.0 + s * (e_det + p_dc / 2.0 - e_det * p_dc)
 
 
 def detect_frame(
