@@ -29,10 +29,10 @@ Cut/restore: ``cut()`` stops delivery in both directions. TCP bytes stay buffere
 relay stops reading, so the sender's socket fills: a stalled fibre under TCP retransmission)
 and are delivered in order after ``restore()``; UDP datagrams are dropped and counted.
 
-Control (when ``config.mqtt`` is set): ``qnet/<run>/control/link/<name>`` with JSON
-``{"action": "cut"|"restore"}``; ``qnet/<run>/control/stop`` publishes the final counters to
-``qnet/<run>/relay/<name>/result`` (qos 1, retained) and ends the relay. Counters also go to
-``qnet/<run>/relay/<name>/metrics`` every second (qos 0). SIGTERM/SIGINT: final counters
+Control (when ``config.mqtt`` is set; topics and payloads in ``emulator.telemetry``):
+``control/link/<name>`` (``LinkControl``: cut, restore, corrupt); ``control/stop`` publishes
+the final ``RelayReport`` to ``relay/<name>/result`` (qos 1, retained) and ends the relay.
+Counters also go to ``relay/<name>/metrics`` every second (qos 0). SIGTERM/SIGINT: final counters
 (at most 1 s spent on publishing), then exit 0.
 """
 
@@ -44,11 +44,11 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Literal
 
 import msgspec
 import trio
 
+from emulator import telemetry
 from emulator.child_config import (
     Endpoint,
     RelayConfig,
@@ -66,6 +66,7 @@ from emulator.relay_core import (
     link_rng,
 )
 from emulator.supervise import watch_parent
+from emulator.telemetry import LinkControl, RelayReport, StopMessage, TelemetryDecoder
 
 log = logging.getLogger("qnet.relay")
 
@@ -79,24 +80,9 @@ CALIBRATION_SLEEPS = 20
 METRICS_INTERVAL_S = 1.0
 FINAL_PUBLISH_TIMEOUT_S = 1.0
 CORRUPT_MIN_BYTES = 16384
-
-
-class LinkControl(msgspec.Struct):
-    """Payload of ``qnet/<run>/control/link/<name>``."""
-
-    action: Literal["cut", "restore", "corrupt"]
-
-
-class RelayReport(msgspec.Struct):
-    """Counters as published on ``.../metrics`` and ``.../result``."""
-
-    name: str
-    a: str
-    b: str
-    bytes_ab: int
-    bytes_ba: int
-    messages: int
-    dropped: int
+MAX_TCP_CONNECTIONS = 256  # concurrent joined connections per side; more are closed at once
+FIRST_BYTE_TIMEOUT_S = 30.0  # wall s a new connection may stay silent (its hello is unshaped)
+IDLE_TIMEOUT_S = 600.0  # emulated s without a byte either way before a connection is closed
 
 
 def _other(side: str) -> str:
@@ -137,6 +123,8 @@ class Relay:
         self._udp_wake = {key: trio.Event() for key in ("ab", "ba")}
         self._corrupt_pending = 0
         self.corrupted = 0
+        self._tcp_open = dict.fromkeys(SIDES, 0)
+        self.idle_timeout = max(IDLE_TIMEOUT_S, IDLE_TIMEOUT_S / config.time_scale)
 
     # -- cut / restore -------------------------------------------------------------------
     @property
@@ -185,7 +173,7 @@ class Relay:
         c = self.counters
         return RelayReport(
             self.config.name, self.config.a, self.config.b,
-            c.bytes_ab, c.bytes_ba, c.messages, c.dropped,
+            c.bytes_ab, c.bytes_ba, c.messages, c.dropped, counters=c.extra(),
         )  # fmt: skip
 
     # -- timing --------------------------------------------------------------------------
@@ -242,20 +230,48 @@ class Relay:
         return self.config.targets[side]
 
     # -- TCP -----------------------------------------------------------------------------
+    def _fault(self, kind: str, message: str, *args: object) -> None:
+        """Count a fault a stranger caused; the first of each kind is logged."""
+        if self.counters.fault(kind):
+            log.warning("link %s: " + message + " (%s; further ones only counted)",
+                        self.config.name, *args, kind)  # fmt: skip
+
     async def _handle_tcp(self, sender: str, accepted: trio.SocketStream) -> None:
-        """Join a connection from ``sender`` to a new connection to its peer, shaped both ways."""
+        """Join a connection from ``sender`` to a new connection to its peer, shaped both ways.
+
+        At most ``MAX_TCP_CONNECTIONS`` per side; a connection silent for
+        ``FIRST_BYTE_TIMEOUT_S`` after it opened, or idle for ``idle_timeout`` wall seconds
+        later, is closed. A reset or garbage ends this connection only.
+        """
+        self.counters.connections += 1
+        if self._tcp_open[sender] >= MAX_TCP_CONNECTIONS:
+            self._fault("rejected_connections", "more than %d connections from %s",
+                        MAX_TCP_CONNECTIONS, sender)  # fmt: skip
+            await trio.aclose_forcefully(accepted)
+            return
+        self._tcp_open[sender] += 1
+        try:
+            await self._join(sender, accepted)
+        finally:
+            self._tcp_open[sender] -= 1
+
+    async def _join(self, sender: str, accepted: trio.SocketStream) -> None:
         target = self._target(_other(sender))
         try:
             peer = await trio.open_tcp_stream(target.host, target.tcp)
         except OSError as exc:
-            log.warning("link %s: cannot reach %s at %s:%d: %s",
-                        self.config.name, _other(sender), target.host, target.tcp, exc)  # fmt: skip
+            self._fault("connect_failures", "cannot reach %s at %s:%d: %s",
+                        _other(sender), target.host, target.tcp, exc)  # fmt: skip
             await trio.aclose_forcefully(accepted)
             return
-        async with accepted, peer, trio.open_nursery() as nursery:
-            pump = functools.partial(self._pump, cancel=nursery.cancel_scope)
-            nursery.start_soon(pump, accepted, peer, _direction_of(sender))
-            nursery.start_soon(pump, peer, accepted, _direction_of(_other(sender)))
+        idle = trio.CancelScope(deadline=trio.current_time() + FIRST_BYTE_TIMEOUT_S)
+        with idle:
+            async with accepted, peer, trio.open_nursery() as nursery:
+                pump = functools.partial(self._pump, cancel=nursery.cancel_scope, idle=idle)
+                nursery.start_soon(pump, accepted, peer, _direction_of(sender))
+                nursery.start_soon(pump, peer, accepted, _direction_of(_other(sender)))
+        if idle.cancelled_caught:
+            self._fault("idle_timeouts", "closed a connection from %s that stayed silent", sender)
 
     def _chunk_size(self, key: str) -> int:
         rate = self.shapers[key].wall_rate_bps
@@ -270,8 +286,11 @@ class Relay:
         key: str,
         *,
         cancel: trio.CancelScope,
+        idle: trio.CancelScope,
     ) -> None:
-        """Copy one direction of a TCP connection; when it ends, end the whole connection."""
+        """Copy one direction of a TCP connection; when it ends, end the whole connection.
+
+        Every chunk read pushes the connection's ``idle`` deadline back."""
         shaper = self.shapers[key]
         order = StreamOrder()
         chunk = self._chunk_size(key)
@@ -281,6 +300,7 @@ class Relay:
             async with send:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     while data := await source.receive_some(chunk):
+                        idle.deadline = trio.current_time() + self.idle_timeout
                         release = order.release(shaper.transmit(trio.current_time(), len(data)))
                         await send.send((release, data))
 
@@ -301,14 +321,21 @@ class Relay:
 
     # -- UDP -----------------------------------------------------------------------------
     async def _udp_receive(self, sender: str) -> None:
-        """Take datagrams from ``sender`` on its socket; queue them for the peer or drop them."""
+        """Take datagrams from ``sender``'s node endpoint on its socket; queue them for the
+        peer or drop them. Datagrams from any other address are dropped and counted."""
         sock = self._udp_sockets[sender]
         key = _direction_of(sender)
         shaper, queue = self.shapers[key], self._udp_queues[key]
+        own = self._target(sender)
+        expected = (own.host, own.udp)  # the node of this side; anyone else is a stranger
         while True:
             try:
-                data, _ = await sock.recvfrom(MAX_CHUNK)
+                data, source = await sock.recvfrom(MAX_CHUNK)
             except OSError:  # e.g. ICMP errors surfacing on Linux; the socket stays usable
+                continue
+            if source[:2] != expected:
+                self._fault("foreign_datagrams", "dropped a datagram from %s:%d on %s's socket",
+                            source[0], source[1], sender)  # fmt: skip
                 continue
             if self.is_cut or shaper.lost() or queue.pending_bytes + len(data) > UDP_QUEUE_BYTES:
                 self.counters.dropped += 1
@@ -349,42 +376,37 @@ class Relay:
 
 
 # -- MQTT control --------------------------------------------------------------------------
-def _topics(config: RelayConfig) -> dict[str, str]:
-    base = f"qnet/{config.run_id}"
-    return {
-        "link": f"{base}/control/link/{config.name}",
-        "stop": f"{base}/control/stop",
-        "metrics": f"{base}/relay/{config.name}/metrics",
-        "result": f"{base}/relay/{config.name}/result",
-    }
-
-
 async def _control(relay: Relay, mqtt, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Subscribe to the link's control topics, then apply cut/restore/stop as they arrive."""
-    topics = _topics(relay.config)
-    await mqtt.subscribe(topics["link"], qos=1)
-    await mqtt.subscribe(topics["stop"], qos=1)
+    """Subscribe to the control topics, then apply cut/restore/corrupt/stop as they arrive.
+
+    Everything is decoded by ``TelemetryDecoder``; only this link's and the stop topic act.
+    """
+    run, name = relay.config.run_id, relay.config.name
+    decoder = TelemetryDecoder(run)
+    await mqtt.subscribe(telemetry.control_link(run, name), qos=1)
+    await mqtt.subscribe(telemetry.control_stop(run), qos=1)
     task_status.started()
     async for message in mqtt.messages():
-        if message.topic == topics["stop"]:
+        before = decoder.rejected_total
+        got = decoder.decode(message.topic, message.payload)
+        if got is None:
+            if before == 0 and decoder.rejected_total:  # log the first one only
+                log.warning("link %s: dropped a control message on %s (%s)",
+                            name, message.topic, ", ".join(decoder.rejected))
+        elif isinstance(got.payload, StopMessage):
             relay.request_stop()
-        elif message.topic == topics["link"]:
-            try:
-                action = msgspec.json.decode(message.payload, type=LinkControl).action
-            except msgspec.DecodeError as exc:  # bad JSON or bad action
-                log.warning("link %s: ignoring control message %r: %s",
-                            relay.config.name, message.payload[:200], exc)  # fmt: skip
-                continue
-            {"cut": relay.cut, "restore": relay.restore, "corrupt": relay.corrupt}[action]()
+        elif isinstance(got.payload, LinkControl) and got.name == name:
+            {"cut": relay.cut, "restore": relay.restore,
+             "corrupt": relay.corrupt}[got.payload.action]()
 
 
 async def _publish_metrics(relay: Relay, mqtt) -> None:
-    topic = _topics(relay.config)["metrics"]
+    topic = telemetry.relay_metrics(relay.config.run_id, relay.config.name)
     deadline = trio.current_time()
     while True:
         deadline += METRICS_INTERVAL_S
         await trio.sleep_until(deadline)
-        await mqtt.publish(topic, msgspec.json.encode(relay.report()), qos=0)
+        await mqtt.publish(topic, telemetry.encode(relay.report()), qos=0)
 
 
 async def serve(
@@ -400,12 +422,8 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         mqtt = None
         if config.mqtt is not None:
-            from emulator.mqtt import open_mqtt
-
             client_id = f"qnet-{config.run_id}-relay-{config.name}"
-            mqtt = await stack.enter_async_context(
-                open_mqtt(config.mqtt.host, config.mqtt.port, client_id)
-            )
+            mqtt = await stack.enter_async_context(telemetry.connect(config.mqtt, client_id))
         async with trio.open_nursery() as nursery:
             await nursery.start(relay.run)
             if mqtt is not None:
@@ -415,8 +433,9 @@ async def serve(
             await relay.stop_requested.wait()
             if mqtt is not None:
                 with trio.move_on_after(FINAL_PUBLISH_TIMEOUT_S) as scope:
-                    payload = msgspec.json.encode(relay.report())
-                    await mqtt.publish(_topics(config)["result"], payload, qos=1, retain=True)
+                    payload = telemetry.encode(relay.report())
+                    topic = telemetry.relay_result(config.run_id, config.name)
+                    await mqtt.publish(topic, payload, qos=1, retain=True)
                 if scope.cancelled_caught:
                     log.warning("link %s: final counters not acknowledged in time", config.name)
             nursery.cancel_scope.cancel()

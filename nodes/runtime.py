@@ -4,12 +4,13 @@ Lifecycle (each step a line in the node's log): bind TCP/UDP, connect to the dae
 and to MQTT, subscribe to ``qnet/<run>/control/#``, write the ready file, wait for the
 ``control/start`` message (peers' relay endpoints, start and end times), run the apps of this
 node in one nursery, publish the result entries (retained) and wait for ``control/stop``.
+Control messages are decoded by ``emulator.telemetry`` (bad ones dropped and counted); a stop
+with reason ``abort`` first publishes the entries the apps recorded so far (``partial``).
 SIGTERM, SIGINT, a stop message or the orchestrator disappearing end the process cleanly.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -17,25 +18,18 @@ import sys
 import msgspec
 import trio
 
-from emulator.child_config import Endpoint, NodeConfig, child_arguments, read_config, write_ready
+from emulator import telemetry
+from emulator.child_config import NodeConfig, child_arguments, read_config, write_ready
 from emulator.clock import EmulatedClock
-from emulator.mqtt import open_mqtt
 from emulator.scenario import Scenario, app_kind
 from emulator.supervise import watch_parent
+from emulator.telemetry import NodeResult, StartMessage, StopMessage, TelemetryDecoder
 from nodes.daemon_client import open_daemon
 from nodes.registry import app_runner
 from nodes.sdk import NodeContext, current_app
 from nodes.transport import Transport
 
 log = logging.getLogger("qnet.node")
-
-
-class StartMessage(msgspec.Struct):
-    """Payload of ``qnet/<run>/control/start``: per node, per peer, the relay endpoint to dial."""
-
-    t_start: float
-    t_end: float
-    peers: dict[str, dict[str, Endpoint]]
 
 
 async def _until_signal() -> None:
@@ -63,13 +57,12 @@ async def serve(config: NodeConfig, ready_file) -> None:
     scenario = msgspec.convert(config.scenario, Scenario)
     transport = Transport.for_node(config, scenario)
     endpoint = await transport.bind()
-    control = f"qnet/{config.run_id}/control"
     async with (
-        open_mqtt(config.mqtt.host, config.mqtt.port, f"{config.run_id}-{config.name}") as mqtt,
+        telemetry.connect(config.mqtt, f"{config.run_id}-{config.name}") as mqtt,
         open_daemon(config.daemon.host, config.daemon.port, config.name, config.token) as daemon,
         trio.open_nursery() as nursery,
     ):
-        await mqtt.subscribe(f"{control}/#", qos=1)
+        await mqtt.subscribe(telemetry.control_filter(config.run_id), qos=1)
         nursery.start_soon(transport.serve)
         node = NodeContext(
             name=config.name, run_id=config.run_id, seed=config.seed,
@@ -81,14 +74,36 @@ async def serve(config: NodeConfig, ready_file) -> None:
         stop = trio.Event()
         started = trio.Event()
 
+        result_sent = trio.Event()
+        decoder = TelemetryDecoder(config.run_id)
+
+        async def publish_result(entries: list[dict], partial: bool) -> None:
+            if result_sent.is_set():
+                return
+            result_sent.set()
+            counters = {**transport.counters(), "telemetry_rejected": decoder.rejected_total}
+            payload = NodeResult(node=config.name, apps=entries, counters=counters,
+                                 partial=partial)
+            await mqtt.publish(telemetry.node_result(config.run_id, config.name),
+                               telemetry.encode(payload), qos=1, retain=True)
+
         async def follow_control() -> None:
             async for message in mqtt.messages():
-                if message.topic == f"{control}/start" and not started.is_set():
-                    start = msgspec.json.decode(message.payload, type=StartMessage)
-                    node.t_start, node.t_end = start.t_start, start.t_end
-                    transport.peers = start.peers.get(config.name, {})
+                before = decoder.rejected_total
+                got = decoder.decode(message.topic, message.payload)
+                if got is None:
+                    if before == 0 and decoder.rejected_total:  # log the first one only
+                        log.warning("dropped a control message on %s (%s)", message.topic,
+                                    ", ".join(decoder.rejected))
+                    continue
+                if isinstance(got.payload, StartMessage) and not started.is_set():
+                    node.t_start, node.t_end = got.payload.t_start, got.payload.t_end
+                    transport.peers = got.payload.peers.get(config.name, {})
                     started.set()
-                elif message.topic == f"{control}/stop":
+                elif isinstance(got.payload, StopMessage):
+                    if got.payload.reason == "abort":
+                        log.info("run aborted: publishing what the apps recorded so far")
+                        await publish_result(node.partial_entries(), partial=True)
                     stop.set()
 
         async def run_when_started() -> None:
@@ -96,10 +111,7 @@ async def serve(config: NodeConfig, ready_file) -> None:
             log.info("start: t_start=%.3f t_end=%.3f peers=%s", node.t_start, node.t_end,
                      sorted(transport.peers))
             entries = await _run_apps(node)
-            payload = json.dumps({"node": config.name, "apps": entries,
-                                  "counters": transport.counters()})
-            await mqtt.publish(f"qnet/{config.run_id}/{config.name}/result", payload,
-                               qos=1, retain=True)
+            await publish_result(entries, partial=False)
             log.info("apps finished, result published")
 
         nursery.start_soon(follow_control)

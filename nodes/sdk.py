@@ -8,18 +8,22 @@ quantum world only through ``node.daemon`` (its own daemon connection).
 
 from __future__ import annotations
 
-import json
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
+from emulator import telemetry
 from emulator.clock import EmulatedClock
 from emulator.mqtt import MqttClient
 from emulator.scenario import Scenario
+from emulator.telemetry import NodeEvent, NodeMetrics, Scalar
 from nodes.daemon_client import DaemonClient
 from nodes.transport import Transport
+
+_METRIC_FIELDS = frozenset(NodeMetrics.__struct_fields__) - {"node", "t_emu", "extra"}
 
 # Which app the current task runs for (set by the runtime per app task; keys ``partial``).
 current_app: ContextVar[str] = ContextVar("current_app", default="app")
@@ -58,16 +62,21 @@ class NodeContext:
         """The latest ``partial`` entry of every app of this node (what an abort publishes)."""
         return list(self._partials.values())
 
-    def topic(self, leaf: str) -> str:
-        return f"qnet/{self.run_id}/{self.name}/{leaf}"
+    async def event(self, kind: str, **fields: Scalar) -> None:
+        """Publish an event (key produced, alarm, ...) on ``node/<name>/events`` (qos 1)."""
+        payload = msgspec.convert({"node": self.name, "kind": kind, "t_emu": self.clock.now(),
+                                   "wall": time.time(), "fields": fields}, NodeEvent)
+        await self.mqtt.publish(telemetry.node_events(self.run_id, self.name),
+                                telemetry.encode(payload), qos=1)
 
-    async def event(self, kind: str, **fields: object) -> None:
-        """Publish an event (key produced, alarm, ...) on ``qnet/<run>/<node>/events``."""
-        payload = {"node": self.name, "kind": kind, "t_emu": self.clock.now(),
-                   "wall": time.time(), **fields}
-        await self.mqtt.publish(self.topic("events"), json.dumps(payload), qos=1)
+    async def metrics(self, **fields: Scalar) -> None:
+        """Publish a metrics sample on ``node/<name>/metrics`` (qos 0, best effort).
 
-    async def metrics(self, **fields: object) -> None:
-        """Publish a metrics sample on ``qnet/<run>/<node>/metrics`` (best effort)."""
-        payload = {"node": self.name, "t_emu": self.clock.now(), **fields}
-        await self.mqtt.publish(self.topic("metrics"), json.dumps(payload), qos=0)
+        Fields named in ``NodeMetrics`` (link, sifted_bits, qber, secret_bits, ...) are typed
+        there; any other app-specific number goes to its ``extra``."""
+        known = {k: v for k, v in fields.items() if k in _METRIC_FIELDS}
+        extra = {k: v for k, v in fields.items() if k not in _METRIC_FIELDS}
+        payload = msgspec.convert({"node": self.name, "t_emu": self.clock.now(), **known,
+                                   "extra": extra}, NodeMetrics)
+        await self.mqtt.publish(telemetry.node_metrics(self.run_id, self.name),
+                                telemetry.encode(payload), qos=0)

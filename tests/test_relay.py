@@ -422,7 +422,7 @@ async def test_mqtt_cut_restore_metrics_and_stop(broker):
             await settled()
             metrics = await next_payload(mqtt, "qnet/r1/relay/a-b/metrics")
             assert metrics["dropped"] == 1 and metrics["name"] == "a-b"
-            await mqtt.publish("qnet/r1/control/stop", b"", qos=1)
+            await mqtt.publish("qnet/r1/control/stop", b"{}", qos=1)
             result = await next_payload(mqtt, "qnet/r1/relay/a-b/result")
             expected = {"name": "a-b", "a": "alice", "b": "bob", "bytes_ab": 4, "bytes_ba": 0,
                         "messages": 1, "dropped": 1}  # fmt: skip
