@@ -161,12 +161,24 @@ class TimerLead:
 
 @dataclass
 class Counters:
-    """What the relay reports: bytes delivered per direction, chunks/datagrams, drops."""
+    """What the relay reports: bytes delivered per direction, chunks/datagrams, drops, and
+    what it refused (``faults``: foreign datagrams, rejected connections, idle timeouts, ...)."""
 
     bytes_ab: int = 0
     bytes_ba: int = 0
     messages: int = 0
     dropped: int = 0
+    connections: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+
+    def fault(self, kind: str) -> bool:
+        """Count one fault of ``kind``; True the first time (so the shell logs it once)."""
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+        return self.faults[kind] == 1
+
+    def extra(self) -> dict[str, int]:
+        """Counters beyond the four link columns, for ``RelayReport.counters``."""
+        return {"connections": self.connections, **self.faults}
 
     def add(self, direction: str, nbytes: int) -> None:
         if direction == "ab":

@@ -336,6 +336,65 @@ async def test_udp_reply_to_source_reaches_sender_with_delay():
         nursery.cancel_scope.cancel()
 
 
+# -- strangers ------------------------------------------------------------------------------
+async def test_foreign_datagrams_are_dropped_and_counted():
+    a, b = await open_node(), await open_node()
+    stranger = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await stranger.bind((HOST, 0))
+    async with trio.open_nursery() as nursery:
+        relay = await nursery.start(serve, relay_config(a, b, Direction()))
+        with trio.fail_after(5):
+            for _ in range(5):
+                await stranger.sendto(b"forged", (HOST, relay.listen["a"]["udp"]))
+                await stranger.sendto(b"forged", (HOST, relay.listen["b"]["udp"]))
+            await a.udp.sendto(b"real", (HOST, relay.listen["a"]["udp"]))
+            assert await b.udp.recv(100) == b"real"  # datagrams are handled in order
+            await settled()
+        c = relay.counters
+        assert c.faults["foreign_datagrams"] == 10
+        assert (c.messages, c.bytes_ab, c.bytes_ba, c.dropped) == (1, 4, 0, 0)
+        nursery.cancel_scope.cancel()
+    stranger.close()
+
+
+async def test_connection_cap_silent_timeout_and_resets_end_only_their_connection(monkeypatch):
+    import emulator.relay as relay_module
+
+    monkeypatch.setattr(relay_module, "MAX_TCP_CONNECTIONS", 3)
+    monkeypatch.setattr(relay_module, "FIRST_BYTE_TIMEOUT_S", 0.3)
+    a, b = await open_node(), await open_node()
+    async with trio.open_nursery() as nursery:
+        relay = await nursery.start(serve, relay_config(a, b, Direction()))
+        port = relay.listen["a"]["tcp"]
+        with trio.fail_after(10):
+            good = await trio.open_tcp_stream(HOST, port)
+            await good.send_all(b"first")
+            good_peer = await b.listener.accept()
+            assert await recv_all(good_peer, 5) == b"first"
+            silent = [await trio.open_tcp_stream(HOST, port) for _ in range(2)]
+            held = [await b.listener.accept() for _ in range(2)]  # kept open (no GC close)
+            over = await trio.open_tcp_stream(HOST, port)  # the fourth: closed at once
+            assert await over.receive_some(10) == b""
+            # a reset and garbage on their own connections; "good" must keep working
+            for stream in silent:
+                stream.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER,
+                                  struct.pack("ii", 1, 0))
+            await silent[0].send_all(os.urandom(3000))
+            await trio.aclose_forcefully(silent[0])  # RST
+            await trio.aclose_forcefully(silent[1])
+            await trio.sleep(0.5)  # beyond the silent timeout: "good" already sent, stays up
+            await good.send_all(b"second")
+            assert await recv_all(good_peer, 6) == b"second"
+            late = await trio.open_tcp_stream(HOST, port)  # slots were freed
+            held.append(await b.listener.accept())
+            assert await late.receive_some(10) == b""  # closed after 0.3 s of silence
+        await settled()
+        faults = relay.counters.faults
+        assert faults["rejected_connections"] == 1 and faults["idle_timeouts"] == 1
+        assert relay.counters.connections == 5
+        nursery.cancel_scope.cancel()
+
+
 @contextlib.asynccontextmanager
 async def relay_process(config, tmp_path):
     """``python -m emulator.relay`` with ``config``, ready; yields (process, listen).
@@ -425,7 +484,7 @@ async def test_mqtt_cut_restore_metrics_and_stop(broker):
             await mqtt.publish("qnet/r1/control/stop", b"{}", qos=1)
             result = await next_payload(mqtt, "qnet/r1/relay/a-b/result")
             expected = {"name": "a-b", "a": "alice", "b": "bob", "bytes_ab": 4, "bytes_ba": 0,
-                        "messages": 1, "dropped": 1}  # fmt: skip
+                        "messages": 1, "dropped": 1, "counters": {"connections": 0}}  # fmt: skip
             assert result == expected
     # serve returned by itself on stop (the nursery closed without being cancelled)
 
