@@ -1,0 +1,163 @@
+"""The orchestrator's side of the telemetry plane: collect what children report, inject faults,
+show progress.
+
+Every received message goes through ``telemetry.TelemetryDecoder`` (bounded, typed by topic);
+what fails, or names a node or link the scenario does not have, is dropped and counted in
+``state.telemetry_rejected`` (reported in result.json). Results are kept as builtins so
+``assemble`` writes them to result.json unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+import trio
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from emulator import telemetry
+from emulator.clock import EmulatedClock
+from emulator.mqtt import MqttClient
+from emulator.telemetry import (
+    DaemonReport,
+    LinkControl,
+    NodeEvent,
+    NodeMetrics,
+    NodeResult,
+    RelayReport,
+    TelemetryDecoder,
+)
+
+if TYPE_CHECKING:
+    from emulator.orchestrator import RunState
+    from emulator.supervise import Child
+
+PROGRESS_REFRESH_S = 0.25
+
+
+class RunFailed(Exception):
+    """The run could not complete (a child failed, or results never came)."""
+
+    def __init__(self, message: str, child: Child | None = None) -> None:
+        super().__init__(message)
+        self.child = child
+
+
+def _store(state: RunState, got: telemetry.Decoded, nodes: set[str], links: set[str]) -> bool:
+    """File one decoded message into ``state``; False if it names a stranger or is unexpected."""
+    payload = got.payload
+    if isinstance(payload, NodeResult | NodeMetrics | NodeEvent):
+        if got.name not in nodes:
+            return False
+        if isinstance(payload, NodeResult):
+            state.node_results[got.name] = msgspec.to_builtins(payload)
+        elif isinstance(payload, NodeMetrics):
+            state.latest_metrics[f"{got.name}/{payload.link}"] = msgspec.to_builtins(payload)
+        else:
+            state.events.append({"node": got.name, "kind": payload.kind, "t_emu": payload.t_emu,
+                                 "wall": payload.wall, **payload.fields})
+        return True
+    if isinstance(payload, RelayReport):
+        if got.name not in links:
+            return False
+        if got.leaf == "result":
+            state.relay_results[got.name] = msgspec.to_builtins(payload)
+        return True
+    if isinstance(payload, DaemonReport):
+        state.daemon_reports[got.leaf] = msgspec.to_builtins(payload)
+        return True
+    return got.subtree == "control"  # our own control messages come back to us
+
+
+async def collect(mqtt: MqttClient, state: RunState) -> None:
+    """Route telemetry: node and relay results, daemon reports, metrics, events."""
+    decoder = TelemetryDecoder(state.run_id)
+    nodes = {n.name for n in state.scenario.nodes}
+    links = {link.id for link in state.scenario.links}
+    async for message in mqtt.messages():
+        got = decoder.decode(message.topic, message.payload)
+        if got is not None and not _store(state, got, nodes, links):
+            decoder.rejected["unknown_sender"] += 1
+        state.telemetry_rejected = dict(decoder.rejected)
+        state.got_result.set()
+        state.got_result = trio.Event()
+
+
+async def wait_for(state: RunState, done: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait until ``done()`` holds after some message arrived; RunFailed after ``timeout``."""
+    with trio.move_on_after(timeout) as scope:
+        while not done():
+            await state.got_result.wait()
+    if scope.cancelled_caught:
+        raise RunFailed(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def process_counters(state: RunState, child: Child) -> dict[str, int] | None:
+    """The counters a child reported in its result, for result.json's ``processes``."""
+    if child.role == "node":
+        return state.node_results.get(child.name, {}).get("counters")
+    if child.role == "relay":
+        report = state.relay_results.get(child.name.removeprefix("relay-"))
+        if report is None:
+            return None
+        return {k: v for k, v in report.items() if isinstance(v, int)} | report["counters"]
+    if child.role == "daemon":
+        report = state.daemon_reports.get("result")
+        if report is None:
+            return None
+        flat = {k: v for k, v in report.items() if isinstance(v, int)}
+        return flat | report["counters"] | {
+            f"measurements.{node}": n for node, n in report["measurements"].items()}
+    return None
+
+
+async def inject_faults(mqtt: MqttClient, state: RunState, clock: EmulatedClock,
+                        t_start: float) -> None:
+    """Publish each scenario fault on its link's control topic at its emulated time."""
+    async def one(fault) -> None:
+        topic = telemetry.control_link(state.run_id, fault.link)
+        await clock.sleep_until(t_start + fault.at_s)
+        await mqtt.publish(topic, telemetry.encode(LinkControl(fault.action)), qos=1)
+        state.events.append({"kind": "fault", "link": fault.link, "action": fault.action,
+                             "t_emu": clock.now()})
+        if fault.for_s is not None and fault.action != "corrupt":
+            opposite = "restore" if fault.action == "cut" else "cut"
+            await clock.sleep_until(t_start + fault.at_s + fault.for_s)
+            await mqtt.publish(topic, telemetry.encode(LinkControl(opposite)), qos=1)
+            state.events.append({"kind": "fault", "link": fault.link, "action": opposite,
+                                 "t_emu": clock.now()})
+
+    async with trio.open_nursery() as nursery:
+        for fault in state.scenario.faults:
+            nursery.start_soon(one, fault)
+
+
+def progress_status(latest_metrics: dict[str, dict]) -> str:
+    """One line per link from the latest metrics: sifted bits, running QBER, secret bits."""
+    parts = []
+    for m in latest_metrics.values():
+        if m.get("sifted_bits") is None:
+            continue
+        qber = "-" if m.get("qber") is None else f"{m['qber']:.3f}"
+        text = f"{m.get('link')}: {m['sifted_bits']:,} sifted, QBER {qber}"
+        if m.get("secret_bits") is not None:
+            text += f", {m['secret_bits']:,} secret"
+        parts.append(text)
+    return "  ".join(parts)
+
+
+async def show_progress(state: RunState, clock: EmulatedClock, t_start: float,
+                        duration: float, console: Console, enabled: bool) -> None:
+    """The progress bar until the end of the emulated duration (refreshed 4 times a second)."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed:.1f}/{task.total:.0f} s emulated"),
+                  TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
+                  console=console, disable=not enabled, transient=False) as progress:
+        task = progress.add_task(state.scenario.scenario.name, total=duration, status="")
+        while clock.now() < t_start + duration:
+            progress.update(task, completed=max(0.0, clock.now() - t_start),
+                            status=progress_status(state.latest_metrics))
+            await trio.sleep(PROGRESS_REFRESH_S)
+        progress.update(task, completed=duration)
