@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from emulator.physics import bell_diagonal as bd
+from emulator.physics import memories as decoherence
 from emulator.physics import states as st
 
 
@@ -114,7 +116,9 @@ class QuantumMemories:
     """All nodes' memory slots and the (possibly shared) states in them.
 
     Every method that acts for a node takes that node's name and raises ``NotOwner`` for a slot
-    elsewhere. ``measurements`` counts measurements (single and Bell) per acting node.
+    elsewhere. ``measurements`` counts measurements (single and Bell) per acting node,
+    ``expired`` the qubits each node lost to the cutoff. Slot ownership lives here only: a
+    stored pair may carry an ``owner`` (link name, pair id) that leaves with the slot.
     """
 
     def __init__(self, specs: Mapping[str, MemorySpec], max_register_qubits: int = 8) -> None:
@@ -126,6 +130,9 @@ class QuantumMemories:
         self._deadlines: list[tuple[float, int, _Group]] = []
         self._seq = 0
         self.measurements: Counter[str] = Counter()
+        self.expired: Counter[str] = Counter()
+        self._owner: dict[SlotRef, tuple[str, int]] = {}
+        self._held: Counter[tuple[str, str]] = Counter()  # (owner link, node) -> slots
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -134,6 +141,14 @@ class QuantumMemories:
 
     def free_slots(self, node: str) -> int:
         return len(self._free[node])
+
+    def owner(self, ref: SlotRef) -> tuple[str, int] | None:
+        """(link, pair) that stored the qubit now in ``ref``, None if free or unowned."""
+        return self._owner.get(ref)
+
+    def held(self, link: str, node: str) -> int:
+        """Slots of ``node`` holding a qubit stored by ``link`` (not yet freed)."""
+        return self._held[(link, node)]
 
     def occupied(self, node: str) -> list[SlotRef]:
         return sorted(r for r in self._group_of if r.node == node)
@@ -164,6 +179,9 @@ class QuantumMemories:
     def _release(self, ref: SlotRef) -> None:
         del self._group_of[ref]
         del self._stored_at[ref]
+        owner = self._owner.pop(ref, None)
+        if owner is not None:
+            self._held[(owner[0], ref.node)] -= 1
         heapq.heappush(self._free[ref.node], ref.slot)
 
     def _drop_group(self, group: _Group) -> None:
@@ -185,6 +203,7 @@ class QuantumMemories:
             expired = Expired(tuple(group.refs),
                               min(self._stored_at[r] for r in group.refs), now)
             self._drop_group(group)
+            self.expired.update(r.node for r in expired.refs)
             raise CutoffExpired(expired)
         self._decohere(group, now)
         return group
@@ -204,14 +223,14 @@ class QuantumMemories:
         if group.coeffs is not None and all(math.isinf(s.t1) for s in specs):
             c = group.coeffs
             for s in specs:
-                c = st.bell_diagonal_memory_dephase(c, dt, s.t2)
+                c = decoherence.memory_dephase(c, dt, s.t2)
             group.coeffs = c
             return
         if all(math.isinf(s.t1) and math.isinf(s.t2) for s in specs):
             return
         rho = group.density()
         for q, s in enumerate(specs):
-            rho = st.memory_decay(rho, q, dt, s.t1, s.t2)
+            rho = decoherence.memory_decay(rho, q, dt, s.t1, s.t2)
         group.rho = rho
 
     def _merge(self, groups: Sequence[_Group], now: float) -> _Group:
@@ -245,12 +264,17 @@ class QuantumMemories:
 
     # -- storing ------------------------------------------------------------------------------
 
-    def store_pair(self, node_a: str, node_b: str, coeffs: Sequence[float],
-                   now: float) -> tuple[SlotRef, SlotRef]:
+    def store_pair(self, node_a: str, node_b: str, coeffs: Sequence[float], now: float,
+                   owner: tuple[str, int] | None = None) -> tuple[SlotRef, SlotRef]:
         """Put a new pair with Bell-diagonal ``coeffs`` (order Phi+, Psi-, Psi+, Phi-) into the
-        lowest free slot of each node (heralded generation). Raises ``NoFreeSlot``."""
+        lowest free slot of each node (heralded generation), owned by ``owner`` = (link,
+        pair id) until each slot is freed. Raises ``NoFreeSlot``."""
         a, b = self._allocate([node_a, node_b])
         self._stored_at[a] = self._stored_at[b] = now
+        if owner is not None:
+            for ref in (a, b):
+                self._owner[ref] = owner
+                self._held[(owner[0], ref.node)] += 1
         self._new_group([a, b], np.asarray(coeffs, dtype=float), None, now)
         return a, b
 
@@ -276,7 +300,7 @@ class QuantumMemories:
         self._check_owner(node, [ref])
         group = self._group(ref, now)
         if group.coeffs is not None:
-            group.coeffs = st.bell_diagonal_pauli(group.coeffs, st.BELL_PAULI.index(pauli))
+            group.coeffs = bd.pauli(group.coeffs, bd.BELL_PAULI.index(pauli))
         else:
             group.rho = st.apply_gate(group.rho, st.PAULIS[pauli], [group.refs.index(ref)])
 
@@ -312,10 +336,10 @@ class QuantumMemories:
         if g1 is not g2 and g1.coeffs is not None and g2.coeffs is not None:
             # Bell-diagonal inputs: outcomes are uniform, post-state by Pauli composition
             k = int(rng.integers(4))
-            m1, m2 = st.bell_outcome(k)
+            m1, m2 = bd.bell_outcome(k)
             a = g1.refs[1 - g1.refs.index(ref1)]
             c = g2.refs[1 - g2.refs.index(ref2)]
-            coeffs = st.bell_diagonal_swap_outcome(g1.coeffs, g2.coeffs, m1, m2)
+            coeffs = bd.swap_outcome(g1.coeffs, g2.coeffs, m1, m2)
             g1.refs = g2.refs = []
             del self._group_of[a], self._group_of[c]
             self._release(ref1)
@@ -384,5 +408,6 @@ class QuantumMemories:
             _, _, group = heapq.heappop(self._deadlines)
             out.append(Expired(tuple(group.refs),
                                min(self._stored_at[r] for r in group.refs), now))
+            self.expired.update(r.node for r in group.refs)
             self._drop_group(group)
         return out

@@ -20,6 +20,7 @@ from emulator.daemon.memories import (
     RegisterTooLarge,
     SlotRef,
 )
+from emulator.physics import bell_diagonal as bd
 from emulator.physics import states as st
 
 EXACT = 1e-9
@@ -50,7 +51,7 @@ def test_stored_pair_dephases_as_formula_lazily():
 def test_werner_pair_with_different_t2_per_node():
     f, t, ta, tb = 0.95, 0.03, 0.1, 0.4
     mem = _mem(a=MemorySpec(1, t2=ta), b=MemorySpec(1, t2=tb))
-    a, b = mem.store_pair("a", "b", st.werner_coefficients(f), now=0.0)
+    a, b = mem.store_pair("a", "b", bd.werner_coefficients(f), now=0.0)
     # coherence factor of the Z error composed over both qubits: exp(-t/Ta) exp(-t/Tb)
     q = (1 - math.exp(-t / ta - t / tb)) / 2
     assert mem.fidelity(a, b, now=t) == pytest.approx(_dephased_werner(f, q), abs=EXACT)
@@ -145,8 +146,8 @@ def test_swap_through_registry_with_decoherence_in_flight():
     spec = MemorySpec(2, t2=t2)
     for _ in range(4):  # every outcome gives the same corrected state
         mem = _mem(a=spec, r=spec, b=spec)
-        a, r1 = mem.store_pair("a", "r", st.werner_coefficients(f), 0.0)
-        r2, b = mem.store_pair("r", "b", st.werner_coefficients(f), 0.0)
+        a, r1 = mem.store_pair("a", "r", bd.werner_coefficients(f), 0.0)
+        r2, b = mem.store_pair("r", "b", bd.werner_coefficients(f), 0.0)
         m1, m2 = mem.bell_measure("r", r1, r2, t_s, rng)
         t_end = t_s + delay
         mem.apply_pauli("b", b, "X" if m2 else "I", t_end)
@@ -172,7 +173,7 @@ def test_swap_density_path_matches_fast_path():
         mem.apply_gate("r", [r1], st.I2, 0.0)  # forces the density-matrix path
         m1, m2 = mem.bell_measure("r", r1, r2, 0.0, rng)
         mem.apply_gate("b", [b], st.pauli_correction(m1, m2), 0.0)
-        assert np.allclose(mem.pair_coefficients(a, b, 0.0), st.bell_diagonal_swap(c1, c2))
+        assert np.allclose(mem.pair_coefficients(a, b, 0.0), bd.swap(c1, c2))
 
 
 def test_teleport_through_registry():

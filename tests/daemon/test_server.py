@@ -18,7 +18,7 @@ import trio
 
 from emulator.child_config import DaemonConfig, DaemonLink, write_config
 from emulator.daemon import protocol as p
-from emulator.daemon import server
+from emulator.daemon.links import photon
 from emulator.daemon.server import serve
 from emulator.physics.channels import transmittance
 from emulator.physics.detection import FrameDetections
@@ -35,7 +35,7 @@ KEY = b"0123456789abcdef"
 def make_config(rate_hz: float = 1e8) -> DaemonConfig:
     quantum = QuantumLink(source=Source(rate_hz=rate_hz, mu=0.5), frame_ms=10.0)
     link = DaemonLink("alice-bob", "alice", "bob", LENGTH_KM, quantum)
-    return DaemonConfig("test", time.time(), 1.0, 42, dict(TOKENS), [link])
+    return DaemonConfig("test", time.monotonic(), 1.0, 42, dict(TOKENS), [link])
 
 
 class Peer:
@@ -248,13 +248,13 @@ async def test_subprocess_ready_file_and_sigterm(tmp_path: Path):
 
 
 def test_big_frames_split_into_contiguous_messages(monkeypatch):
-    monkeypatch.setattr(server, "MAX_RECORDS_PER_MESSAGE", 3)
+    monkeypatch.setattr(photon, "MAX_RECORDS_PER_MESSAGE", 3)
     slots = np.array([2, 5, 6, 9, 11, 12, 15], dtype=np.uint64)
     found = FrameDetections(slots, np.zeros(7, np.uint8), np.ones(7, np.uint8))
-    messages = server._detection_messages("l", 0, 20, found, last=True)
+    messages = photon.detection_messages("l", 0, 20, found, last=True)
     assert [(m.frame_start, m.frame_end) for m in messages] == [(0, 9), (9, 15), (15, 20)]
     assert [m.last for m in messages] == [False, False, True]
     got = np.concatenate([np.frombuffer(m.slot, "<u8") for m in messages])
     np.testing.assert_array_equal(got, slots)
-    assert len(server._detection_messages("l", 0, 20, FrameDetections(
+    assert len(photon.detection_messages("l", 0, 20, FrameDetections(
         slots[:0], slots[:0].astype(np.uint8), slots[:0].astype(np.uint8)), last=False)) == 1
