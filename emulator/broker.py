@@ -299,13 +299,16 @@ async def _terminate(process: trio.Process) -> None:
 
 @asynccontextmanager
 async def open_broker(
-    spec: str, workdir: Path, log_path: Path, *, ready_timeout: float = DEFAULT_READY_TIMEOUT_S
+    spec: str, workdir: Path, log_path: Path, *, ready_timeout: float = DEFAULT_READY_TIMEOUT_S,
+    accounts: dict[str, Account] | None = None,
 ) -> AsyncIterator[BrokerInfo]:
     """Run the broker named by ``spec`` for the duration of the context.
 
     The child's stdout and stderr go to ``log_path``. Raises BrokerError if it exits before
     it is ready, TimeoutError if it is not ready within ``ready_timeout`` seconds (it is then
     stopped). An external broker is only checked for readiness, never started or stopped.
+    With ``accounts`` (``telemetry.credentials``) the broker refuses anonymous clients and
+    applies their ACLs; the readiness probe logs in as the orchestrator.
     """
     parsed = parse_broker(spec)
     if parsed.kind == "external":
@@ -316,7 +319,9 @@ async def open_broker(
 
     host = "127.0.0.1"
     port = free_port()
-    argv = broker_command(parsed, port, workdir)
+    argv = broker_command(parsed, port, workdir, accounts)
+    probe = None if not accounts else accounts.get(telemetry.ORCHESTRATOR,
+                                                   next(iter(accounts.values())))
     assert argv is not None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -329,7 +334,7 @@ async def open_broker(
         os.close(log_fd)  # the child holds its own copy
     try:
         started = time.monotonic()
-        await wait_until_accepting(host, port, ready_timeout, process=process)
+        await wait_until_accepting(host, port, ready_timeout, process=process, account=probe)
         ready_s = time.monotonic() - started
         async with await trio.Path(log_path).open("a") as note:
             await note.write(f"[qnet] {parsed.kind} broker pid {process.pid} ready on "
