@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from emulator.daemon.memories import MemorySpec, QuantumMemories
-from emulator.physics import states as st
+from emulator.physics import bell_diagonal as bd
+from emulator.physics import memories
+from emulator.physics.channels import FIBRE_GROUP_DELAY_S_PER_KM
+from emulator.physics.heralding import heralding_probability
 
 RESULT = Path(__file__).resolve().parent / "results" / "repeater_chain.json"
 
@@ -31,28 +34,24 @@ FIBRE_DB_PER_KM = 0.2
 DETECTOR_EFFICIENCY = 0.9
 BSM_EFFICIENCY = 0.5  # linear-optics midpoint BSM
 SOURCE_FIDELITY = 0.9999
-DELAY_S_PER_KM = 4.9e-6
+DELAY_S_PER_KM = FIBRE_GROUP_DELAY_S_PER_KM
 
 
 def link_success_probability() -> float:
-    """Heralding probability per attempt: ``eta_BSM * eta_det^2 * 10^(-alpha L / 10)``
-    (both photons cross L/2 to a midpoint station)."""
-    return BSM_EFFICIENCY * DETECTOR_EFFICIENCY**2 * 10 ** (-FIBRE_DB_PER_KM * LINK_KM / 10)
+    """Heralding probability per attempt of one link (midpoint BSM, ``heralding``)."""
+    return heralding_probability(LINK_KM, FIBRE_DB_PER_KM, DETECTOR_EFFICIENCY, BSM_EFFICIENCY)
 
 
 def werner_chain_fidelity(f: float, links: int) -> float:
-    """Werner pairs swapped ``links - 1`` times: ``F_n = 1/4 + 3/4 ((4F-1)/3)^n``
-    (iterating ``F1 F2 + (1-F1)(1-F2)/3``; Briegel et al., PRL 81, 5932 (1998))."""
-    return 0.25 + 0.75 * ((4 * f - 1) / 3) ** links
+    """Werner pairs of fidelity ``f`` swapped ``links - 1`` times (``werner_chain``)."""
+    return bd.werner_chain([f] * links)
 
 
 def dephased(f: float, storage_s: float, t2: float) -> float:
-    """Werner state of fidelity ``f`` after a Z channel with coherence ``exp(-storage/T2)``:
-    ``F = f - (1-lam)/2 (f - (1-f)/3)``. Exact for the chain: every noise here is a Pauli
-    channel, so all links and all stored qubits' dephasing compose by convolution and only the
-    total storage time of all qubits matters."""
-    lam = 1.0 if math.isinf(t2) else math.exp(-storage_s / t2)
-    return f - (1 - lam) / 2 * (f - (1 - f) / 3)
+    """Werner pair after a Z channel with coherence ``exp(-storage/T2)`` (``dephased_werner``).
+    Exact for the chain: every noise here is a Pauli channel, so all links and all stored
+    qubits' dephasing compose by convolution and only the total storage time matters."""
+    return memories.dephased_werner(f, 0.0 if math.isinf(t2) else storage_s / t2)
 
 
 def run_case(t2: float, stack_delay_s: float, pairs: int = PAIRS, nodes: int = NODES,
@@ -70,7 +69,7 @@ def run_case(t2: float, stack_delay_s: float, pairs: int = PAIRS, nodes: int = N
     wall = time.perf_counter()
     for _ in range(pairs):
         ready = t_start + rng.geometric(p, size=links) * attempt_s  # link i: node i - node i+1
-        refs = [mem.store_pair(names[i], names[i + 1], st.werner_coefficients(SOURCE_FIDELITY),
+        refs = [mem.store_pair(names[i], names[i + 1], bd.werner_coefficients(SOURCE_FIDELITY),
                                float(ready[i])) for i in range(links)]
         swap_at = np.maximum(ready[:-1], ready[1:])  # repeater j = 1..links-1 at swap_at[j-1]
         frame = 0
@@ -78,13 +77,13 @@ def run_case(t2: float, stack_delay_s: float, pairs: int = PAIRS, nodes: int = N
             j = int(j0) + 1
             m1, m2 = mem.bell_measure(names[j], refs[j - 1][1], refs[j][0],
                                       float(swap_at[j0]), rng)
-            frame ^= st.bell_index(m1, m2)
+            frame ^= bd.bell_index(m1, m2)
         js = np.arange(1, links)
         heard_b = swap_at + (links - js) * hop_s  # outcome of repeater j reaches B
         heard_a = swap_at + js * hop_s  # and A (which must know the pair is ready)
         t_deliver = float(max(heard_a.max(), heard_b.max()))
         a, b = refs[0][0], refs[-1][1]
-        mem.apply_pauli(names[-1], b, st.BELL_PAULI[frame], t_deliver)
+        mem.apply_pauli(names[-1], b, bd.BELL_PAULI[frame], t_deliver)
         fids.append(mem.fidelity(a, b, t_deliver))
         # total storage: both halves of each link from generation to their BSM / delivery
         end_left = np.concatenate(([t_deliver], swap_at))  # node i's half of link i

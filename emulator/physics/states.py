@@ -1,7 +1,9 @@
 """Quantum states held by the daemon: density matrices of small registers and Bell-diagonal pairs.
 
 Pure numpy functions (no I/O; randomness only through an explicit ``numpy.random.Generator``) so
-every formula can be tested on its own; ``memories.py`` builds the daemon's registry on them.
+every formula can be tested on its own; ``emulator/daemon/memories.py`` builds the daemon's
+registry on them, ``bell_diagonal`` holds the coefficient fast path and the Pauli-frame tables,
+``memories`` (this package) the T1/T2 channels.
 
 Conventions (also in docs/entanglement.md):
 
@@ -11,8 +13,9 @@ Conventions (also in docs/entanglement.md):
 * **Bell states and Bell-diagonal order** (Deutsch et al., PRL 77, 2818 (1996)):
   index 0 ``Phi+ = (|00>+|11>)/sqrt2``, 1 ``Psi- = (|01>-|10>)/sqrt2``,
   2 ``Psi+ = (|01>+|10>)/sqrt2``, 3 ``Phi- = (|00>-|11>)/sqrt2``. Index ``k`` is ``Phi+`` with the
-  Pauli ``BELL_PAULI[k]`` (``I, Y, X, Z``) applied to either qubit (up to a phase). A Bell-diagonal
-  pair is the 4-vector ``c = (A, B, C, D)`` of weights on those states; its fidelity is ``A``.
+  Pauli ``bell_diagonal.BELL_PAULI[k]`` (``I, Y, X, Z``) applied to either qubit (up to a
+  phase). A Bell-diagonal pair is the 4-vector ``c = (A, B, C, D)`` of weights on those
+  states; its fidelity is ``A``.
 * **Bell-state measurement outcome** ``(m1, m2)``: CNOT(q1 -> q2), H(q1), measure both in Z.
   ``m1`` is the phase bit and ``m2`` the parity bit of the projected Bell state:
   ``(0,0) Phi+, (1,0) Phi-, (0,1) Psi+, (1,1) Psi-``. The remote correction that undoes the
@@ -26,6 +29,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from emulator.physics.bell_diagonal import bell_outcome, werner_coefficients
 
 Array = np.ndarray
 
@@ -208,19 +213,6 @@ def measure(rho: Array, qubit: int, basis: str, rng: np.random.Generator) -> tup
 # ---------------------------------------------------------------------------------------------
 # Bell states and Bell-state measurement
 
-BELL_LABELS = ("Phi+", "Psi-", "Psi+", "Phi-")
-BELL_PAULI = "IYXZ"  # Bell index k = Phi+ with BELL_PAULI[k] on one qubit
-_X_BIT = (0, 1, 1, 0)  # parity bit of Bell index k
-_Z_BIT = (0, 1, 0, 1)  # phase bit of Bell index k
-_INDEX_OF_BITS = {(_X_BIT[k], _Z_BIT[k]): k for k in range(4)}
-# COMPOSE[i, j]: Bell index of Pauli i times Pauli j (mod phase) = xor of (x, z) bits
-COMPOSE = np.array(
-    [[_INDEX_OF_BITS[(_X_BIT[i] ^ _X_BIT[j], _Z_BIT[i] ^ _Z_BIT[j])] for j in range(4)]
-     for i in range(4)],
-    dtype=np.intp,
-)
-
-
 def bell_state(index: int) -> Array:
     """Ket of Bell state ``index`` in the order ``Phi+, Psi-, Psi+, Phi-`` (module docstring)."""
     s = 1 / math.sqrt(2)
@@ -234,16 +226,6 @@ def bell_state(index: int) -> Array:
 
 _BELL_PROJECTORS = [density(bell_state(k)) for k in range(4)]
 _BELL_MATRIX = np.array([bell_state(k) for k in range(4)])  # rows = <B_k| conjugated
-
-
-def bell_index(m1: int, m2: int) -> int:
-    """Bell index of BSM outcome ``(m1, m2)`` = (phase bit, parity bit)."""
-    return _INDEX_OF_BITS[(m2, m1)]
-
-
-def bell_outcome(index: int) -> tuple[int, int]:
-    """BSM outcome ``(m1, m2)`` that projects on Bell state ``index``."""
-    return _Z_BIT[index], _X_BIT[index]
 
 
 def pauli_correction(m1: int, m2: int) -> Array:
@@ -330,42 +312,8 @@ def amplitude_damp(rho: Array, qubit: int, gamma: float) -> Array:
     return apply_kraus(rho, [k0, k1], [qubit])
 
 
-def t1t2_parameters(t: float, t1: float, t2: float) -> tuple[float, float]:
-    """``(gamma, p)`` of the memory channel for storage time ``t``: amplitude damping
-    ``gamma = 1 - exp(-t/T1)`` then dephasing ``p = (1 - exp(-t/T2 + t/(2 T1)))/2``.
-
-    Composed, populations relax with ``exp(-t/T1)`` and coherences decay with ``exp(-t/T2)``
-    (the standard T1/T2 model, e.g. NetSquid's T1T2NoiseModel); needs ``T2 <= 2 T1``. Times in
-    seconds; ``math.inf`` switches a process off.
-    """
-    if t2 > 2 * t1:
-        raise ValueError(f"T2 = {t2} exceeds 2 T1 = {2 * t1}")
-    t = max(t, 0.0)
-    gamma = 0.0 if math.isinf(t1) else -math.expm1(-t / t1)
-    rate = (0.0 if math.isinf(t2) else 1 / t2) - (0.0 if math.isinf(t1) else 1 / (2 * t1))
-    p = -math.expm1(-t * rate) / 2
-    return gamma, p
-
-
-def memory_decay(rho: Array, qubit: int, t: float, t1: float, t2: float) -> Array:
-    """T1/T2 decoherence of ``qubit`` stored for ``t`` seconds (``t1t2_parameters``)."""
-    gamma, p = t1t2_parameters(t, t1, t2)
-    if gamma > 0:
-        rho = amplitude_damp(rho, qubit, gamma)
-    if p > 0:
-        rho = dephase(rho, qubit, p)
-    return rho
-
-
 # ---------------------------------------------------------------------------------------------
-# Bell-diagonal fast path: a pair as c = (A, B, C, D) on (Phi+, Psi-, Psi+, Phi-)
-
-
-def werner_coefficients(fidelity_: float) -> Array:
-    """Bell-diagonal coefficients of the Werner state of fidelity ``F``: ``(F, b, b, b)``,
-    ``b = (1-F)/3``."""
-    b = (1 - fidelity_) / 3
-    return np.array([fidelity_, b, b, b])
+# Bell-diagonal pairs (coefficients and their formulas: ``bell_diagonal``) as density matrices
 
 
 def to_density(c: Array) -> Array:
@@ -380,49 +328,3 @@ def from_density(rho: Array) -> Array:
     twirl (Bennett et al., PRA 54, 3824 (1996)), which keeps every ``c_k`` and kills the rest.
     """
     return np.real(np.einsum("ki,ij,kj->k", _BELL_MATRIX.conj(), rho, _BELL_MATRIX))
-
-
-def bell_diagonal_pauli(c: Array, pauli: int) -> Array:
-    """Pauli ``BELL_PAULI[pauli]`` applied to either qubit: permutes ``c_k -> c_(k xor pauli)``."""
-    return np.asarray(c)[COMPOSE[pauli]]
-
-
-def bell_diagonal_swap(c1: Array, c2: Array) -> Array:
-    """Entanglement swapping of pairs (a, b1) ~ ``c1`` and (b2, c) ~ ``c2``, BSM on (b1, b2),
-    outcome corrected at ``c`` with ``pauli_correction(m1, m2)``.
-
-    Pauli errors compose: ``c_out[k] = sum_{i xor j = k} c1[i] c2[j]``; every outcome has
-    probability 1/4 and gives this state once corrected. For Werner inputs this is
-    ``F = F1 F2 + (1-F1)(1-F2)/3`` (Briegel et al., PRL 81, 5932 (1998)).
-    """
-    outer = np.multiply.outer(np.asarray(c1, dtype=float), np.asarray(c2, dtype=float))
-    return np.bincount(COMPOSE.ravel(), weights=outer.ravel(), minlength=4)
-
-
-def bell_diagonal_swap_outcome(c1: Array, c2: Array, m1: int, m2: int) -> Array:
-    """State of (a, c) after the swap BSM gave ``(m1, m2)``, *before* the correction."""
-    return bell_diagonal_pauli(bell_diagonal_swap(c1, c2), bell_index(m1, m2))
-
-
-def bell_diagonal_depolarize(c: Array, p: float) -> Array:
-    """``depolarize`` with parameter ``p`` on one qubit of the pair: ``c -> (1-p) c + p/4``."""
-    return (1 - p) * np.asarray(c) + p / 4
-
-
-def bell_diagonal_dephase(c: Array, p: float) -> Array:
-    """``dephase`` with parameter ``p`` on one qubit: ``c -> (1-p) c + p c[k xor Z]``
-    (swaps Phi+ <-> Phi-, Psi+ <-> Psi-)."""
-    c = np.asarray(c)
-    return (1 - p) * c + p * c[COMPOSE[3]]
-
-
-def bell_diagonal_memory_dephase(c: Array, t: float, t2: float) -> Array:
-    """Pure T2 dephasing of one qubit stored ``t`` seconds: ``p = (1 - exp(-t/T2))/2``.
-
-    Only valid with ``T1 = inf``: amplitude damping leaves the Bell-diagonal family, so finite
-    T1 must take the density-matrix path (``memory_decay``). For Phi+ with both qubits stored
-    ``t``: ``F(t) = (1 + exp(-2t/T2))/2``.
-    """
-    if math.isinf(t2) or t <= 0:
-        return np.asarray(c)
-    return bell_diagonal_dephase(c, -math.expm1(-t / t2) / 2)

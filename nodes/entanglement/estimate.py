@@ -3,17 +3,17 @@
 Nodes never see a state: they estimate. For pairs meant to be ``Phi+`` measured by both ends in
 a common Pauli basis, ``F = <Phi+|rho|Phi+> = (1 + <XX> - <YY> + <ZZ>)/4`` (expansion of the
 projector ``|Phi+><Phi+| = (II + XX - YY + ZZ)/4``; Nielsen & Chuang ex. 2.73 style). The model
-is the Werner chain with pure dephasing (docs/entanglement.md, "Formulas the tests check").
+is the Werner chain with pure dephasing (``emulator.physics.bell_diagonal.werner_chain``,
+``emulator.physics.memories.dephased_werner``; docs/physics.md).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import numpy as np
 
-from emulator.physics import states as st
+from emulator.physics import bell_diagonal as bd
 
 BASES = "XYZ"
 PHI_PLUS_SIGN = {"X": 1, "Y": -1, "Z": 1}  # <PP> of Phi+
@@ -44,27 +44,8 @@ def fidelity_from_correlations(samples: dict[str, tuple[np.ndarray, np.ndarray]]
 def flips(frame: int, basis: str) -> int:
     """1 if the Pauli ``BELL_PAULI[frame]`` anticommutes with ``basis`` (flips its outcome):
     Pauli-frame tracking instead of a physical correction before a measurement."""
-    pauli = st.BELL_PAULI[frame]
+    pauli = bd.BELL_PAULI[frame]
     return int(pauli != "I" and pauli != basis)
-
-
-def werner_chain(fidelities: Iterable[float]) -> float:
-    """Fidelity after swapping Werner pairs in a chain: ``F <- F F' + (1-F)(1-F')/3`` per swap
-    (Briegel et al., PRL 81, 5932 (1998))."""
-    out = None
-    for f in fidelities:
-        out = f if out is None else out * f + (1 - out) * (1 - f) / 3
-    if out is None:
-        raise ValueError("no links")
-    return out
-
-
-def dephased_werner(f: float, decay: float) -> float:
-    """A Werner-chain pair of fidelity ``f`` whose qubits were stored ``t_i`` under ``T2_i``
-    with ``decay = sum t_i/T2_i``: ``F = f - (1-lam)/2 (f - (1-f)/3)``, ``lam = exp(-decay)``
-    (only the product of the coherence factors matters for Pauli noise; T1 = inf)."""
-    lam = math.exp(-decay)
-    return f - (1 - lam) / 2 * (f - (1 - f) / 3)
 
 
 def chsh_from_correlations(e: dict[tuple[int, int], float]) -> float:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
-from emulator.physics import states as st
+from emulator.physics import bell_diagonal as bd
 from nodes.daemon_client import DaemonError
 from nodes.entanglement.purification import Decision, GateOp, PurificationRound, PurifyParity
 from nodes.entanglement.qubits import QuantumOps
@@ -134,7 +134,7 @@ class PurifierB:
     async def add(self, pair: EndToEnd) -> None:
         """Undo the swaps' Pauli frame physically, then make the pair available."""
         if pair.frame:
-            await self.ops.gate(st.BELL_PAULI[pair.frame], self.ops.ref(pair.mine.slot))
+            await self.ops.gate(bd.BELL_PAULI[pair.frame], self.ops.ref(pair.mine.slot))
         pair.frame = 0
         async with self.changed:
             self.held[pair.far_pair] = pair

@@ -103,9 +103,8 @@ def test_bbm92_chsh_qber_and_post_processed_key(tmp_path: Path) -> None:
 def test_repeater_chain_with_dejmps_purification(tmp_path: Path) -> None:
     """One DEJMPS round on the end-to-end Werner pairs (no memory decay): fidelity and the
     success rate as the recurrence bookkeeping says."""
-    from emulator.physics import states as st
-    from nodes.entanglement import estimate
-    from nodes.entanglement.purification import rounds
+    from emulator.physics import bell_diagonal as bd
+    from emulator.physics.purification import rounds
 
     f_link = 0.95
     sets = [f"links.{i}.entanglement.source_fidelity={f_link}" for i in range(4)]
@@ -113,8 +112,8 @@ def test_repeater_chain_with_dejmps_purification(tmp_path: Path) -> None:
     sets += ["apps.0.count=300", "apps.0.purification=dejmps", "apps.0.purification_rounds=1",
              "expect.0.gt=0"]
     (entry,) = run(tmp_path, "repeater-chain", *sets, duration=6)["entanglement"]
-    f_chain = estimate.werner_chain([f_link] * 4)
-    (p_ok,), coeffs = rounds("dejmps", st.werner_coefficients(f_chain), 1)
+    f_chain = bd.werner_chain([f_link] * 4)
+    (p_ok,), coeffs = rounds("dejmps", bd.werner_coefficients(f_chain), 1)
     assert entry["fidelity_model"] == pytest.approx(coeffs[0])
     assert entry["pairs"] >= 200
     assert abs(entry["fidelity_mean"] - coeffs[0]) < 4 * entry["fidelity_std"]

@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pytest
 
+from emulator.physics import bell_diagonal as bd
+from emulator.physics import memories
 from emulator.physics import states as st
 
 EXACT = 1e-9
@@ -56,7 +58,7 @@ def test_bell_states_from_circuit_and_pauli_convention():
         rho = st.apply_gate(st.apply_gate(rho, st.H, [0]), st.CNOT, [0, 1])
         assert st.fidelity(rho, st.bell_state(k)) == pytest.approx(1, abs=EXACT)
     phi = st.density(st.bell_state(0))
-    for k, name in enumerate(st.BELL_PAULI):
+    for k, name in enumerate(bd.BELL_PAULI):
         for q in (0, 1):
             rho = st.apply_gate(phi, st.PAULIS[name], [q])
             assert st.fidelity(rho, st.bell_state(k)) == pytest.approx(1, abs=EXACT)
@@ -143,12 +145,12 @@ def test_channels_on_single_qubit():
 
 def test_t1_t2_rates():
     t, t1, t2 = 0.3, 1.0, 0.5
-    one = st.memory_decay(st.density(st.ket("1")), 0, t, t1, t2)
+    one = memories.memory_decay(st.density(st.ket("1")), 0, t, t1, t2)
     assert one[1, 1].real == pytest.approx(math.exp(-t / t1))
-    plus = st.memory_decay(st.density(st.ket("+")), 0, t, t1, t2)
+    plus = memories.memory_decay(st.density(st.ket("+")), 0, t, t1, t2)
     assert abs(plus[0, 1]) == pytest.approx(0.5 * math.exp(-t / t2))
     with pytest.raises(ValueError):
-        st.t1t2_parameters(t, 1.0, 3.0)
+        memories.t1t2_parameters(t, 1.0, 3.0)
 
 
 def test_amplitude_damping_leaves_bell_diagonal_family():
@@ -180,22 +182,22 @@ def test_bell_diagonal_channels_match_density_path():
         rho = st.to_density(c)
         for q in (0, 1):
             assert np.allclose(st.from_density(st.depolarize(rho, q, p)),
-                               st.bell_diagonal_depolarize(c, p))
+                               bd.depolarize(c, p))
             assert np.allclose(st.from_density(st.dephase(rho, q, p)),
-                               st.bell_diagonal_dephase(c, p))
-            for k, name in enumerate(st.BELL_PAULI):
+                               bd.dephase(c, p))
+            for k, name in enumerate(bd.BELL_PAULI):
                 assert np.allclose(st.from_density(st.apply_gate(rho, st.PAULIS[name], [q])),
-                                   st.bell_diagonal_pauli(c, k))
+                                   bd.pauli(c, k))
         # the channels keep Bell-diagonal states Bell-diagonal
-        assert np.allclose(st.to_density(st.bell_diagonal_dephase(c, p)), st.dephase(rho, 1, p))
+        assert np.allclose(st.to_density(bd.dephase(c, p)), st.dephase(rho, 1, p))
 
 
 def test_bsm_identifies_bell_states():
     for k in range(4):
         branches = st.bell_measure_branches(st.density(st.bell_state(k)), 0, 1)
         probs = {(m1, m2): p for m1, m2, p, _ in branches}
-        assert probs[st.bell_outcome(k)] == pytest.approx(1)
-        assert st.bell_index(*st.bell_outcome(k)) == k
+        assert probs[bd.bell_outcome(k)] == pytest.approx(1)
+        assert bd.bell_index(*bd.bell_outcome(k)) == k
 
 
 def _swap_branches(c1, c2):
@@ -210,12 +212,12 @@ def test_swap_of_werner_pairs_density_path_and_fast_path():
     expected = f1 * f2 + (1 - f1) * (1 - f2) / 3
     assert expected == pytest.approx(0.813333, abs=5e-7)
     avg = np.zeros((4, 4), dtype=complex)
-    for m1, m2, p, _post, corrected in _swap_branches(st.werner_coefficients(f1),
-                                                        st.werner_coefficients(f2)):
+    for m1, m2, p, _post, corrected in _swap_branches(bd.werner_coefficients(f1),
+                                                        bd.werner_coefficients(f2)):
         assert p == pytest.approx(0.25)
         avg += p * corrected
     assert st.fidelity(avg, st.bell_state(0)) == pytest.approx(expected, abs=EXACT)
-    fast = st.bell_diagonal_swap(st.werner_coefficients(f1), st.werner_coefficients(f2))
+    fast = bd.swap(bd.werner_coefficients(f1), bd.werner_coefficients(f2))
     assert fast[0] == pytest.approx(expected, abs=EXACT)
 
 
@@ -223,11 +225,11 @@ def test_swap_of_general_bell_diagonal_pairs_every_outcome():
     rng = np.random.default_rng(5)
     for _ in range(3):
         c1, c2 = _random_bell_diagonal(rng), _random_bell_diagonal(rng)
-        fast = st.bell_diagonal_swap(c1, c2)
+        fast = bd.swap(c1, c2)
         for m1, m2, p, post, corrected in _swap_branches(c1, c2):
             assert p == pytest.approx(0.25)
             assert np.allclose(corrected, st.to_density(fast))
-            assert np.allclose(post, st.to_density(st.bell_diagonal_swap_outcome(c1, c2, m1, m2)))
+            assert np.allclose(post, st.to_density(bd.swap_outcome(c1, c2, m1, m2)))
 
 
 def test_bell_measure_samples_and_removes_qubits():
@@ -304,7 +306,7 @@ def test_stored_pair_dephasing(t):
     rho = st.density(st.bell_state(0))
     c = np.array([1.0, 0, 0, 0])
     for q in (0, 1):
-        rho = st.memory_decay(rho, q, t, math.inf, t2)
-        c = st.bell_diagonal_memory_dephase(c, t, t2)
+        rho = memories.memory_decay(rho, q, t, math.inf, t2)
+        c = memories.memory_dephase(c, t, t2)
     assert st.fidelity(rho, st.bell_state(0)) == pytest.approx(expected, abs=EXACT)
     assert c[0] == pytest.approx(expected, abs=EXACT)
