@@ -1,10 +1,8 @@
-"""Entanglement purification: BBPSSW and DEJMPS on Bell-diagonal pairs, and the keep/discard core.
+"""Entanglement purification (BBPSSW, DEJMPS) as the keep/discard core one end runs.
 
-The bookkeeping functions give the exact success probability and output state of one round
-(used by the daemon-free bench and to predict what a run should deliver); ``PurificationRound``
-is the sans-I/O protocol one end runs: the local gates to ask its daemon for, then the parity
-exchange over the classical plane that decides keep or discard. Coefficient order is
-(Phi+, Psi-, Psi+, Phi-) as in ``emulator.daemon.states``.
+``PurificationRound`` is sans-I/O: the local gates to ask its daemon for, then the parity
+exchange over the classical plane that decides keep or discard. The recurrences that predict
+the success probability and output state are ``emulator.physics.purification``.
 """
 
 from __future__ import annotations
@@ -16,70 +14,10 @@ import msgspec
 import numpy as np
 
 from emulator.physics import states as st
+from nodes.errors import UnexpectedMessage
 
 PROTOCOLS = ("bbpssw", "dejmps")
 TWIRL_ELEMENTS = 12
-
-# ---------------------------------------------------------------------------------------------
-# Bookkeeping on Bell-diagonal coefficients
-
-
-def bilateral_cnot_keep(c_src, c_tgt) -> tuple[float, np.ndarray]:
-    """Bilateral CNOT (source -> target on both sides), target measured in Z at both ends,
-    kept when the two outcomes agree. Returns ``(p_success, source coefficients if kept)``.
-
-    Pauli errors propagate X: control -> target, Z: target -> control; the outcomes agree iff
-    the two input X bits agree, and the source keeps (x1, z1 xor z2):
-    ``A' = A1A2 + D1D2, B' = B1C2 + C1B2, C' = B1B2 + C1C2, D' = A1D2 + D1A2`` over
-    ``N = (A1+D1)(A2+D2) + (B1+C1)(B2+C2)`` (Bennett et al., PRA 54, 3824 (1996), §III).
-    """
-    a1, b1, c1, d1 = (float(v) for v in c_src)
-    a2, b2, c2, d2 = (float(v) for v in c_tgt)
-    n = (a1 + d1) * (a2 + d2) + (b1 + c1) * (b2 + c2)
-    out = np.array([a1 * a2 + d1 * d2, b1 * c2 + c1 * b2, b1 * b2 + c1 * c2, a1 * d2 + d1 * a2])
-    return n, out / n
-
-
-def dejmps_rotation(c) -> np.ndarray:
-    """Bilateral ``Rx(pi/2)`` at one end and ``Rx(-pi/2)`` at the other: exchanges the Psi-
-    and Phi- weights, ``(A, B, C, D) -> (A, D, C, B)`` (Deutsch et al., PRL 77, 2818 (1996))."""
-    c = np.asarray(c, dtype=float)
-    return c[[0, 3, 2, 1]]
-
-
-def dejmps(c_src, c_tgt) -> tuple[float, np.ndarray]:
-    """One DEJMPS round: rotation then ``bilateral_cnot_keep``. For identical pairs
-    ``A' = (A^2+B^2)/N, B' = 2CD/N, C' = (C^2+D^2)/N, D' = 2AB/N``, ``N = (A+B)^2 + (C+D)^2``
-    (Deutsch et al. 1996, eq. 3). Returns ``(p_success, output coefficients)``."""
-    return bilateral_cnot_keep(dejmps_rotation(c_src), dejmps_rotation(c_tgt))
-
-
-def werner_twirl(c) -> np.ndarray:
-    """Depolarising twirl to the Werner state of the same fidelity: ``(A, b, b, b)``."""
-    return st.werner_coefficients(float(np.asarray(c)[0]))
-
-
-def bbpssw(c_src, c_tgt) -> tuple[float, np.ndarray]:
-    """One BBPSSW round: twirl both pairs to Werner, then ``bilateral_cnot_keep``.
-
-    For Werner inputs of fidelity F, with ``b = (1-F)/3``: ``p = F^2 + 2Fb + 5b^2`` and
-    ``F' = (F^2 + b^2)/p`` (Bennett et al., PRL 76, 722 (1996)). The output is Bell-diagonal
-    but not Werner; the next round twirls it again.
-    """
-    return bilateral_cnot_keep(werner_twirl(c_src), werner_twirl(c_tgt))
-
-
-def rounds(protocol: str, c, n: int) -> tuple[list[float], np.ndarray]:
-    """``n`` recurrence rounds, each on two copies of the previous output (``2**n`` input
-    pairs). Returns the success probability of every round and the final coefficients."""
-    step = {"bbpssw": bbpssw, "dejmps": dejmps}[protocol]
-    probs = []
-    c = np.asarray(c, dtype=float)
-    for _ in range(n):
-        p, c = step(c, c)
-        probs.append(p)
-    return probs, c
-
 
 # ---------------------------------------------------------------------------------------------
 # Local operations an end asks its daemon for
@@ -178,10 +116,6 @@ class LocalProtocolError(Exception):
     """This end used the round wrongly (e.g. reported its parity twice)."""
 
 
-class RemoteProtocolError(Exception):
-    """The peer sent something the round cannot accept (wrong round, bad value, repeated)."""
-
-
 class PurificationRound:
     """One end of one purification round, with no I/O.
 
@@ -218,11 +152,11 @@ class PurificationRound:
     @classmethod
     def accept(cls, start: PurifyStart, deadline: float = math.inf) -> PurificationRound:
         if start.protocol not in PROTOCOLS:
-            raise RemoteProtocolError(f"unknown protocol {start.protocol!r}")
+            raise UnexpectedMessage(f"unknown protocol {start.protocol!r}")
         twirl = None
         if start.protocol == "bbpssw":
             if len(start.twirl) != 2 or not all(0 <= t < TWIRL_ELEMENTS for t in start.twirl):
-                raise RemoteProtocolError(f"bad twirl elements {start.twirl}")
+                raise UnexpectedMessage(f"bad twirl elements {start.twirl}")
             twirl = (start.twirl[0], start.twirl[1])
         return cls(start.round_id, start.protocol, "b", twirl, deadline)
 
@@ -239,11 +173,11 @@ class PurificationRound:
     def peer_parity(self, msg: PurifyParity) -> Decision | None:
         """Take the peer's parity; returns the decision if both are now known."""
         if msg.round_id != self.round_id:
-            raise RemoteProtocolError(f"parity for round {msg.round_id}, expected {self.round_id}")
+            raise UnexpectedMessage(f"parity for round {msg.round_id}, expected {self.round_id}")
         if msg.parity not in (0, 1):
-            raise RemoteProtocolError(f"parity must be 0 or 1, got {msg.parity!r}")
+            raise UnexpectedMessage(f"parity must be 0 or 1, got {msg.parity!r}")
         if self._peer is not None:
-            raise RemoteProtocolError("peer parity received twice")
+            raise UnexpectedMessage("peer parity received twice")
         if self.decision is not None:  # already timed out; a late answer changes nothing
             return self.decision
         self._peer = msg.parity

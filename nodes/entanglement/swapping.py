@@ -2,7 +2,7 @@
 
 A path ``a, r1, ..., rk, b`` has one link per hop; every heralded pair has a global id. A
 repeater holding a pair of its left link and one of its right link Bell-measures them and
-publishes a ``SwapRecord`` (both pair ids, outcome, its storage decay) to both directions; the
+publishes a ``SwapRecord`` (both pair ids, outcome, its storage time) to both directions; the
 ends join records into end-to-end pairs and keep the Pauli frame ``xor`` of the outcomes'
 Bell indices, so no physical correction is needed before a measurement (``estimate.flips``).
 No I/O, no clock: the trio shells in ``pairs.py`` feed these cores and send what they return.
@@ -15,13 +15,15 @@ from dataclasses import dataclass
 
 import msgspec
 
-from emulator.physics import states as st
+from emulator.physics import bell_diagonal as bd
 from nodes.entanglement.purification import PurifyParity, PurifyStart
+from nodes.errors import MalformedMessage
 
 
 class SwapRecord(msgspec.Struct, tag="swap"):
     """Repeater ``at`` joined pair ``left`` (its left link) and ``right`` with BSM ``(m1, m2)``
-    at emulated time ``t``; ``decay`` = sum of its two qubits' ``storage_time / T2``."""
+    at emulated time ``t``; ``stored`` = its two qubits' storage times summed (emulated s,
+    from the daemon's timestamps: what the node measured, not a model)."""
 
     at: str
     left: int
@@ -29,17 +31,17 @@ class SwapRecord(msgspec.Struct, tag="swap"):
     m1: int
     m2: int
     t: float
-    decay: float
+    stored: float
 
 
 class Outcomes(msgspec.Struct, tag="outcomes"):
     """End ``a``'s measurements, for ``b`` to correlate: per end-to-end pair its own pair id,
-    the basis, the outcome bit and its own qubit's ``storage_time / T2``."""
+    the basis, the outcome bit and its own qubit's storage time (emulated s)."""
 
     pairs: list[int]
     bases: str
     outcomes: bytes
-    decay: list[float]
+    stored: list[float]
 
 
 class Finished(msgspec.Struct, tag="finished"):
@@ -66,6 +68,14 @@ encoder = msgspec.msgpack.Encoder()
 decoder = msgspec.msgpack.Decoder(ChainMessage)
 
 
+def decode(payload: bytes) -> ChainMessage:
+    """A chain message from the wire; a frame that is none raises ``MalformedMessage``."""
+    try:
+        return decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise MalformedMessage(f"not a chain message: {exc}") from None
+
+
 @dataclass
 class Held:
     """A heralded half this node holds: pair id, slot, emission time."""
@@ -82,7 +92,7 @@ class EndToEnd:
     mine: Held  # this end's half
     far_pair: int  # the pair id of the far end's half (on the last/first link)
     frame: int  # Bell index of the Pauli that takes the pair to Phi+ (xor of the swaps)
-    decay: float  # repeaters' storage decay summed
+    stored: dict[str, float]  # repeater name -> storage time of its two qubits (s)
     t_last_swap: float
 
 
@@ -92,6 +102,7 @@ class RepeaterCore:
     def __init__(self) -> None:
         self.left: deque[Held] = deque()
         self.right: deque[Held] = deque()
+        self.swaps = 0
 
     def add(self, side: str, held: Held) -> None:
         (self.left if side == "left" else self.right).append(held)
@@ -101,12 +112,12 @@ class RepeaterCore:
             return self.left.popleft(), self.right.popleft()
         return None
 
-    @staticmethod
-    def record(node: str, left: Held, right: Held, m1: int, m2: int, t: float,
-               t2_s: float | None) -> SwapRecord:
+    def record(self, node: str, left: Held, right: Held, m1: int, m2: int,
+               t: float) -> SwapRecord:
+        """The record of a swap done (counted) of ``left`` and ``right`` at time ``t``."""
+        self.swaps += 1
         stored = (t - left.t_stored) + (t - right.t_stored)
-        decay = stored / t2_s if t2_s else 0.0
-        return SwapRecord(node, left.pair, right.pair, m1, m2, t, decay)
+        return SwapRecord(node, left.pair, right.pair, m1, m2, t, stored)
 
 
 class EndTracker:
@@ -135,19 +146,19 @@ class EndTracker:
         # without an index, so try every pair still waiting (few: bounded by our slots)
         return self._complete(list(self._mine))
 
-    def _walk(self, pair: int) -> tuple[int, int, float, float, list[int]] | None:
-        frame, decay, t_last, used = 0, 0.0, float("-inf"), []
+    def _walk(self, pair: int) -> tuple[int, int, dict[str, float], float, list[int]] | None:
+        frame, stored, t_last, used = 0, {}, float("-inf"), []
         current = pair
         for _ in range(self.hops):
             rec = self._by_near.get(current)
             if rec is None:
                 return None
             used.append(current)
-            frame = int(st.COMPOSE[frame, st.bell_index(rec.m1, rec.m2)])
-            decay += rec.decay
+            frame = int(bd.COMPOSE[frame, bd.bell_index(rec.m1, rec.m2)])
+            stored[rec.at] = rec.stored
             t_last = max(t_last, rec.t)
             current = rec.right if self.side == "a" else rec.left
-        return current, frame, decay, t_last, used
+        return current, frame, stored, t_last, used
 
     def _complete(self, candidates: list[int]) -> list[EndToEnd]:
         out = []
@@ -155,10 +166,10 @@ class EndTracker:
             walked = self._walk(pair)
             if walked is None:
                 continue
-            far, frame, decay, t_last, used = walked
+            far, frame, stored, t_last, used = walked
             for key in used:
                 del self._by_near[key]
-            out.append(EndToEnd(self._mine.pop(pair), far, frame, decay, t_last))
+            out.append(EndToEnd(self._mine.pop(pair), far, frame, stored, t_last))
         return out
 
     def waiting(self) -> int:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from emulator.daemon.memories import MemorySpec, QuantumMemories, SlotRef
+from emulator.physics import bell_diagonal as bd
+from emulator.physics import memories
 from emulator.physics import states as st
 from nodes.entanglement import estimate
 from nodes.entanglement.swapping import EndTracker, Held, RepeaterCore, decoder, encoder
@@ -21,7 +23,7 @@ def make_chain(mem: QuantumMemories, fidelities, t: float = 0.0):
     """One pair per hop; returns per hop (left Held, right Held) with pair id = hop index."""
     hops = []
     for k, f in enumerate(fidelities):
-        ra, rb = mem.store_pair(NODES[k], NODES[k + 1], st.werner_coefficients(f), t)
+        ra, rb = mem.store_pair(NODES[k], NODES[k + 1], bd.werner_coefficients(f), t)
         hops.append((Held(100 + k, ra.slot, t), Held(100 + k, rb.slot, t)))
     return hops
 
@@ -39,7 +41,7 @@ def test_frame_from_records_restores_phi_plus(seed: int) -> None:
         core.add("right", hops[k + 1][0])
         left, right = core.next_swap()
         m1, m2 = mem.bell_measure(node, SlotRef(node, left.slot), SlotRef(node, right.slot), 1.0, rng)
-        rec = RepeaterCore.record(node, left, right, m1, m2, 1.0, None)
+        rec = core.record(node, left, right, m1, m2, 1.0)
         records.append(decoder.decode(encoder.encode(rec)))  # through the wire format
     end_a, end_b = EndTracker("a", 3), EndTracker("b", 3)
     order = records[:]
@@ -49,19 +51,21 @@ def test_frame_from_records_restores_phi_plus(seed: int) -> None:
     (ea,), (eb,) = got_a, got_b
     assert (ea.far_pair, eb.far_pair) == (103, 100)
     assert ea.frame == eb.frame
+    # both ends learn each repeater's storage time (two halves from t = 0 to the swap at 1 s)
+    assert ea.stored == eb.stored == {"r1": 2.0, "r2": 2.0, "r3": 2.0}
     ref_a, ref_b = SlotRef("a", ea.mine.slot), SlotRef("b", eb.mine.slot)
-    mem.apply_pauli("b", ref_b, st.BELL_PAULI[eb.frame], 1.0)
-    assert mem.fidelity(ref_a, ref_b, 1.0) == pytest.approx(estimate.werner_chain(fs), abs=1e-12)
+    mem.apply_pauli("b", ref_b, bd.BELL_PAULI[eb.frame], 1.0)
+    assert mem.fidelity(ref_a, ref_b, 1.0) == pytest.approx(bd.werner_chain(fs), abs=1e-12)
     assert end_a.waiting() == end_b.waiting() == 0
 
 
 def test_no_repeaters_pairs_are_end_to_end_at_once() -> None:
     tracker = EndTracker("a", 0)
     (e,) = tracker.own(Held(7, 0, 0.0))
-    assert (e.far_pair, e.frame, e.decay) == (7, 0, 0.0)
+    assert (e.far_pair, e.frame, e.stored) == (7, 0, {})
 
 
-def test_repeater_record_decay_and_fifo() -> None:
+def test_repeater_record_storage_time_and_fifo() -> None:
     core = RepeaterCore()
     core.add("left", Held(1, 0, 0.0))
     core.add("left", Held(2, 1, 0.1))
@@ -69,13 +73,14 @@ def test_repeater_record_decay_and_fifo() -> None:
     core.add("right", Held(3, 2, 0.2))
     left, right = core.next_swap()
     assert (left.pair, right.pair) == (1, 3)
-    rec = RepeaterCore.record("r", left, right, 1, 0, 0.3, 0.5)
-    assert rec.decay == pytest.approx((0.3 + 0.1) / 0.5)
+    rec = core.record("r", left, right, 1, 0, 0.3)
+    assert rec.stored == pytest.approx(0.3 + 0.1)
+    assert core.swaps == 1
 
 
 @pytest.mark.parametrize("frame", range(4))
 def test_flips_match_pauli_anticommutation(frame: int) -> None:
-    pauli = st.PAULIS[st.BELL_PAULI[frame]]
+    pauli = st.PAULIS[bd.BELL_PAULI[frame]]
     for basis in "XYZ":
         anti = np.allclose(pauli @ st.PAULIS[basis], -st.PAULIS[basis] @ pauli)
         assert estimate.flips(frame, basis) == int(anti)
@@ -103,10 +108,10 @@ def test_fidelity_estimate_of_sampled_werner_pairs() -> None:
 def test_dephased_werner_matches_memories() -> None:
     t2 = {"a": 0.2, "b": 0.5}
     mem = QuantumMemories({n: MemorySpec(2, t2=t2[n]) for n in "ab"})
-    ra, rb = mem.store_pair("a", "b", st.werner_coefficients(0.9), 0.0)
+    ra, rb = mem.store_pair("a", "b", bd.werner_coefficients(0.9), 0.0)
     t = 0.13
     assert mem.fidelity(ra, rb, t) == pytest.approx(
-        estimate.dephased_werner(0.9, t / 0.2 + t / 0.5), abs=1e-12)
+        memories.dephased_werner(0.9, t / 0.2 + t / 0.5), abs=1e-12)
 
 
 def test_chsh_formula_for_werner() -> None:
@@ -116,4 +121,4 @@ def test_chsh_formula_for_werner() -> None:
     s = estimate.chsh_from_correlations({(0, 0): e * c, (0, 1): e * c, (1, 0): e * c,
                                          (1, 1): -e * c})
     assert s == pytest.approx(2 * math.sqrt(2) * (4 * f - 1) / 3)
-    assert estimate.werner_chain([0.9, 0.9]) == pytest.approx(0.8133333, abs=1e-6)
+    assert bd.werner_chain([0.9, 0.9]) == pytest.approx(0.8133333, abs=1e-6)

@@ -5,7 +5,9 @@ Each hop of the path has a classical channel (left node dials right) that carrie
 swap as soon as they hold a pair on each side; the ends join the records into end-to-end
 pairs, measure each in a Pauli basis both derive from the pair ids (X, Y, Z uniformly), and
 ``a`` ships its outcomes to ``b``, which estimates ``F = (1 + <XX> - <YY> + <ZZ>)/4`` and
-compares it with the Werner-chain + dephasing model from the reported storage times.
+reports per-pair storage times per node; the orchestrator predicts the model fidelity from
+them (``model.py``). End-of-run logic lives in the cores of ``ends.py``; every channel is
+written through ``post`` + ``run_writer``, so a cancelled task never leaves a half-sent frame.
 """
 
 from __future__ import annotations
@@ -13,19 +15,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import statistics
-import time
-from itertools import pairwise
 
-import numpy as np
 import trio
 
-from emulator.physics import states as st
-from emulator.scenario import PairsApp, RepeaterApp, Scenario, memory_of
+from nodes import remote_errors
 from nodes.daemon_client import DaemonError
 from nodes.entanglement import estimate
+from nodes.entanglement.pairs.ends import ReportCore, SenderCore
+from nodes.entanglement.pairs.spec import PairsApp
 from nodes.entanglement.purification import PurifyParity
-from nodes.entanglement.purification import rounds as purification_rounds
 from nodes.entanglement.purify_ends import PurifierA, PurifierB
 from nodes.entanglement.qubits import QuantumOps
 from nodes.entanglement.swapping import (
@@ -38,9 +36,10 @@ from nodes.entanglement.swapping import (
     PurifyRound,
     RepeaterCore,
     SwapRecord,
-    decoder,
+    decode,
     encoder,
 )
+from nodes.errors import RemoteProtocolError, UnexpectedMessage
 from nodes.sdk import NodeContext
 
 MEASURE_BATCH = 4096
@@ -55,8 +54,9 @@ def full_path(app: PairsApp) -> list[str]:
     return [app.a, *app.path, app.b]
 
 
-def link_between(sc: Scenario, u: str, v: str) -> str:
-    link = sc.link_between(u, v)
+def link_between(view, u: str, v: str) -> str:
+    """The id of the link between ``u`` and ``v`` (from the node's view of the scenario)."""
+    link = view.link_between(u, v)
     assert link is not None
     return link.id
 
@@ -71,17 +71,13 @@ def basis_for(name: str, a_pair: int, b_pair: int) -> str:
     return estimate.BASES[int.from_bytes(digest, "little") % 3]
 
 
-def t2_of(sc: Scenario, node: str) -> float | None:
-    return memory_of(sc, node).t2_s
-
-
-async def run(node: NodeContext, app: PairsApp | RepeaterApp) -> list[dict]:
-    if isinstance(app, RepeaterApp):
-        pairs_app = node.scenario.apps[app.app]
-        return await run_repeater(node, pairs_app)
+async def run(node: NodeContext, app: PairsApp) -> list[dict]:
+    """The role is the node's place on the path: end ``a``, end ``b`` or a repeater."""
     if node.name == app.a:
         return [await run_end_a(node, app)]
-    return [await run_end_b(node, app)]
+    if node.name == app.b:
+        return [await run_end_b(node, app)]
+    return await run_repeater(node, app)
 
 
 async def _neighbours(node: NodeContext, app: PairsApp):
@@ -113,75 +109,89 @@ async def _feed(ops: QuantumOps, link: str, sink) -> None:
             await sink(Held(x.pair, x.slot, x.t_stored))
 
 
+async def _stop_link(ops: QuantumOps, link: str) -> None:
+    """Stop ``link`` even while cancelled (it may already be stopped after a peer error)."""
+    with trio.CancelScope(shield=True):
+        try:
+            await ops.stop_link(link)
+        except DaemonError as exc:
+            logging.getLogger("qnet.node").info("stop %s: %s", link, exc)
+
+
 async def run_repeater(node: NodeContext, app: PairsApp) -> list[dict]:
+    """Swap as soon as a pair of each side is held; forward everything else along the path.
+
+    Swap records go both ways; ``Finished`` (from ``a``) stops the swapping: it is forwarded
+    right only after the last swap's record, and ``FinishedAck`` is the last message left."""
     ops = QuantumOps(node.daemon, node.name)
     path, i, left, right = await _neighbours(node, app)
     assert left is not None and right is not None
-    links = (link_between(node.scenario, path[i - 1], node.name),
-             link_between(node.scenario, node.name, path[i + 1]))
-    t2 = t2_of(node.scenario, node.name)
+    links = (link_between(node.view, path[i - 1], node.name),
+             link_between(node.view, node.name, path[i + 1]))
     core = RepeaterCore()
-    swaps = 0
-    stopping = False
-    lock = trio.Lock()  # one swap at a time (keeps order); held while a record is sent
 
-    async def try_swap() -> None:
-        nonlocal swaps
-        async with lock:
-            while not stopping and (pair := core.next_swap()) is not None:
-                held_l, held_r = pair
-                try:
+    async def swap_ready() -> None:
+        while (pair := core.next_swap()) is not None:
+            held_l, held_r = pair
+            try:  # shielded: a swap in flight completes and its record goes out
+                with trio.CancelScope(shield=True):
                     bsm = await ops.bell_measure(ops.ref(held_l.slot), ops.ref(held_r.slot))
-                except DaemonError as exc:  # a half lost to the cutoff: the pair is gone
-                    node_log(node, f"swap failed: {exc}")
-                    continue
-                swaps += 1
-                payload = encoder.encode(RepeaterCore.record(
-                    node.name, held_l, held_r, bsm.m1, bsm.m2, bsm.t, t2))
-                await left.send(payload)
-                await right.send(payload)
+            except DaemonError as exc:  # a half lost to the cutoff: the pair is gone
+                node_log(node, f"swap failed: {exc}")
+                continue
+            payload = encoder.encode(core.record(node.name, held_l, held_r, bsm.m1, bsm.m2,
+                                                 bsm.t))
+            left.post(payload)
+            right.post(payload)
 
     def side_sink(side: str):
         async def sink(held: Held) -> None:
             core.add(side, held)
-            await try_swap()
+            await swap_ready()
         return sink
 
-    async def rightwards(feeding: trio.CancelScope) -> None:
-        """Forward left -> right; on ``Finished`` stop swapping (after the current swap)."""
-        nonlocal stopping
+    async def rightwards_until_finished() -> bytes:
         while True:
             payload = await left.receive()
-            if isinstance(decoder.decode(payload), Finished):
-                stopping = True
-                async with lock:
-                    await right.send(payload)
-                    feeding.cancel()
-                return
-            await right.send(payload)
+            if isinstance(message := decode(payload), Finished):
+                return payload
+            if isinstance(message, FinishedAck):
+                raise UnexpectedMessage("finished_ack from the left")
+            right.post(payload)
 
     async def leftwards() -> None:
-        """Forward right -> left until ``FinishedAck`` has passed."""
+        """Forward right -> left until ``FinishedAck`` has passed, then flush the left side."""
         while True:
             payload = await right.receive()
-            await left.send(payload)
-            if isinstance(decoder.decode(payload), FinishedAck):
+            left.post(payload)
+            if isinstance(decode(payload), FinishedAck):
+                await left.drain()
                 return
 
     await node.clock.sleep_until(node.t_start)
     for link in links:  # short queues here: a half waiting for its partner only decoheres
         await ops.start_link(link, max_pending=REPEATER_QUEUE)
-    async with trio.open_nursery() as outer:
-        outer.start_soon(leftwards)
-        async with trio.open_nursery() as feeding:
-            feeding.start_soon(_feed, ops, links[0], side_sink("left"))
-            feeding.start_soon(_feed, ops, links[1], side_sink("right"))
-            feeding.start_soon(rightwards, feeding.cancel_scope)
-    with trio.CancelScope(shield=True):
-        await ops.stop_link(links[1])
+    errors: list[RemoteProtocolError] = []
+    try:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(left.run_writer)
+            outer.start_soon(right.run_writer)
+            outer.start_soon(leftwards)
+            async with trio.open_nursery() as feeding:
+                feeding.start_soon(_feed, ops, links[0], side_sink("left"))
+                feeding.start_soon(_feed, ops, links[1], side_sink("right"))
+                finished = await rightwards_until_finished()
+                feeding.cancel_scope.cancel()
+            right.post(finished)
+            await right.drain()
+    except* RemoteProtocolError as group:
+        errors = remote_errors.leaves(group)
+        await remote_errors.report(node, app_name(app), errors)
+    await _stop_link(ops, links[1])
     stats = await ops.stats()
-    return [{"section": "repeater", "name": app_name(app), "node": node.name, "swaps": swaps,
-             "measurements": stats.measurements.get(node.name, 0)}]
+    return [{"section": "repeater", "name": app_name(app), "node": node.name,
+             "swaps": core.swaps, "measurements": stats.measurements.get(node.name, 0),
+             "remote_errors": len(errors)}]
 
 
 def node_log(node: NodeContext, text: str) -> None:
@@ -204,27 +214,35 @@ async def _measure_loop(ops: QuantumOps, name: str, side: str, receive, on_measu
 
 
 async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
+    """Measure ``count`` end-to-end pairs (or until ``t_end``), send the outcomes, then
+    ``Finished``; wait (bounded) for ``FinishedAck`` so nothing is left in flight."""
     ops = QuantumOps(node.daemon, node.name)
     name = app_name(app)
     path, _, _, right = await _neighbours(node, app)
-    link = link_between(node.scenario, path[0], path[1])
-    t2 = t2_of(node.scenario, node.name)
+    link = link_between(node.view, path[0], path[1])
     tracker = EndTracker("a", len(path) - 2)
+    core = SenderCore(app.count)
     send_ready, receive_ready = trio.open_memory_channel(math.inf)
-    measured = 0
-    done = trio.Event()
-    finishing = False
-    acked = trio.Event()
-    sending = trio.Lock()  # never cancel a half-sent frame
+    done, acked = trio.Event(), trio.Event()
 
     async def sink(held: Held) -> None:
         for e in tracker.own(held):
             send_ready.send_nowait(e)
 
+    async def post_right(payload: bytes) -> None:
+        right.post(payload)
+
+    purifier = None
+    measure_from = receive_ready
+    if app.purification != "none":
+        purifier = PurifierA(ops, app.purification, app.purification_rounds, post_right,
+                             node.rng(f"purify/{name}"))
+        send_final, measure_from = trio.open_memory_channel(math.inf)
+
     async def records() -> None:
         while True:
-            message = decoder.decode(await right.receive())
-            if isinstance(message, SwapRecord) and not finishing:
+            message = decode(await right.receive())
+            if isinstance(message, SwapRecord):
                 for e in tracker.record(message):
                     send_ready.send_nowait(e)
             elif isinstance(message, PurifyParity) and purifier is not None:
@@ -232,57 +250,44 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
             elif isinstance(message, FinishedAck):
                 acked.set()
                 return
-
-    async def send_right(payload: bytes) -> None:
-        async with sending:
-            if not finishing:
-                await right.send(payload)
-
-    purifier = None
-    measure_from = receive_ready
-    if app.purification != "none":
-        purifier = PurifierA(ops, app.purification, app.purification_rounds, send_right,
-                             node.rng(f"purify/{name}"))
-        send_final, measure_from = trio.open_memory_channel(math.inf)
+            else:
+                raise UnexpectedMessage(f"{type(message).__name__} at end a")
 
     async def on_measured(batch, bases, bits, t) -> None:
-        nonlocal measured
-        keep = min(len(batch), app.count - measured)
-        if keep <= 0:
-            return
-        decay = [(t - e.mine.t_stored) / t2 if t2 else 0.0 for e in batch[:keep]]
-        async with sending:
-            if finishing:
-                return
-            await right.send(encoder.encode(Outcomes(
-                [e.mine.pair for e in batch[:keep]], "".join(bases[:keep]),
-                bits[:keep].tobytes(), decay)))
-        measured += keep
-        if measured >= app.count:
+        if (message := core.on_measured(batch, bases, bits, t)) is not None:
+            right.post(encoder.encode(message))
+        if core.done:
             done.set()
 
     await node.clock.sleep_until(node.t_start)
     started = await ops.start_link(link)
     t_first = node.clock.now()
-    async with trio.open_nursery() as outer:
-        outer.start_soon(records)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_feed, ops, link, sink)
-            if purifier is not None:
-                nursery.start_soon(purifier.run, receive_ready, send_final)
-            nursery.start_soon(_measure_loop, ops, name, "a", measure_from, on_measured)
-            with trio.move_on_after(max(0.0, node.clock.wall_at(node.t_end) - time.time())):
-                await done.wait()
-            async with sending:
-                finishing = True
-                await ops.stop_link(link)
-                await right.send(encoder.encode(Finished(measured)))
+    errors: list[RemoteProtocolError] = []
+    try:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(right.run_writer)
+            outer.start_soon(records)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_feed, ops, link, sink)
+                if purifier is not None:
+                    nursery.start_soon(purifier.run, receive_ready, send_final)
+                nursery.start_soon(_measure_loop, ops, name, "a", measure_from, on_measured)
+                with trio.move_on_at(node.clock.deadline(node.t_end)):
+                    await done.wait()
                 nursery.cancel_scope.cancel()
-        with trio.move_on_after(10.0):
-            await acked.wait()
-        outer.cancel_scope.cancel()
-    entry = {"section": "entanglement", "role": "a_end", "name": name, "measured_a": measured,
-             "p_success_first_link": started.p_success, "t_first": t_first}
+            await _stop_link(ops, link)
+            right.post(encoder.encode(core.finished()))
+            await right.drain()
+            with trio.move_on_after(10.0):
+                await acked.wait()
+            outer.cancel_scope.cancel()
+    except* RemoteProtocolError as group:
+        errors = remote_errors.leaves(group)
+        await remote_errors.report(node, name, errors)
+        await _stop_link(ops, link)
+    entry = {"section": "entanglement", "role": "a_end", "name": name,
+             "measured_a": core.measured, "p_success_first_link": started.p_success,
+             "t_first": t_first, "remote_errors_a": len(errors)}
     if purifier is not None:
         entry["purification_attempted"] = purifier.attempted
         entry["purification_kept"] = purifier.kept
@@ -290,50 +295,33 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
 
 
 async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
+    """Measure our halves, join them with a's outcomes (``ReportCore``) and report once
+    ``Finished`` has come and every announced outcome is joined (or 2 s later)."""
     ops = QuantumOps(node.daemon, node.name)
     name = app_name(app)
     path, _, left, _ = await _neighbours(node, app)
-    link = link_between(node.scenario, path[-2], path[-1])
-    t2 = t2_of(node.scenario, node.name)
+    link = link_between(node.view, path[-2], path[-1])
     tracker = EndTracker("b", len(path) - 2)
+    core = ReportCore(name, path, node.rng(f"pairs/{name}/storage-sample"))
+    settled = trio.Event()
     send_ready, receive_ready = trio.open_memory_channel(math.inf)
-    mine: dict[int, tuple[str, int, float, float]] = {}  # a's pair id -> basis, bit, decay, t
-    joined: list[tuple[str, int, int, float]] = []  # basis, bit_a, bit_b, total decay
-    latencies: list[float] = []
-    times: list[float] = []
+
+    def check_settled() -> None:
+        if core.settled:
+            settled.set()
 
     async def sink(held: Held) -> None:
         for e in tracker.own(held):
             send_ready.send_nowait(e)
 
     async def on_measured(batch, bases, bits, t) -> None:
-        for e, basis, bit in zip(batch, bases, bits, strict=True):
-            flipped = int(bit) ^ estimate.flips(e.frame, basis)
-            decay = e.decay + ((t - e.mine.t_stored) / t2 if t2 else 0.0)
-            mine[e.far_pair] = (basis, flipped, decay, t)
-            if e.t_last_swap > float("-inf"):
-                latencies.append(t - e.t_last_swap)
-            times.append(t)
-        _join()
+        core.on_measured(batch, bases, bits, t)
+        check_settled()
 
-    pending_a: dict[int, tuple[str, int, float]] = {}
+    async def post_left(payload: bytes) -> None:
+        left.post(payload)
 
-    def _join() -> None:
-        for pair in [k for k in pending_a if k in mine]:
-            basis_a, bit_a, decay_a = pending_a.pop(pair)
-            basis_b, bit_b, decay_b, _ = mine.pop(pair)
-            assert basis_a == basis_b
-            joined.append((basis_a, bit_a, bit_b, decay_a + decay_b))
-
-    sending = trio.Lock()  # never cancel a half-sent frame
-    closing = False
-
-    async def send_left(payload: bytes) -> None:
-        async with sending:
-            if not closing:
-                await left.send(payload)
-
-    purifier = PurifierB(ops, send_left) if app.purification != "none" else None
+    purifier = PurifierB(ops, post_left) if app.purification != "none" else None
 
     async def add_for_purification() -> None:
         async for e in receive_ready:
@@ -348,76 +336,53 @@ async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
 
     async def messages(nursery: trio.Nursery) -> None:
         while True:
-            message = decoder.decode(await left.receive())
+            message = decode(await left.receive())
             if isinstance(message, SwapRecord):
                 for e in tracker.record(message):
                     send_ready.send_nowait(e)
             elif isinstance(message, Outcomes):
-                for pair, basis, bit, decay in zip(message.pairs, message.bases,
-                                                   message.outcomes, message.decay,
-                                                   strict=True):
-                    pending_a[pair] = (basis, bit, decay)
+                core.on_outcomes(message)
                 if purifier is not None:
                     nursery.start_soon(measure_final, message)
-                _join()
             elif isinstance(message, PurifyRound) and purifier is not None:
                 nursery.start_soon(purifier.round, message)
             elif isinstance(message, PurifyParity) and purifier is not None:
                 purifier.peer_parity(message)
             elif isinstance(message, Finished):
+                core.on_finished(message)
                 return
+            else:
+                raise UnexpectedMessage(f"{type(message).__name__} at end b")
+            check_settled()
 
     await node.clock.sleep_until(node.t_start)
     await ops.start_link(link)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_feed, ops, link, sink)
-        if purifier is None:
-            nursery.start_soon(_measure_loop, ops, name, "b", receive_ready, on_measured)
-        else:
-            nursery.start_soon(add_for_purification)
-        await messages(nursery)
-        with trio.move_on_after(2.0):  # our own measurements of the last pairs may lag
-            while pending_a:
-                await trio.sleep(0.005)
-        async with sending:
-            closing = True
-            nursery.cancel_scope.cancel()
-    with trio.CancelScope(shield=True):
-        await left.send(encoder.encode(FinishedAck()))  # our last message on this channel
-        await ops.stop_link(link)
-    return report(node.scenario, app, joined, latencies, times)
-
-
-def report(sc: Scenario, app: PairsApp, joined, latencies, times) -> dict:
-    """The ``entanglement`` result entry from the joined outcomes (reported by end ``b``)."""
-    samples = {}
-    for basis in estimate.BASES:
-        rows = [(a, b) for bs, a, b, _ in joined if bs == basis]
-        arr = np.array(rows, dtype=np.uint8).reshape(-1, 2)
-        samples[basis] = (arr[:, 0], arr[:, 1])
-    f, se = estimate.fidelity_from_correlations(samples)
-    path = full_path(app)
-    f_chain = estimate.werner_chain(
-        sc.link_between(u, v).entanglement.source_fidelity for u, v in pairwise(path))
-    if app.purification == "none":
-        model = [estimate.dephased_werner(f_chain, d) for *_, d in joined]
-    else:  # recurrence bookkeeping on the Werner chain; memory decay not modelled here
-        _, coeffs = purification_rounds(app.purification, st.werner_coefficients(f_chain),
-                                        app.purification_rounds)
-        model = [float(coeffs[0])] if joined else []
-    span = (max(times) - min(times)) if len(times) > 1 else 0.0
-    entry = {
-        "section": "entanglement", "role": "report", "name": app_name(app),
-        "a": app.a, "b": app.b, "path": path, "pairs": len(joined),
-        "pairs_per_s": len(joined) / span if span > 0 else None,
-        "fidelity_mean": f, "fidelity_std": se,  # std = standard error of the estimate
-        "fidelity_model": float(np.mean(model)) if model else None,
-        "fidelity_link_chain": f_chain,
-        "chsh": None,
+    errors: list[RemoteProtocolError] = []
+    try:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(left.run_writer)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_feed, ops, link, sink)
+                if purifier is None:
+                    nursery.start_soon(_measure_loop, ops, name, "b", receive_ready, on_measured)
+                else:
+                    nursery.start_soon(add_for_purification)
+                await messages(nursery)
+                check_settled()
+                with trio.move_on_after(2.0):  # our own measurements of the last pairs may lag
+                    await settled.wait()
+                nursery.cancel_scope.cancel()
+            left.post(encoder.encode(FinishedAck()))  # our last message on this channel
+            await left.drain()
+    except* RemoteProtocolError as group:
+        errors = remote_errors.leaves(group)
+        await remote_errors.report(node, name, errors)
+    await _stop_link(ops, link)
+    entry = core.entry()
+    f = entry["fidelity_mean"]
+    entry.update({
+        "a": app.a, "b": app.b, "chsh": None, "remote_errors": len(errors),
         "purification": app.purification, "purification_rounds": app.purification_rounds,
-        "swap_latency_ms_median": statistics.median(latencies) * 1e3 if latencies else None,
         "target_fidelity": app.target_fidelity,
-        "target_met": bool(f >= app.target_fidelity) if not math.isnan(f) else False,
-        "samples_per_basis": {b: len(samples[b][0]) for b in estimate.BASES},
-    }
+        "target_met": bool(f >= app.target_fidelity) if not math.isnan(f) else False})
     return entry

@@ -5,64 +5,27 @@ a named state) in a free slot, Bell-measures it with its half and sends the outc
 ``b`` applies ``X**m2 Z**m1`` to its half and acknowledges. For verification only, the message
 also carries the input's angles, and ``b`` measures along the input's Bloch axis: outcome 0
 with probability equal to the teleportation fidelity, so its mean estimates F (no oracle).
+The ends report what they measured (``ends.py``); the orchestrator predicts the model.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 
-import msgspec
-import numpy as np
 import trio
 
-from emulator.scenario import TeleportApp
-from nodes.entanglement import estimate
-from nodes.entanglement.pairs.shell import t2_of
+from nodes import remote_errors
 from nodes.entanglement.qubits import QuantumOps
+from nodes.entanglement.teleport.ends import Ack, ReceiverCore, SenderCore, decode, encoder
+from nodes.entanglement.teleport.spec import TeleportApp
+from nodes.errors import RemoteProtocolError
 from nodes.sdk import NodeContext
-
-# Bloch angles (theta, phi) of the named states
-NAMED = {"0": (0.0, 0.0), "1": (math.pi, 0.0), "+": (math.pi / 2, 0.0),
-         "-": (math.pi / 2, math.pi), "r": (math.pi / 2, math.pi / 2),
-         "l": (math.pi / 2, -math.pi / 2)}
-
-
-class Teleported(msgspec.Struct, tag="teleported", array_like=True):
-    """a -> b: the BSM outcome for pair ``pair``; ``theta, phi`` for verification only;
-    ``decay`` = a's half's storage time / T2."""
-
-    pair: int
-    m1: int
-    m2: int
-    theta: float
-    phi: float
-    decay: float
-
-
-class Ack(msgspec.Struct, tag="ack", array_like=True):
-    pair: int
-
-
-class End(msgspec.Struct, tag="end", array_like=True):
-    sent: int
-
-
-Message = Teleported | Ack | End
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Message)
 
 
 def link_name(node: NodeContext, app: TeleportApp) -> str:
-    link = node.scenario.link_between(app.a, app.b)
+    link = node.view.link_between(app.a, app.b)
     assert link is not None
     return link.id
-
-
-def random_state(rng: np.random.Generator) -> tuple[float, float]:
-    """Uniform (Haar) point on the Bloch sphere: ``cos theta`` uniform in [-1, 1]."""
-    return math.acos(1 - 2 * float(rng.random())), 2 * math.pi * float(rng.random())
 
 
 async def run(node: NodeContext, app: TeleportApp) -> list[dict]:
@@ -72,53 +35,50 @@ async def run(node: NodeContext, app: TeleportApp) -> list[dict]:
 
 
 async def run_sender(node: NodeContext, app: TeleportApp) -> dict:
+    """Teleport ``count`` states (or until ``t_end``), one at a time; then ``End``."""
     ops = QuantumOps(node.daemon, node.name)
     link = link_name(node, app)
+    name = f"{app.a}-{app.b}"
     channel = await node.transport.connect(app.b, f"teleport/{link}")
-    rng = node.rng(f"teleport/{link}")
-    t2 = t2_of(node.scenario, node.name)
-    slots = node.scenario.nodes[[n.name for n in node.scenario.nodes].index(node.name)]
-    spare = (slots.memory.slots if slots.memory else 16) - 1
+    core = SenderCore(app.count, app.state, node.rng(f"teleport/{link}"))
+    spare = node.view.memory.slots - 1  # one slot for the input state
     await node.clock.sleep_until(node.t_start)
     await ops.start_link(link, max_pending=max(1, spare))
-    round_trips: list[float] = []
-    sent = 0
-    with trio.move_on_after(max(0.0, node.clock.wall_at(node.t_end) - time.time())):
-        while sent < app.count:
-            (pair,) = (await ops.pairs(link, max=1, timeout_s=5.0)).pairs or [None]
-            if pair is None:
-                continue
-            t0 = time.perf_counter()
-            theta, phi = NAMED[app.state] if app.state != "random" else random_state(rng)
-            prepared = await ops.prepare(theta, phi)
-            bsm = await ops.bell_measure(prepared.qubit, ops.ref(pair.slot))
-            decay = (bsm.t - pair.t_stored) / t2 if t2 else 0.0
-            await channel.send(_encoder.encode(
-                Teleported(pair.pair, bsm.m1, bsm.m2, theta, phi, decay)))
-            reply = _decoder.decode(await channel.receive())
-            assert isinstance(reply, Ack) and reply.pair == pair.pair
-            round_trips.append(time.perf_counter() - t0)
-            sent += 1
+    errors: list[RemoteProtocolError] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel.run_writer)
+            with trio.move_on_at(node.clock.deadline(node.t_end)):
+                while not core.done:
+                    (pair,) = (await ops.pairs(link, max=1, timeout_s=5.0)).pairs or [None]
+                    if pair is None:
+                        continue
+                    t0 = time.perf_counter()
+                    theta, phi = core.next_input()
+                    prepared = await ops.prepare(theta, phi)
+                    bsm = await ops.bell_measure(prepared.qubit, ops.ref(pair.slot))
+                    channel.post(encoder.encode(core.teleported(
+                        pair.pair, bsm.m1, bsm.m2, theta, phi, bsm.t - pair.t_stored)))
+                    core.on_reply(decode(await channel.receive()), time.perf_counter() - t0)
+            channel.post(encoder.encode(core.end()))
+            await channel.drain()
+    except* RemoteProtocolError as group:
+        errors = remote_errors.leaves(group)
+        await remote_errors.report(node, name, errors)
     with trio.CancelScope(shield=True):
         await ops.stop_link(link)
-        await channel.send(_encoder.encode(End(sent)))
-    return {"section": "teleport", "role": "sender", "name": f"{app.a}-{app.b}",
-            "sent": sent,
-            "round_trip_ms_median": statistics.median(round_trips) * 1e3 if round_trips else None,
-            "round_trip_ms_p90": float(np.percentile(round_trips, 90)) * 1e3
-            if round_trips else None}
+    return {**core.entry(name), "remote_errors_a": len(errors)}
 
 
 async def run_receiver(node: NodeContext, app: TeleportApp) -> dict:
+    """Correct, acknowledge and verify each state until ``End``."""
     ops = QuantumOps(node.daemon, node.name)
     link = link_name(node, app)
+    name = f"{app.a}-{app.b}"
     channel = await node.transport.accept(app.a, f"teleport/{link}")
-    t2 = t2_of(node.scenario, node.name)
+    core = ReceiverCore([app.a, app.b], node.rng(f"teleport/{link}/storage-sample"))
     held: dict[int, tuple[int, float]] = {}  # pair id -> slot, t_stored
     arrived = trio.Condition()
-    hits: list[int] = []
-    model: list[float] = []
-    f_link = node.scenario.link_between(app.a, app.b).entanglement.source_fidelity
 
     async def feed() -> None:
         while True:
@@ -128,14 +88,8 @@ async def run_receiver(node: NodeContext, app: TeleportApp) -> dict:
                     held[x.pair] = (x.slot, x.t_stored)
                 arrived.notify_all()
 
-    # the sender starts the link with its own cap on pending halves (it needs a free slot for
-    # the input state); starting it here too could fill its memory before that cap applies
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(feed)
-        while True:
-            message = _decoder.decode(await channel.receive())
-            if isinstance(message, End):
-                break
+    async def serve() -> None:
+        while (message := core.on_message(decode(await channel.receive()))) is not None:
             async with arrived:
                 while message.pair not in held:
                     await arrived.wait()
@@ -145,22 +99,27 @@ async def run_receiver(node: NodeContext, app: TeleportApp) -> dict:
                 await ops.gate("Z", q)
             if message.m2:
                 await ops.gate("X", q)
-            await channel.send(_encoder.encode(Ack(message.pair)))
+            channel.post(encoder.encode(Ack(message.pair)))
             # verification: measure along the input's Bloch axis
             await ops.gate("RZ", q, angle=-message.phi)
             await ops.gate("RY", q, angle=-message.theta)
             bits, t = await ops.measure_array([q], "Z")
-            hits.append(int(bits[0] == 0))
-            decay = message.decay + ((t - t_stored) / t2 if t2 else 0.0)
-            model.append((2 * estimate.dephased_werner(f_link, decay) + 1) / 3)
-        nursery.cancel_scope.cancel()
+            core.verified(message, int(bits[0]), t - t_stored)
+
+    # the sender starts the link with its own cap on pending halves (it needs a free slot for
+    # the input state); starting it here too could fill its memory before that cap applies
+    errors: list[RemoteProtocolError] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            nursery.start_soon(channel.run_writer)
+            await serve()
+            await channel.drain()
+            nursery.cancel_scope.cancel()
+    except* RemoteProtocolError as group:
+        errors = remote_errors.leaves(group)
+        await remote_errors.report(node, name, errors)
     with trio.CancelScope(shield=True):
         await ops.stop_link(link)
-    n = len(hits)
-    f = sum(hits) / n if n else math.nan
-    return {"section": "teleport", "role": "report", "name": f"{app.a}-{app.b}",
-            "a": app.a, "b": app.b, "count": n, "state": app.state,
-            "fidelity_mean": f,
-            "fidelity_std": math.sqrt(f * (1 - f) / n) if n else None,
-            # (2F+1)/3 of the dephased Werner pair: the Haar average, so for random inputs only
-            "fidelity_model": float(np.mean(model)) if model and app.state == "random" else None}
+    return {**core.entry(name), "a": app.a, "b": app.b, "state": app.state,
+            "remote_errors": len(errors)}
