@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from nodes.entanglement.pairs.ends import Reservoir, ReportCore, SenderCore
+from nodes.entanglement.pairs.ends import ReportCore, Reservoir, SenderCore
 from nodes.entanglement.swapping import EndToEnd, Finished, Held, Outcomes, decode, encoder
 from nodes.entanglement.teleport import ends as tp
 from nodes.errors import MalformedMessage, RemoteProtocolError, UnexpectedMessage
