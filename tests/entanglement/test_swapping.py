@@ -114,11 +114,15 @@ def test_dephased_werner_matches_memories() -> None:
         memories.dephased_werner(0.9, t / 0.2 + t / 0.5), abs=1e-12)
 
 
-def test_chsh_formula_for_werner() -> None:
-    f = 0.9
-    e = (4 * f - 1) / 3
-    c = math.cos(math.pi / 4)
-    s = estimate.chsh_from_correlations({(0, 0): e * c, (0, 1): e * c, (1, 0): e * c,
-                                         (1, 1): -e * c})
-    assert s == pytest.approx(2 * math.sqrt(2) * (4 * f - 1) / 3)
-    assert bd.werner_chain([0.9, 0.9]) == pytest.approx(0.8133333, abs=1e-6)
+def test_chsh_estimator_on_werner_correlations() -> None:
+    """S from the estimator, fed the exact correlations of the Werner density matrix at the
+    bbm92 settings (a = Z, X; b = (Z +- X)/sqrt2), equals the Werner formula."""
+    def axis(theta: float) -> np.ndarray:
+        return math.cos(theta) * st.Z + math.sin(theta) * st.X
+
+    for f in (1.0, 0.9, 0.7):
+        rho = st.werner(f)
+        e = {(i, j): st.expectation(rho, np.kron(axis(a), axis(b)), [0, 1])
+             for i, a in enumerate((0.0, math.pi / 2))
+             for j, b in enumerate((math.pi / 4, -math.pi / 4))}
+        assert estimate.chsh_from_correlations(e) == pytest.approx(bd.werner_chsh(f), abs=1e-9)
