@@ -16,7 +16,8 @@ from typing import TypeVar
 
 import msgspec
 
-from emulator.scenario import LinkEntanglement, NodeMemory, QuantumLink
+from emulator.apps import kind_of
+from emulator.scenario import Link, LinkEntanglement, NodeMemory, QuantumLink, Scenario, memory_of
 
 T = TypeVar("T")
 
@@ -100,8 +101,73 @@ class DaemonAddress(msgspec.Struct):
     port: int
 
 
+class LinkEnds(msgspec.Struct):
+    """A link a node is not an end of, as that node sees it: name and ends, no physics."""
+
+    name: str
+    a: str
+    b: str
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
+class NodeView(msgspec.Struct):
+    """What one node may know of the scenario (issue 7): every node's name, the links it is
+    an end of with their physics, the other links' names and ends only, its own memory."""
+
+    nodes: list[str]
+    links: list[Link]
+    other_links: list[LinkEnds]
+    memory: NodeMemory
+    duration_s: float
+
+    def link(self, name: str) -> Link | LinkEnds:
+        for link in [*self.links, *self.other_links]:
+            if link.id == name:
+                return link
+        raise KeyError(name)
+
+    def link_between(self, a: str, b: str) -> Link | LinkEnds | None:
+        return next((link for link in [*self.links, *self.other_links]
+                     if {link.a, link.b} == {a, b}), None)
+
+    def find_link(self, name: str | None, a: str, b: str) -> Link | LinkEnds | None:
+        """The link called ``name``, or without a name the one between ``a`` and ``b``."""
+        if name is None:
+            return self.link_between(a, b)
+        return next((link for link in [*self.links, *self.other_links] if link.id == name),
+                    None)
+
+
+class NodeApp(msgspec.Struct):
+    """One app a node runs: its index in the scenario (tags the node's result entries), its
+    kind and its validated spec as builtins (derived fields such as a pairs path resolved)."""
+
+    index: int
+    kind: str
+    spec: dict
+
+
+def node_view(sc: Scenario, name: str) -> NodeView:
+    """Node ``name``'s part of the validated scenario."""
+    mine = [link for link in sc.links if name in (link.a, link.b)]
+    others = [LinkEnds(link.id, link.a, link.b) for link in sc.links
+              if name not in (link.a, link.b)]
+    return NodeView(nodes=[n.name for n in sc.nodes], links=mine, other_links=others,
+                    memory=memory_of(sc, name), duration_s=sc.scenario.duration_s)
+
+
+def node_apps(sc: Scenario, name: str) -> list[NodeApp]:
+    """The apps whose kind runs them at node ``name`` (``AppKind.nodes``)."""
+    return [NodeApp(i, kind_of(app).kind, msgspec.to_builtins(app))
+            for i, app in enumerate(sc.apps) if name in kind_of(app).nodes(app)]
+
+
 class NodeConfig(msgspec.Struct):
-    """A node process: its identity, where the daemon and broker are, and the scenario."""
+    """A node process: its identity, where the daemon and broker are, its apps and its view
+    of the scenario (never the whole scenario: other links' physics stay out)."""
 
     run_id: str
     t0: float
@@ -111,7 +177,8 @@ class NodeConfig(msgspec.Struct):
     token: str
     daemon: DaemonAddress
     mqtt: MqttAddress
-    scenario: dict  # the validated scenario as builtins; the node re-validates it
+    view: NodeView
+    apps: list[NodeApp] = []
     host: str = "127.0.0.1"
     link_keys: dict[str, str] = {}  # peer -> hex secret of their link (channel hello MACs)
 
@@ -127,13 +194,25 @@ def read_config(path: Path, kind: type[T]) -> T:
     return msgspec.json.decode(path.read_bytes(), type=kind)
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically (a reader never sees half of it), readable by its owner only."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # also when a stale tmp file had other bits
+        with os.fdopen(fd, "wb", closefd=False) as handle:
+            handle.write(data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def write_config(path: Path, config: msgspec.Struct) -> None:
-    path.write_bytes(msgspec.json.format(msgspec.json.encode(config)))
+    """Write a child's config (0600: it holds the child's token, keys and broker login)."""
+    _write_private(path, msgspec.json.format(msgspec.json.encode(config)))
 
 
 def write_ready(path: Path, **info: object) -> None:
-    """Write the ready file atomically, so a reader never sees half of it."""
+    """Write the ready file atomically with the writer's pid (the supervisor checks it)."""
     info.setdefault("pid", os.getpid())
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
+    _write_private(path, json.dumps(info).encode())

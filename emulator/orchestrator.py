@@ -33,12 +33,14 @@ from emulator.child_config import (
     MqttAddress,
     NodeConfig,
     RelayConfig,
+    node_apps,
+    node_view,
     write_config,
 )
 from emulator.clock import EmulatedClock
 from emulator.mqtt import MqttClient, open_mqtt
-from emulator.results import check_expectations, entanglement_sections, merge_qkd
-from emulator.scenario import Link, Scenario, memory_of, to_builtins
+from emulator.results import app_sections, check_expectations
+from emulator.scenario import Link, Scenario, memory_of
 from emulator.supervise import Child, ChildFailed, start_child
 
 STARTUP_MARGIN_S = 0.3  # emulated apps start this long after control/start is sent
@@ -195,7 +197,6 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
     link_keys: dict[str, dict[str, str]] = {node.name: {} for node in scenario.nodes}
     for link in scenario.links:  # one secret per link, known to its two ends only
         link_keys[link.a][link.b] = link_keys[link.b][link.a] = secrets.token_hex(32)
-    scenario_builtins = to_builtins(scenario)
 
     async with trio.open_nursery() as children:
         # 1. broker
@@ -233,7 +234,8 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
                 run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
                 name=n.name, token=tokens[n.name], link_keys=link_keys[n.name],
                 daemon=DaemonAddress("127.0.0.1", daemon.ready["port"]), mqtt=mqtt_address,
-                scenario=scenario_builtins)) for n in scenario.nodes]
+                view=node_view(scenario, n.name), apps=node_apps(scenario, n.name)))
+                for n in scenario.nodes]
             await _start_all(children, nodes)
             ready = {c.name: c.ready for c in nodes}  # tcp: one listening port per peer
 
@@ -306,8 +308,7 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
         "processes": [{"name": c.name, "role": c.role, "pid": c.pid, "exit_code": c.exit_code}
                       for c in state.children],
         "links": links,
-        "qkd": merge_qkd(scenario, entries),
-        **entanglement_sections(scenario, entries),
+        **app_sections(scenario, entries),
         "events": state.events,
     }
     result["expectations"] = check_expectations(result, scenario.expect)

@@ -1,9 +1,11 @@
 """Scenario files: TOML validated into typed structs, with errors that name the field path.
 
 A scenario is pure data (nodes, links, apps, faults, expectations). ``load_scenario`` reads
-a file, applies ``--set`` overrides by dotted path, converts with msgspec (types, unknown keys,
-ranges) and then checks cross-references (unknown nodes, duplicates). Every problem raises
-``ScenarioError`` whose message starts with the path, e.g. ``links[0].length_km: ...``.
+a file, applies ``--set`` overrides by dotted path, rejects non-finite numbers, converts with
+msgspec (types, unknown keys, ranges), converts each ``[[apps]]`` table with the spec of its
+registered kind (``emulator.apps``), then checks cross-references (unknown nodes, duplicates)
+and runs each kind's own checks. Every problem raises ``ScenarioError`` whose message starts
+with the path, e.g. ``links[0].length_km: ...``. Nothing here knows a particular app kind.
 """
 
 from __future__ import annotations
@@ -11,18 +13,19 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 from msgspec import Meta, Struct
 
+from emulator.apps import PluginError, kind_of, kinds
 from emulator.physics.channels import FIBRE_GROUP_DELAY_S_PER_KM
 
 NonNegative = Annotated[float, Meta(ge=0)]
 Positive = Annotated[float, Meta(gt=0)]
 Probability = Annotated[float, Meta(ge=0, le=1)]
+Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # numpy SeedSequence words; PRF 64-bit keys
 Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
@@ -34,7 +37,7 @@ class Meta_(Struct, forbid_unknown_fields=True):
     name: Name
     description: str = ""
     duration_s: Positive = 10.0
-    seed: int = 1
+    seed: Seed = 1
     time_scale: Positive = 1.0
 
 
@@ -111,26 +114,6 @@ class Link(Struct, forbid_unknown_fields=True):
         return self.length_km * FIBRE_GROUP_DELAY_S_PER_KM
 
 
-class BB84App(Struct, tag="qkd.bb84", tag_field="kind", forbid_unknown_fields=True):
-    """Prepare-and-measure BB84 from ``a`` (sender) to ``b`` (receiver)."""
-
-    a: Name
-    b: Name
-    link: Name | None = None
-    sample_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.1
-    sift_interval_s: Annotated[float, Meta(gt=0)] = 0.5
-    postprocessing: bool = True  # needs decoys = [nu, 0.0]; False stops after sifting
-    block_bits: Annotated[int, Meta(ge=1000)] = 100_000
-    min_block_bits: Annotated[int, Meta(ge=1000)] = 10_000
-    cascade: Literal["original", "yanetal", "option7", "option8"] = "yanetal"
-    qber_abort: Annotated[float, Meta(gt=0, le=0.5)] = 0.11
-    eps_pa: Annotated[float, Meta(gt=0, lt=1)] = 1e-10
-    psk: Annotated[str, Meta(min_length=16)] = "qnet pre-shared authentication secret"
-    finite_key: bool = False  # Lim et al. 2014 bounds: key from Z basis, X basis tests
-    eps_sec: Annotated[float, Meta(gt=0, lt=1)] = 1e-10
-    eps_cor: Annotated[float, Meta(gt=0, lt=1)] = 1e-15
-
-
 # ---------------------------------------------------------------------------------------------
 # Entanglement layer (issue 4): node memories, heralded links, and the apps that use them.
 # Documented in docs/scenarios.md, section "Entanglement".
@@ -155,74 +138,6 @@ class LinkEntanglement(Struct, forbid_unknown_fields=True):
     detector_efficiency: Probability = 0.9
     attenuation_db_per_km: NonNegative = 0.2
     bsm_efficiency: Probability = 0.5
-
-
-Purification = Literal["none", "bbpssw", "dejmps"]
-
-
-class PairsApp(Struct, tag="entanglement.pairs", tag_field="kind", forbid_unknown_fields=True):
-    """End-to-end pairs between ``a`` and ``b`` over ``path`` (repeaters in order; empty =
-    shortest path over entanglement links), swapped at the repeaters, optionally purified,
-    then measured in random Pauli bases to estimate the fidelity."""
-
-    a: Name
-    b: Name
-    path: list[Name] = []
-    count: Annotated[int, Meta(ge=1, le=10_000_000)] = 1000
-    target_fidelity: Annotated[float, Meta(ge=0, le=1)] = 0.0
-    purification: Purification = "none"
-    purification_rounds: Annotated[int, Meta(ge=0, le=8)] = 0
-    name: Name | None = None
-
-
-class RepeaterApp(Struct, tag="entanglement.repeater", tag_field="kind",
-                  forbid_unknown_fields=True):
-    """Swapping role of node ``a`` (= ``b``) for ``apps[app]``. Added by the validator for every
-    repeater on an ``entanglement.pairs`` path; not written by hand."""
-
-    a: Name
-    b: Name
-    app: int
-
-
-class TeleportApp(Struct, tag="teleport", tag_field="kind", forbid_unknown_fields=True):
-    """Teleport ``count`` states from ``a`` to ``b`` over a direct entanglement link; ``state``
-    is ``random`` (uniform on the Bloch sphere) or one of ``0 1 + - r l``."""
-
-    a: Name
-    b: Name
-    count: Annotated[int, Meta(ge=1, le=1_000_000)] = 200
-    state: Literal["random", "0", "1", "+", "-", "r", "l"] = "random"
-
-
-class BBM92App(Struct, tag="qkd.bbm92", tag_field="kind", forbid_unknown_fields=True):
-    """Entanglement-based QKD between ``a`` and ``b`` on a direct entanglement link: Z/X
-    measurements for the key, CHSH settings on a fraction of the pairs, then the QKD
-    post-processing (Cascade, verification, privacy amplification, authentication) with the
-    BBM92 length n [1 - h(e)] - leak - verification - 2 log2(1/eps_pa) per block."""
-
-    a: Name
-    b: Name
-    count: Annotated[int, Meta(ge=100, le=100_000_000)] = 20_000
-    chsh_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.2
-    sample_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.1
-    link: Name | None = None
-    sift_interval_s: Annotated[float, Meta(gt=0)] = 0.5  # wall seconds between batches
-    block_bits: Annotated[int, Meta(ge=1000)] = 60_000
-    min_block_bits: Annotated[int, Meta(ge=1000)] = 20_000
-    cascade: Literal["original", "yanetal", "option7", "option8"] = "original"
-    qber_abort: Annotated[float, Meta(gt=0, le=0.5)] = 0.11
-    eps_pa: Annotated[float, Meta(gt=0, lt=1)] = 1e-10
-    psk: Annotated[str, Meta(min_length=16)] = "qnet pre-shared authentication secret"
-
-
-class ExternalApp(Struct, tag="external", tag_field="kind", forbid_unknown_fields=True):
-    """A program run as its own process at ``a`` and at ``b``, driving its node through the
-    local app socket (nodes/app_socket.py); ``python`` as ``command[0]`` is this Python."""
-
-    a: Name
-    b: Name
-    command: Annotated[list[str], Meta(min_length=1)]
 
 
 def entanglement_neighbours(sc: Scenario) -> dict[str, list[str]]:
@@ -264,56 +179,6 @@ def memory_of(sc: Scenario, node: str) -> NodeMemory:
     raise KeyError(node)
 
 
-def _check_entanglement_app(sc: Scenario, i: int, app) -> list[RepeaterApp]:
-    """Validate one entanglement app; resolve ``path``; return the repeater roles it needs."""
-    if app.a == app.b:
-        raise ScenarioError(f"apps[{i}].b: the two ends must differ")
-    if isinstance(app, PairsApp):
-        if (app.purification == "none") != (app.purification_rounds == 0):
-            raise ScenarioError(f"apps[{i}].purification_rounds: give rounds > 0 exactly "
-                                f"when purification is not 'none'")
-        full = [app.a, *app.path, app.b] if app.path else shortest_path(sc, app.a, app.b)
-        if full is None:
-            raise ScenarioError(f"apps[{i}].path: no path of entanglement links from "
-                                f"{app.a!r} to {app.b!r}")
-        if len(set(full)) != len(full):
-            raise ScenarioError(f"apps[{i}].path: a node appears twice")
-        for k, (u, v) in enumerate(pairwise(full)):
-            link = sc.link_between(u, v)
-            if link is None or link.entanglement is None:
-                raise ScenarioError(f"apps[{i}].path[{k}]: no entanglement link between "
-                                    f"{u!r} and {v!r}")
-        app.path = full[1:-1]
-        return [RepeaterApp(a=r, b=r, app=i) for r in app.path]
-    link = sc.link(app.link) if getattr(app, "link", None) else sc.link_between(app.a, app.b)
-    if link is None or link.entanglement is None:
-        raise ScenarioError(f"apps[{i}].b: no direct entanglement link between {app.a!r} and "
-                            f"{app.b!r}")
-    return []
-
-
-def _expand_repeaters(sc: Scenario) -> None:
-    """Check entanglement apps and add one ``RepeaterApp`` per repeater (idempotent)."""
-    wanted: list[RepeaterApp] = []
-    for i, app in enumerate(sc.apps):
-        if isinstance(app, (PairsApp, TeleportApp, BBM92App)):
-            wanted.extend(_check_entanglement_app(sc, i, app))
-        elif isinstance(app, RepeaterApp):
-            target = sc.apps[app.app] if 0 <= app.app < len(sc.apps) else None
-            if not isinstance(target, PairsApp):
-                raise ScenarioError(f"apps[{i}].app: not the index of an entanglement.pairs app")
-    have = {(r.a, r.app) for r in sc.apps if isinstance(r, RepeaterApp)}
-    sc.apps.extend(r for r in wanted if (r.a, r.app) not in have)
-
-
-App = BB84App | PairsApp | RepeaterApp | TeleportApp | BBM92App | ExternalApp
-
-
-def app_kind(app: App) -> str:
-    """The ``kind`` string an app was declared with (its msgspec tag)."""
-    return type(app).__struct_config__.tag
-
-
 class Fault(Struct, forbid_unknown_fields=True):
     at_s: NonNegative
     action: Literal["cut", "restore", "corrupt"]  # corrupt: flip a bit in a bulk TCP chunk
@@ -347,10 +212,12 @@ class Expect(Struct, forbid_unknown_fields=True):
 
 
 class Scenario(Struct, forbid_unknown_fields=True):
+    """A validated scenario; ``apps`` holds each app's spec Struct (its kind's ``spec``)."""
+
     scenario: Meta_
     nodes: list[Node]
     links: list[Link] = []
-    apps: list[App] = []
+    apps: list[Any] = []  # tables until parse_scenario converts them with the registered specs
     faults: list[Fault] = []
     expect: list[Expect] = []
 
@@ -366,17 +233,35 @@ class Scenario(Struct, forbid_unknown_fields=True):
                 return link
         return None
 
+    def find_link(self, name: str | None, a: str, b: str) -> Link | None:
+        """The link called ``name``, or without a name the one between ``a`` and ``b``."""
+        if name is None:
+            return self.link_between(a, b)
+        return next((link for link in self.links if link.id == name), None)
+
+    def shortest_path(self, a: str, b: str) -> list[str] | None:
+        return shortest_path(self, a, b)
+
+    def require_entanglement_link(self, i: int, a: str, b: str, name: str | None) -> Link:
+        """The direct link with pairs that ``apps[i]`` needs between ``a`` and ``b``."""
+        if a == b:
+            raise ScenarioError(f"apps[{i}].b: the two ends must differ")
+        link = self.find_link(name, a, b)
+        if link is None or link.entanglement is None:
+            raise ScenarioError(f"apps[{i}].b: no direct entanglement link between {a!r} "
+                                f"and {b!r}")
+        return link
+
 
 _PATH = re.compile(r"`\$((?:\.[^.`\[]+|\[\d+\])*)`")
 
 
-def _msgspec_error(exc: msgspec.ValidationError) -> ScenarioError:
-    """Turn msgspec's "... - at `$.links[0].a`" into "links[0].a: ..."."""
+def _msgspec_error(exc: msgspec.ValidationError, prefix: str = "") -> ScenarioError:
+    """Turn msgspec's "... - at `$.links[0].a`" into "links[0].a: ..." (under ``prefix``)."""
     text = str(exc)
     match = _PATH.search(text)
-    if not match:
-        return ScenarioError(f"(top level): {text}")
-    path = match.group(1).lstrip(".")
+    path = prefix + (match.group(1) if match else "")
+    path = path.lstrip(".")
     problem = text[: text.rfind(" - at ")] if " - at " in text else text
     if "Object contains unknown field" in problem:
         field = problem.split("`")[1]
@@ -437,51 +322,58 @@ def _check_references(sc: Scenario) -> None:
             raise ScenarioError(f"links[{i}].name: duplicate link {link.id!r}")
         link_ids.add(link.id)
     for i, app in enumerate(sc.apps):
-        for end in ("a", "b"):
-            if getattr(app, end) not in names:
-                raise ScenarioError(f"apps[{i}].{end}: unknown node {getattr(app, end)!r}")
-        if isinstance(app, BB84App):
-            link = sc.link(app.link) if app.link in link_ids else (
-                None if app.link else sc.link_between(app.a, app.b))
-            if link is None:
-                raise ScenarioError(f"apps[{i}].link: no link between {app.a!r} and {app.b!r}")
-            if link.quantum is None:
-                raise ScenarioError(f"apps[{i}].link: link {link.id!r} has no [quantum] part")
-            source = link.quantum.source
-            if source.probabilities is not None and (
-                    len(source.probabilities) != len(source.intensities)
-                    or abs(sum(source.probabilities) - 1) > 1e-9):
-                raise ScenarioError(
-                    f"links[{sc.links.index(link)}].quantum.source.probabilities: need one per "
-                    f"intensity ({len(source.intensities)}) summing to 1")
-            if app.postprocessing and not (
-                    len(source.decoys) == 2 and source.mu > source.decoys[0] > 0
-                    and source.decoys[1] == 0):
-                raise ScenarioError(
-                    f"apps[{i}].postprocessing: decoy-state estimation needs "
-                    f"links[{sc.links.index(link)}].quantum.source.decoys = [nu, 0.0] with "
-                    f"0 < nu < mu (or set postprocessing = false)")
-            if (link.a, link.b) != (app.a, app.b):
-                raise ScenarioError(
-                    f"apps[{i}].a: the sender must be the link's 'a' end ({link.a!r}), "
-                    f"where its source is")
-    _expand_repeaters(sc)
+        for end in ("a", "b"):  # the usual ends, checked first for a precise field path
+            node = getattr(app, end, None)
+            if isinstance(node, str) and node not in names:
+                raise ScenarioError(f"apps[{i}].{end}: unknown node {node!r}")
+        kind = kind_of(app)
+        kind.validate(sc, i, app)
+        for node in kind.nodes(app):
+            if node not in names:
+                raise ScenarioError(f"apps[{i}]: unknown node {node!r}")
     for i, fault in enumerate(sc.faults):
         if fault.link not in link_ids:
             raise ScenarioError(f"faults[{i}].link: unknown link {fault.link!r}")
 
 
-def bb84_link(sc: Scenario, app: BB84App) -> Link:
-    return sc.link(app.link) if app.link else sc.link_between(app.a, app.b)  # type: ignore[return-value]
+def _check_finite(value: Any, path: str) -> None:
+    """TOML allows ``inf`` and ``nan``; no field of a scenario means either, so reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ScenarioError(f"{path or '(top level)'}: must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            _check_finite(item, f"{path}[{k}]")
+
+
+def _app_union() -> Any:
+    specs = tuple(kind.spec for kind in kinds().values())
+    return Union[specs]  # noqa: UP007 (a runtime union of the registered spec Structs)
+
+
+def _convert_app(i: int, raw: Any) -> Any:
+    """One ``[[apps]]`` table into its kind's spec; errors read ``apps[i].field: ...``."""
+    try:
+        union = _app_union()
+    except PluginError as exc:
+        raise ScenarioError(f"apps[{i}].kind: {exc}") from None
+    try:
+        return msgspec.convert(raw, union)
+    except msgspec.ValidationError as exc:
+        raise _msgspec_error(exc, f"apps[{i}]") from None
 
 
 def parse_scenario(raw: dict, overrides: list[str] = ()) -> Scenario:
     for assignment in overrides:
         apply_override(raw, assignment)
+    _check_finite(raw, "")
     try:
         sc = msgspec.convert(raw, Scenario)
     except msgspec.ValidationError as exc:
         raise _msgspec_error(exc) from None
+    sc.apps = [_convert_app(i, app) for i, app in enumerate(sc.apps)]
     _check_references(sc)
     return sc
 

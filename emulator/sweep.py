@@ -18,9 +18,11 @@ import numpy as np
 import trio
 from rich.console import Console
 
+from emulator.apps import kinds
 from emulator.orchestrator import RunOptions, run
-from emulator.results import DEFAULT_EC_EFFICIENCY, predicted_bb84
-from emulator.scenario import BB84App, Scenario, bb84_link, load_scenario
+from emulator.scenario import Scenario, load_scenario
+
+QKD_KIND = "qkd.bb84"  # the kind whose predictions (extra["predict"]) the plot draws
 
 COLUMNS = ("value", "exit_code", "pulses", "gain", "qber", "sifted_bits", "secret_bits",
            "secret_bits_per_pulse", "pa_bits_per_pulse", "secret_key_rate_bps", "ec_efficiency",
@@ -53,8 +55,9 @@ def theory_curve(path: Path, overrides: list[str], param: str, values: np.ndarra
     gllp, plob = [], []
     for value in values:
         scenario: Scenario = load_scenario(path, [*overrides, f"{param}={float(value)!r}"])
-        app = next(a for a in scenario.apps if isinstance(a, BB84App))
-        predicted = predicted_bb84(bb84_link(scenario, app), app, ec_efficiency)
+        kind = kinds()[QKD_KIND]
+        app = next(a for a in scenario.apps if isinstance(a, kind.spec))
+        predicted = kind.extra["predict"](scenario, app, ec_efficiency)
         gllp.append(predicted.get("gllp_bits_per_pulse", np.nan))
         plob.append(predicted["plob_bits_per_pulse"])
     return np.array(gllp), np.array(plob)
@@ -111,7 +114,7 @@ def sweep(path: Path, param: str, values: list[float], out: Path, overrides: lis
         points.append(run_point(path, overrides, param, value, out, broker, console))
     write_csv(points, out / "sweep.csv")
     efficiencies = [p.qkd["ec_efficiency"] for p in points if p.qkd.get("ec_efficiency")]
-    f = float(np.mean(efficiencies)) if efficiencies else DEFAULT_EC_EFFICIENCY
+    f = float(np.mean(efficiencies)) if efficiencies else kinds()[QKD_KIND].extra["default_ec_efficiency"]
     grid = np.linspace(min(values), max(values), 60)
     gllp, plob = theory_curve(path, overrides, param, grid, f)
     name = load_scenario(path, overrides).scenario.name

@@ -14,17 +14,13 @@ stdout line, if JSON, becomes its result entry. Documented in docs/entanglement.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import os
 import secrets
-import sys
 
 import msgspec
 import trio
 
 from emulator.daemon import protocol as p
-from emulator.scenario import ExternalApp
 from emulator.wire import FramedStream
 from nodes.daemon_client import DaemonError
 from nodes.sdk import NodeContext
@@ -118,9 +114,8 @@ class AppSocket:
         self.port = 0
 
     def info(self) -> NodeInfo:
-        sc = self.node.scenario
         links = {}
-        for link in sc.links:
+        for link in self.node.view.links:
             if link.entanglement is not None and self.node.name in (link.a, link.b):
                 links[link.b if link.a == self.node.name else link.a] = link.id
         return NodeInfo(self.node.name, self.peer, self.role, links, self.node.t_start,
@@ -194,31 +189,3 @@ class AppSocket:
         if isinstance(request, Now):
             return NowReply(request.id, self.node.clock.now())
         return p.Error("not_allowed", "already authenticated", id=getattr(request, "id", None))
-
-
-async def run_external(node: NodeContext, app: ExternalApp) -> list[dict]:
-    """Serve the app socket and run ``app.command`` as its own process until it exits."""
-    role = "a" if node.name == app.a else "b"
-    peer = app.b if role == "a" else app.a
-    sock = AppSocket(node, peer, role)
-    env = dict(os.environ, QNET_APP_TOKEN=sock.token, QNET_NODE=node.name, QNET_PEER=peer,
-               QNET_ROLE=role)
-    command = [sys.executable if part == "python" else part for part in app.command]
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(sock.serve)
-        env["QNET_APP_SOCKET"] = f"127.0.0.1:{port}"
-        await node.clock.sleep_until(node.t_start)
-        # trio.run_process: on cancel SIGTERM, then SIGKILL after a grace period; always waits
-        done = await trio.run_process(command, env=env, capture_stdout=True, check=False)
-        nursery.cancel_scope.cancel()
-    out = done.stdout.decode(errors="replace").strip().splitlines()
-    entry: dict = {"section": "external", "name": f"{node.name}:{app.command[-1]}",
-                   "exit_code": done.returncode}
-    if out:
-        try:
-            last = json.loads(out[-1])
-            if isinstance(last, dict):
-                entry.update(last)
-        except json.JSONDecodeError:
-            entry["stdout_tail"] = out[-5:]
-    return [entry]

@@ -19,13 +19,12 @@ import msgspec
 import trio
 
 from emulator import telemetry
-from emulator.child_config import NodeConfig, child_arguments, read_config, write_ready
+from emulator.apps import entry_function, kinds
+from emulator.child_config import NodeApp, NodeConfig, child_arguments, read_config, write_ready
 from emulator.clock import EmulatedClock
-from emulator.scenario import Scenario, app_kind
 from emulator.supervise import watch_parent
 from emulator.telemetry import NodeResult, StartMessage, StopMessage, TelemetryDecoder
 from nodes.daemon_client import open_daemon
-from nodes.registry import app_runner
 from nodes.sdk import NodeContext, current_app
 from nodes.transport import Transport
 
@@ -39,23 +38,25 @@ async def _until_signal() -> None:
             return
 
 
-async def _run_apps(node: NodeContext) -> list[dict]:
+async def _run_apps(node: NodeContext, apps: list[NodeApp]) -> list[dict]:
+    """Run this node's apps concurrently; every entry is tagged with its app's index."""
     entries: list[dict] = []
 
-    async def one(app) -> None:
-        current_app.set(f"{app_kind(app)}:{app.a}-{app.b}")  # keys node.partial(...)
-        entries.extend(await app_runner(app_kind(app))(node, app))
+    async def one(app: NodeApp) -> None:
+        kind = kinds()[app.kind]
+        current_app.set(f"{app.kind}:{app.index}")  # keys node.partial(...)
+        spec = msgspec.convert(app.spec, kind.spec)
+        for entry in await entry_function(kind)(node, spec):
+            entries.append({**entry, "app": app.index})
 
     async with trio.open_nursery() as nursery:
-        for app in node.scenario.apps:
-            if node.name in (app.a, app.b):
-                nursery.start_soon(one, app)
+        for app in apps:
+            nursery.start_soon(one, app)
     return entries
 
 
 async def serve(config: NodeConfig, ready_file) -> None:
-    scenario = msgspec.convert(config.scenario, Scenario)
-    transport = Transport.for_node(config, scenario)
+    transport = Transport.for_node(config, config.view)
     endpoint = await transport.bind()
     async with (
         telemetry.connect(config.mqtt, f"{config.run_id}-{config.name}") as mqtt,
@@ -66,7 +67,7 @@ async def serve(config: NodeConfig, ready_file) -> None:
         nursery.start_soon(transport.serve)
         node = NodeContext(
             name=config.name, run_id=config.run_id, seed=config.seed,
-            clock=EmulatedClock(config.t0, config.time_scale), scenario=scenario,
+            clock=EmulatedClock(config.t0, config.time_scale), view=config.view,
             daemon=daemon, transport=transport, mqtt=mqtt,
         )
         write_ready(ready_file, **endpoint)
@@ -110,7 +111,7 @@ async def serve(config: NodeConfig, ready_file) -> None:
             await started.wait()
             log.info("start: t_start=%.3f t_end=%.3f peers=%s", node.t_start, node.t_end,
                      sorted(transport.peers))
-            entries = await _run_apps(node)
+            entries = await _run_apps(node, config.apps)
             await publish_result(entries, partial=False)
             log.info("apps finished, result published")
 

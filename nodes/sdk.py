@@ -3,7 +3,9 @@
 An app is ``async def run(node: NodeContext, app) -> list[dict]``, started by the node runtime
 once the orchestrator says go; it returns its result entries (merged into result.json). It
 reaches its peer only through ``node.transport`` (real sockets through the relay) and the
-quantum world only through ``node.daemon`` (its own daemon connection).
+quantum world only through ``node.daemon`` (its own daemon connection). It knows of the
+scenario only ``node.view`` (its own links with their physics, its memory, the other links'
+names and ends) and its own app specs.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import msgspec
 import numpy as np
 
 from emulator import telemetry
+from emulator.child_config import NodeView
 from emulator.clock import EmulatedClock
 from emulator.mqtt import MqttClient
-from emulator.scenario import Scenario
 from emulator.telemetry import NodeEvent, NodeMetrics, Scalar
 from nodes.daemon_client import DaemonClient
 from nodes.transport import Transport
@@ -35,7 +37,7 @@ class NodeContext:
     run_id: str
     seed: int
     clock: EmulatedClock
-    scenario: Scenario
+    view: NodeView  # this node's part of the scenario: own links, memory, other links' ends
     daemon: DaemonClient
     transport: Transport
     mqtt: MqttClient

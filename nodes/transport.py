@@ -23,8 +23,7 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from emulator.child_config import Endpoint, NodeConfig
-from emulator.scenario import Scenario
+from emulator.child_config import Endpoint, NodeConfig, NodeView
 from emulator.wire import FramedStream, FrameTooLarge
 from nodes.channel_hello import (
     HELLO_MAX_BYTES,
@@ -155,10 +154,10 @@ class Transport:
         self.udp: trio.socket.SocketType | None = None
 
     @classmethod
-    def for_node(cls, config: NodeConfig, scenario: Scenario) -> Transport:
+    def for_node(cls, config: NodeConfig, view: NodeView) -> Transport:
         """The transport of node ``config.name``: its link keys, hello timeouts per peer."""
         timeouts = {}
-        for link in scenario.links:
+        for link in view.links:
             if config.name in (link.a, link.b):
                 peer = link.b if link.a == config.name else link.a
                 delay = link.classical_delay_s + link.classical.jitter_ms / 1000.0

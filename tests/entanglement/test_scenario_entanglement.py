@@ -1,5 +1,5 @@
 """Scenario validation of the entanglement layer: memory/link config, path resolution,
-repeater roles added once, and errors that name the field path."""
+every node on the path runs the pairs app, and errors that name the field path."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator.scenario import (
-    PairsApp,
-    RepeaterApp,
-    ScenarioError,
-    load_scenario,
-    parse_scenario,
-    to_builtins,
-)
+from emulator.apps import kind_of
+from emulator.child_config import node_apps
+from emulator.scenario import ScenarioError, load_scenario, parse_scenario
+from nodes.entanglement.pairs.spec import PairsApp
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
@@ -36,13 +32,14 @@ def parse(change=None):
     return parse_scenario(raw)
 
 
-def test_shortest_path_and_repeater_roles_added_once() -> None:
+def test_shortest_path_resolved_and_every_node_on_it_runs_the_app() -> None:
     sc = parse()
-    pairs, *repeaters = sc.apps
+    (pairs,) = sc.apps
     assert isinstance(pairs, PairsApp) and pairs.path == ["r1", "r2"]
-    assert repeaters == [RepeaterApp("r1", "r1", 0), RepeaterApp("r2", "r2", 0)]
-    again = parse_scenario(to_builtins(sc))  # what a node re-validates
-    assert again.apps == sc.apps
+    assert kind_of(pairs).nodes(pairs) == ["a", "r1", "r2", "b"]
+    assert [app.index for app in node_apps(sc, "r1")] == [0]
+    assert node_apps(sc, "r1")[0].spec["path"] == ["r1", "r2"]  # resolved before it is sent
+    assert node_apps(sc, "x") == []
 
 
 def test_defaults() -> None:
@@ -61,8 +58,8 @@ def test_defaults() -> None:
     (lambda r: r["nodes"][0].update(memory={"slots": 0}), "nodes[0].memory.slots"),
     (lambda r: r["links"][0]["entanglement"].update(source_fidelity=1.5),
      "links[0].entanglement.source_fidelity"),
-    (lambda r: r["apps"].append({"kind": "entanglement.repeater", "a": "r1", "b": "r1",
-                                 "app": 5}), "apps[1].app"),
+    (lambda r: r["apps"].append({"kind": "entanglement.repeater", "a": "r1", "b": "r1"}),
+     "apps[1].kind: Invalid value 'entanglement.repeater'"),
 ])
 def test_errors_name_the_field(change, message) -> None:
     with pytest.raises(ScenarioError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.results import join_ends
+from emulator.results import join_ends, print_rows
 
 
 def merge(scenario: Any, app: Any, entries: list[dict]) -> list[dict]:
@@ -23,3 +23,16 @@ def merge(scenario: Any, app: Any, entries: list[dict]) -> list[dict]:
     if repeaters:
         entry["repeaters"] = sorted(repeaters, key=lambda r: r.get("node", ""))
     return [entry]
+
+
+ROWS = [("pairs", "pairs", ",d"), ("pairs/s (emulated)", "pairs_per_s", ",.0f"),
+        ("fidelity (estimated)", "fidelity_mean", ".4f"),
+        ("  standard error", "fidelity_std", ".4f"),
+        ("fidelity (model)", "fidelity_model", ".4f"),
+        ("swap latency median (ms)", "swap_latency_ms_median", ".2f")]
+
+
+def print_summary(console: Any, entry: dict) -> None:
+    """The entry's estimate beside its model."""
+    print_rows(console, f"entanglement {entry.get('name')} "
+                        f"(path {' - '.join(entry.get('path') or [])})", entry, ROWS)

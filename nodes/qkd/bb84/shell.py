@@ -17,9 +17,9 @@ import trio
 
 from emulator.daemon import protocol as p
 from emulator.physics.entropy import binary_entropy
-from emulator.scenario import BB84App, bb84_link
 from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
+from nodes.qkd.bb84.spec import BB84App, link_of
 from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
 from nodes.qkd.postprocessing import (
@@ -55,14 +55,14 @@ def _config(app: BB84App, source) -> PostprocessingConfig:
 
 
 async def run(node: NodeContext, app: BB84App) -> list[dict]:
-    link = bb84_link(node.scenario, app)
+    link = link_of(node.view, app)
     if node.name == app.a:
         return [await run_sender(node, app, link.id)]
     return [await run_receiver(node, app, link.id)]
 
 
 async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
-    source = node.scenario.link(link).quantum.source
+    source = node.view.link(link).quantum.source
     rng = node.rng(f"bb84/{link}")
     prf_key = rng.bytes(16)
     config = _config(app, source)
@@ -129,7 +129,7 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
 
 
 async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
-    source = node.scenario.link(link).quantum.source
+    source = node.view.link(link).quantum.source
     config = _config(app, source)
     sift = SiftReceiver(len(source.intensities), key_rule=config.key_rule)
     post = ReceiverPostprocessing(config, node.rng(f"bb84/{link}/pp")) \

@@ -23,11 +23,11 @@ import numpy as np
 import trio
 
 from emulator.physics.entropy import binary_entropy
-from emulator.scenario import BBM92App
 from nodes.entanglement import estimate
 from nodes.entanglement.qubits import QuantumOps
 from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
+from nodes.qkd.bbm92.spec import BBM92App
 from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
 from nodes.qkd.postprocessing import (
@@ -155,7 +155,7 @@ def _spread(values: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 
 def link_name(node: NodeContext, app: BBM92App) -> str:
-    link = node.scenario.link(app.link) if app.link else node.scenario.link_between(app.a, app.b)
+    link = node.view.find_link(app.link, app.a, app.b)
     assert link is not None
     return link.id
 
