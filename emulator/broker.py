@@ -4,8 +4,8 @@ A scenario names its broker as ``"embedded"`` (an amqtt subprocess, the default:
 install), ``"mosquitto"`` (the Debian package's binary, ~9x faster) or ``"mqtt://host:port"``
 (a broker the user runs; qnet neither starts nor stops it). ``open_broker`` starts the broker
 as a child process bound to 127.0.0.1 on a free port, waits until it completes a real MQTT
-CONNECT/CONNACK round trip, and on exit stops it like ``trio.run_process`` does: SIGTERM,
-3 s grace, SIGKILL, wait, so no broker outlives its context.
+CONNECT/CONNACK round trip, and on exit stops it through ``emulator.supervise`` (SIGTERM,
+grace, SIGKILL, wait; it dies with qnet even on ``kill -9``), so no broker outlives its context.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import base64
 import hashlib
 import json
 import os
+import pwd
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +30,7 @@ import trio
 
 from emulator import telemetry
 from emulator.mqtt import MqttError, open_mqtt
+from emulator.supervise import Child, ChildFailed, open_supervisor
 from emulator.telemetry import Account
 
 __all__ = [
@@ -174,8 +174,12 @@ def _mosquitto_config(port: int, password_file: Path | None = None,
                       acl_file: Path | None = None) -> str:
     login = ("allow_anonymous true\n" if password_file is None else
              f"allow_anonymous false\npassword_file {password_file}\nacl_file {acl_file}\n")
+    # Started as root, mosquitto would switch to user "mosquitto", which cannot read the 0600
+    # credential files: it stays the user who runs qnet (the user's own privileges, no more).
+    user = pwd.getpwuid(os.geteuid()).pw_name
     return (
         f"listener {port} 127.0.0.1\n"
+        f"user {user}\n"
         f"{login}"
         "persistence false\n"
         "log_dest stderr\n"
@@ -277,26 +281,6 @@ async def wait_until_accepting(
                        f"within {timeout:.1f} s (last error: {last_error})")
 
 
-def _stop_process(process: trio.Process) -> None:
-    """Send SIGTERM unless the process already exited."""
-    if process.returncode is None:
-        try:
-            process.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-
-async def _terminate(process: trio.Process) -> None:
-    """SIGTERM, up to TERMINATE_GRACE_S for it to exit, then SIGKILL; always waits."""
-    with trio.CancelScope(shield=True):
-        _stop_process(process)
-        with trio.move_on_after(TERMINATE_GRACE_S):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
 @asynccontextmanager
 async def open_broker(
     spec: str, workdir: Path, log_path: Path, *, ready_timeout: float = DEFAULT_READY_TIMEOUT_S,
@@ -323,22 +307,21 @@ async def open_broker(
     probe = None if not accounts else accounts.get(telemetry.ORCHESTRATOR,
                                                    next(iter(accounts.values())))
     assert argv is not None
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        process = await trio.lowlevel.open_process(
-            argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-            start_new_session=False,
-        )
-    finally:
-        os.close(log_fd)  # the child holds its own copy
-    try:
+
+    async def accepting(child: Child) -> None:
+        await wait_until_accepting(host, port, ready_timeout, account=probe)
+
+    broker = Child(name="broker", role="broker", argv=argv, log_path=log_path,
+                   ready_probe=accepting)
+    async with open_supervisor() as supervisor:
         started = time.monotonic()
-        await wait_until_accepting(host, port, ready_timeout, process=process, account=probe)
+        try:
+            await supervisor.start(broker, ready_timeout=ready_timeout)
+        except ChildFailed as exc:
+            raise BrokerError(f"MQTT broker (pid {broker.pid}) {exc.reason} "
+                              f"on {host}:{port}") from None
         ready_s = time.monotonic() - started
         async with await trio.Path(log_path).open("a") as note:
-            await note.write(f"[qnet] {parsed.kind} broker pid {process.pid} ready on "
+            await note.write(f"[qnet] {parsed.kind} broker pid {broker.pid} ready on "
                              f"{host}:{port} after {ready_s:.3f} s\n")
-        yield BrokerInfo(host=host, port=port, pid=process.pid, kind=parsed.kind)
-    finally:
-        await _terminate(process)
+        yield BrokerInfo(host=host, port=port, pid=broker.pid, kind=parsed.kind)

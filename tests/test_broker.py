@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import socket
+import stat
 import sys
 from pathlib import Path
 
 import pytest
 import trio
+import yaml
 
 from emulator import broker as brokers
+from emulator import telemetry
 from emulator.broker import (
     BrokerError,
     BrokerSpec,
@@ -21,10 +26,12 @@ from emulator.broker import (
     parse_broker,
     wait_until_accepting,
 )
+from emulator.mqtt import MqttConnectError, MqttError, open_mqtt
 
 HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 needs_mosquitto = pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto binary not installed")
 BROKERS = ["embedded", pytest.param("mosquitto", marks=needs_mosquitto)]
+RUN = "r-0123abcd"
 
 
 def assert_gone(pid: int) -> None:
@@ -58,10 +65,10 @@ def test_broker_command_writes_configs(tmp_path: Path) -> None:
     argv = broker_command(BrokerSpec("embedded"), 12345, tmp_path / "e")
     assert argv is not None and argv[-2] == "-c"
     assert Path(argv[0]).name == "amqtt"
-    config = Path(argv[-1]).read_text()
-    assert "bind: 127.0.0.1:12345" in config
-    assert "allow_anonymous: true" in config
-    assert "BrokerSysPlugin" not in config  # no $SYS traffic
+    config = yaml.safe_load(Path(argv[-1]).read_text())
+    assert config["listeners"]["default"]["bind"] == "127.0.0.1:12345"
+    assert config["plugins"] == {
+        "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
 
     assert broker_command(BrokerSpec("external", "h", 1), 1, tmp_path) is None
 
@@ -74,6 +81,56 @@ def test_broker_command_mosquitto(tmp_path: Path) -> None:
     assert "listener 12345 127.0.0.1" in lines
     assert "allow_anonymous true" in lines
     assert "persistence false" in lines
+
+
+def private(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_broker_command_with_accounts_embedded(tmp_path: Path) -> None:
+    accounts = telemetry.credentials(RUN, ["alice"], ["alice-bob"])
+    argv = broker_command(BrokerSpec("embedded"), 12345, tmp_path, accounts)
+    assert argv is not None
+    config = yaml.safe_load(Path(argv[-1]).read_text())
+    plugins = config["plugins"]
+    assert "amqtt.plugins.authentication.AnonymousAuthPlugin" not in plugins
+    password_file = Path(plugins["amqtt.plugins.authentication.FileAuthPlugin"]["password_file"])
+    users = dict(line.split(":", 1) for line in password_file.read_text().splitlines())
+    assert set(users) == set(accounts)
+    assert all(h.startswith("$argon2id$") for h in users.values())
+    assert not any(a.password in password_file.read_text() for a in accounts.values())
+    acl = plugins["amqtt.plugins.topic_checking.TopicAccessControlListPlugin"]
+    assert acl["publish_acl"]["node.alice"] == [f"qnet/{RUN}/node/alice/#"]
+    assert acl["acl"]["node.alice"] == [f"qnet/{RUN}/control/#"]
+    assert private(Path(argv[-1])) and private(password_file)
+
+
+def test_mosquitto_password_hash_format() -> None:
+    # $7$: PBKDF2-HMAC-SHA512, as mosquitto_passwd writes it (checked here by recomputing).
+    _, kind, rounds, salt, digest = brokers._pbkdf2_hash("s3cret").split("$")
+    assert (kind, rounds) == ("7", "101")
+    assert len(base64.b64decode(salt)) == 12
+    expected = hashlib.pbkdf2_hmac("sha512", b"s3cret", base64.b64decode(salt), 101)
+    assert base64.b64decode(digest) == expected
+
+
+@needs_mosquitto
+def test_broker_command_with_accounts_mosquitto(tmp_path: Path) -> None:
+    accounts = telemetry.credentials(RUN, ["alice"], [])
+    argv = broker_command(BrokerSpec("mosquitto"), 12345, tmp_path, accounts)
+    assert argv is not None
+    lines = Path(argv[-1]).read_text().splitlines()
+    assert "allow_anonymous false" in lines
+    acl = (tmp_path / "mosquitto.acl").read_text().splitlines()
+    assert acl[acl.index("user node.alice") + 1] == f"topic write qnet/{RUN}/node/alice/#"
+    assert all(private(tmp_path / f) for f in ("mosquitto.conf", "mosquitto.passwd",
+                                               "mosquitto.acl"))
+
+
+def test_account_names_with_separators_are_refused(tmp_path: Path) -> None:
+    bad = {"x": telemetry.Account("node.a:b", "pw", (), ())}
+    with pytest.raises(ValueError, match="no ':'"):
+        broker_command(BrokerSpec("embedded"), 1, tmp_path, bad)
 
 
 def test_missing_mosquitto_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
@@ -174,3 +231,83 @@ async def test_cancelled_during_startup_leaves_no_process(tmp_path: Path, monkey
     assert len(started) == 1
     assert started[0].returncode is not None
     assert_gone(started[0].pid)
+
+
+# -- logins and ACLs on a running broker --------------------------------------------------------
+@pytest.fixture(params=BROKERS)
+async def secured(request, tmp_path: Path):
+    accounts = telemetry.credentials(RUN, ["alice", "bob"], ["alice-bob"])
+    async with open_broker(request.param, tmp_path, tmp_path / "broker.log",
+                           accounts=accounts) as info:
+        yield info, accounts
+    assert info.pid is not None
+    assert_gone(info.pid)
+
+
+def login(info, account: telemetry.Account, client_id: str, password: str | None = None):
+    return open_mqtt(info.host, info.port, client_id, username=account.username,
+                     password=account.password if password is None else password,
+                     connect_timeout=5)
+
+
+async def next_message(mqtt, timeout: float = 5.0):
+    with trio.fail_after(timeout):
+        async for message in mqtt.messages():
+            return message
+    raise AssertionError("message iterator ended")
+
+
+async def test_anonymous_and_wrong_passwords_are_refused(secured) -> None:
+    info, accounts = secured
+    with pytest.raises(MqttConnectError, match="refused"):
+        async with open_mqtt(info.host, info.port, "anonymous", connect_timeout=5):
+            pass
+    with pytest.raises(MqttConnectError, match="refused"):
+        async with login(info, accounts["node.alice"], "guess", password="guess"):
+            pass
+    with pytest.raises(MqttConnectError, match="refused"):  # bob's password is not alice's
+        async with login(info, accounts["node.alice"], "swap",
+                         password=accounts["node.bob"].password):
+            pass
+
+
+async def test_each_process_publishes_only_under_its_own_topics(secured) -> None:
+    info, accounts = secured
+    async with (
+        login(info, accounts["orchestrator"], "orchestrator") as orchestrator,
+        login(info, accounts["node.alice"], "alice") as alice,
+        login(info, accounts["relay.alice-bob"], "relay") as relay,
+    ):
+        await orchestrator.subscribe(telemetry.run_filter(RUN), qos=1)
+        forged = b'{"reason": "done"}'
+        for topic in (telemetry.node_result(RUN, "bob"), telemetry.control_stop(RUN),
+                      telemetry.relay_result(RUN, "alice-bob"), telemetry.daemon_result(RUN),
+                      f"qnet/{RUN}/alice/result"):
+            await alice.publish(topic, forged, qos=1)  # accepted on the wire, then dropped
+        await relay.publish(telemetry.control_link(RUN, "alice-bob"), b'{"action":"cut"}', qos=1)
+        await relay.publish(telemetry.node_metrics(RUN, "alice"), b"{}", qos=1)
+        # The broker keeps each client's order: had a forgery passed, it would come first.
+        await alice.publish(telemetry.node_metrics(RUN, "alice"), b"marker-a", qos=1)
+        await relay.publish(telemetry.relay_metrics(RUN, "alice-bob"), b"marker-r", qos=1)
+        seen = {(await next_message(orchestrator)).payload for _ in range(2)}
+        assert seen == {b"marker-a", b"marker-r"}
+        with trio.move_on_after(0.3):
+            extra = await next_message(orchestrator)
+            raise AssertionError(f"unexpected message {extra}")
+
+
+        # Nodes and relays hear control/ only: amqtt refuses a wider subscription, mosquitto
+        # grants it but delivers only what the read ACL allows. Either way bob's result
+        # never reaches alice, and the orchestrator's commands do.
+        try:
+            await alice.subscribe(telemetry.run_filter(RUN), qos=1)
+        except MqttError as exc:
+            assert "refused subscription" in str(exc)
+            await alice.subscribe(telemetry.control_filter(RUN), qos=1)
+        await relay.subscribe(telemetry.control_filter(RUN), qos=1)
+        async with login(info, accounts["node.bob"], "bob") as bob:
+            await bob.publish(telemetry.node_result(RUN, "bob"), b"bob only", qos=1)
+        await orchestrator.publish(telemetry.control_stop(RUN), b"{}", qos=1)
+        for listener in (alice, relay):
+            message = await next_message(listener)
+            assert (message.topic, message.payload) == (telemetry.control_stop(RUN), b"{}")
