@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import trio
 
-from emulator.child_config import DaemonConfig, DaemonEntanglementLink
+from emulator.child_config import DaemonConfig, DaemonEntanglementLink, node_view
 from emulator.clock import EmulatedClock
 from emulator.daemon import protocol as p
 from emulator.daemon.server import serve
@@ -63,7 +63,7 @@ async def test_app_socket_forwards_only_own_qubit_operations(nursery) -> None:
     async with (open_daemon("127.0.0.1", daemon.port, "alice", "ta") as alice_daemon,
                 open_daemon("127.0.0.1", daemon.port, "bob", "tb") as bob_daemon):
         node = NodeContext(name="alice", run_id="t", seed=1, clock=EmulatedClock(t0, 1.0),
-                           scenario=sc, daemon=alice_daemon, transport=Transport("alice"),
+                           view=node_view(sc, "alice"), daemon=alice_daemon, transport=Transport("alice"),
                            mqtt=None)  # type: ignore[arg-type]
         sock = AppSocket(node, "bob", "a")
         async with trio.open_nursery() as inner:
