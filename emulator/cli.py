@@ -1,8 +1,9 @@
 """The ``qnet`` command: run, validate and list scenarios.
 
 Exit codes of ``qnet run``: 0 every expectation holds, 1 an expectation failed, 2 invalid
-input (nothing was started), 3 runtime failure (the failed process's log tail is printed),
-130 interrupted.
+input (nothing was started), 3 runtime failure (the failed process's log tail is printed;
+result.json still holds what the others reported) or results that cannot be written, 130
+interrupted. Messages are printed verbatim (no rich markup inside them).
 """
 
 from __future__ import annotations
@@ -29,9 +30,27 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 
+def _error(label: str, message: str) -> None:
+    """``label: message`` on stderr, the message verbatim (``[nu, 0.0]`` stays as it is)."""
+    err.print(f"[red]{label}:[/red] ", end="", highlight=False)
+    err.print(message, markup=False, highlight=False)
+
+
 def _invalid(message: str) -> None:
-    err.print(f"[red]invalid scenario:[/red] {message}", highlight=False)
+    _error("invalid scenario", message)
     raise typer.Exit(EXIT_INVALID)
+
+
+def _write_results(result: dict, scenario: Path, json_out: Path | None) -> Path:
+    """scenario.toml and result.json into the run folder, and ``--json``; OSError on failure
+    (what was written before it stays)."""
+    run_path = Path(result["run_dir"])
+    text = json.dumps(result, indent=2, default=str)
+    (run_path / "result.json").write_text(text)
+    shutil.copyfile(scenario, run_path / "scenario.toml")
+    if json_out is not None:
+        json_out.write_text(text)
+    return run_path
 
 
 @app.command()
@@ -67,26 +86,28 @@ def run(
     options = RunOptions(broker=broker, run_dir=run_dir, progress=progress)
     try:
         code, result = trio.run(run_scenario, sc, options, console)
-    except (ChildFailed, RunFailed) as exc:
-        err.print(f"[red]run failed:[/red] {exc}", highlight=False)
-        child = getattr(exc, "child", None)
-        if child is not None:
-            err.print(f"--- last lines of {child.log_path} ---", highlight=False)
-            err.print(child.log_tail(), highlight=False, markup=False)
-        raise typer.Exit(EXIT_RUNTIME)
-    except (OSError, brokers.BrokerError) as exc:
-        err.print(f"[red]run failed:[/red] {exc}", highlight=False)
+    except (ChildFailed, RunFailed, OSError, brokers.BrokerError) as exc:
+        _error("run failed", str(exc))
         raise typer.Exit(EXIT_RUNTIME)
     if code == EXIT_INTERRUPTED:
         err.print("interrupted: every process has been stopped")
         raise typer.Exit(EXIT_INTERRUPTED)
     assert result is not None
-    run_path = Path(result["run_dir"])
-    shutil.copyfile(scenario, run_path / "scenario.toml")
-    text = json.dumps(result, indent=2, default=str)
-    (run_path / "result.json").write_text(text)
-    if json_out is not None:
-        json_out.write_text(text)
+    try:
+        run_path = _write_results(result, scenario, json_out)
+    except OSError as exc:
+        _error("cannot write the results", str(exc))
+        raise typer.Exit(EXIT_RUNTIME)
+    failure = result.get("failure")
+    if failure is not None:
+        _error("run failed", failure["reason"])
+        if "log_tail" in failure:
+            err.print(f"--- last lines of {result['run_dir']}/{failure['process']}.log ---",
+                      markup=False, highlight=False)
+            err.print(failure["log_tail"], markup=False, highlight=False)
+        err.print(f"what the other processes reported is in {run_path}/result.json",
+                  markup=False, highlight=False)
+        raise typer.Exit(EXIT_RUNTIME)
     print_summary(console, result)
     verdict = "[green]all expectations hold[/green]" if result["ok"] else \
         "[red]an expectation failed[/red]"
@@ -140,7 +161,7 @@ def sweep(
     try:
         points = run_sweep(scenario, param, numbers, out, overrides, broker, console)
     except (ChildFailed, RunFailed, brokers.BrokerError, OSError) as exc:
-        err.print(f"[red]sweep failed:[/red] {exc}", highlight=False)
+        _error("sweep failed", str(exc))
         raise typer.Exit(EXIT_RUNTIME)
     for point in points:
         q = point.qkd

@@ -5,13 +5,19 @@ connect to daemon and broker, and report ready), then one relay per classical li
 each node's own endpoint), then ``control/start`` with every node's peer directory. Faults
 are published on control topics at their times. After the duration, nodes finish their apps
 and publish results; the orchestrator publishes ``control/stop``, collects the relays'
-counters and leaves the supervisor nursery, which ends every child (SIGTERM, grace, SIGKILL).
+counters and leaves the supervisor, which ends every child (nodes and relays first, then the
+daemon, then the broker; SIGTERM, grace, SIGKILL). If a child dies mid-run, the survivors are
+told to abort (``control/stop`` with reason ``abort``), their partial results are awaited
+briefly, and the result (``ok: false`` with the failure) is still returned.
+
+Timeouts count in the clock they are about: process start-up and post-processing in wall
+seconds, protocol rounds after the end in emulated seconds (stretched by ``1/time_scale``).
 """
 
 from __future__ import annotations
 
-import json
 import secrets
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,9 +26,9 @@ from pathlib import Path
 import msgspec
 import trio
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from emulator import broker as brokers
+from emulator import telemetry
 from emulator.child_config import (
     DaemonAddress,
     DaemonConfig,
@@ -38,22 +44,29 @@ from emulator.child_config import (
     write_config,
 )
 from emulator.clock import EmulatedClock
-from emulator.mqtt import MqttClient, open_mqtt
+from emulator.collect import (
+    RunFailed,
+    collect,
+    inject_faults,
+    process_counters,
+    show_progress,
+    wait_for,
+)
+from emulator.mqtt import MqttError
 from emulator.results import app_sections, check_expectations
 from emulator.scenario import Link, Scenario, memory_of
-from emulator.supervise import Child, ChildFailed, start_child
+from emulator.supervise import Child, ChildFailed, Supervisor, open_supervisor
 
-STARTUP_MARGIN_S = 0.3  # emulated apps start this long after control/start is sent
-RESULT_TIMEOUT_S = 60.0
-RELAY_RESULT_TIMEOUT_S = 5.0
-
-
-class RunFailed(Exception):
-    """The run could not complete (a child failed, or results never came)."""
-
-    def __init__(self, message: str, child: Child | None = None) -> None:
-        super().__init__(message)
-        self.child = child
+STARTUP_MARGIN_S = 0.3  # wall seconds between control/start and the apps' start
+READY_TIMEOUT_S = 15.0  # wall: a process starting up
+RESULT_TIMEOUT_S = 60.0  # wall: the apps' post-processing after the end
+RESULT_EMULATED_S = 10.0  # emulated: final protocol rounds after the end
+RELAY_RESULT_TIMEOUT_S = 5.0  # wall: relays and daemon answer control/stop at once
+ABORT_RESULTS_S = 3.0  # wall: survivors' partial results after a failure
+TIER_BROKER, TIER_DAEMON, TIER_EDGE = 0, 1, 2  # stop order: edge (nodes, relays) first
+# What a run writes into its folder; a reused folder is cleared of these (and nothing else).
+RUN_FILES = ("*.ready.json", "*.ready.json.tmp", "*.config.json", "*.config.json.tmp",
+             "*.log", "result.json", "scenario.toml")
 
 
 @dataclass
@@ -74,9 +87,14 @@ class RunState:
     relay_results: dict[str, dict] = field(default_factory=dict)
     latest_metrics: dict[str, dict] = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
+    daemon_reports: dict[str, dict] = field(default_factory=dict)  # "metrics"/"result"
+    telemetry_rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
     got_result: trio.Event = field(default_factory=trio.Event)
+    failure: dict | None = None  # what ended the run early (None: it ran to the end)
+    t_start: float = 0.0  # emulated time the apps started
 
-    def child(self, name: str, role: str, module: str, config=None) -> Child:
+    def child(self, name: str, role: str, module: str, config=None,
+              tier: int = TIER_EDGE) -> Child:
         argv = [sys.executable, "-m", module]
         ready = None
         if config is not None:
@@ -85,14 +103,19 @@ class RunState:
             ready = self.run_dir / f"{name}.ready.json"
             argv += ["--config", str(config_path), "--ready-file", str(ready)]
         child = Child(name=name, role=role, argv=argv, log_path=self.run_dir / f"{name}.log",
-                      ready_file=ready)
+                      ready_file=ready, tier=tier)
         self.children.append(child)
         return child
 
 
 def make_run_dir(base: Path | None, name: str) -> Path:
+    """The run's folder (0700 when created here); a reused one loses the previous run's files."""
     if base is not None:
-        base.mkdir(parents=True, exist_ok=True)
+        if not base.exists():
+            base.mkdir(parents=True, mode=0o700)
+        for pattern in RUN_FILES:
+            for stale in base.glob(pattern):
+                stale.unlink(missing_ok=True)
         return base
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path("runs") / f"{stamp}-{name}"
@@ -100,7 +123,8 @@ def make_run_dir(base: Path | None, name: str) -> Path:
     while path.exists():
         suffix += 1
         path = Path("runs") / f"{stamp}-{name}-{suffix}"
-    path.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700)
     return path
 
 
@@ -112,76 +136,33 @@ def direction(link: Link) -> Direction:
     )
 
 
-async def _collect(mqtt: MqttClient, state: RunState) -> None:
-    """Route telemetry: node and relay results, metrics for the progress bar, events."""
-    prefix = f"qnet/{state.run_id}/"
-    async for message in mqtt.messages():
-        parts = message.topic[len(prefix):].split("/")
+def failure_info(error: BaseException) -> dict:
+    """result.json's ``failure``: which process, its exit code and log tail, and why."""
+    child = getattr(error, "child", None)
+    info: dict = {"reason": str(error)}
+    if child is not None:
+        info.update(process=child.name, role=child.role, exit_code=child.exit_code,
+                    log_tail=child.log_tail())
+    return info
+
+
+async def _abort(mqtt, state: RunState, children: list[Child]) -> None:
+    """Tell the survivors to abort and wait briefly for their (partial) results."""
+    survivors = [c.name for c in children if c.role == "node" and c.process is not None
+                 and c.process.returncode is None]
+    with trio.move_on_after(ABORT_RESULTS_S):
         try:
-            payload = json.loads(message.payload)
-        except ValueError:
-            continue
-        if parts[0] == "relay" and parts[-1] == "result":
-            state.relay_results[parts[1]] = payload
-        elif parts[-1] == "result":
-            state.node_results[parts[0]] = payload
-        elif parts[-1] == "metrics":
-            state.latest_metrics[parts[0]] = payload
-        elif parts[-1] == "events":
-            state.events.append(payload)
-        state.got_result.set()
-        state.got_result = trio.Event()
-
-
-async def _wait_for(state: RunState, done, timeout: float, what: str) -> None:
-    with trio.move_on_after(timeout) as scope:
-        while not done():
+            await mqtt.publish(telemetry.control_stop(state.run_id),
+                               telemetry.encode(telemetry.StopMessage(reason="abort")), qos=1)
+        except (MqttError, OSError):
+            return  # the broker is gone: nobody can report any more
+        while not all(name in state.node_results for name in survivors):
             await state.got_result.wait()
-    if scope.cancelled_caught:
-        raise RunFailed(f"timed out after {timeout:g} s waiting for {what}")
 
 
-async def _inject_faults(mqtt: MqttClient, state: RunState, clock: EmulatedClock,
-                         t_start: float) -> None:
-    async def one(fault) -> None:
-        topic = f"qnet/{state.run_id}/control/link/{fault.link}"
-        await clock.sleep_until(t_start + fault.at_s)
-        await mqtt.publish(topic, json.dumps({"action": fault.action}), qos=1)
-        state.events.append({"kind": "fault", "link": fault.link, "action": fault.action,
-                             "t_emu": clock.now()})
-        if fault.for_s is not None and fault.action != "corrupt":
-            opposite = "restore" if fault.action == "cut" else "cut"
-            await clock.sleep_until(t_start + fault.at_s + fault.for_s)
-            await mqtt.publish(topic, json.dumps({"action": opposite}), qos=1)
-            state.events.append({"kind": "fault", "link": fault.link, "action": opposite,
-                                 "t_emu": clock.now()})
-
-    async with trio.open_nursery() as nursery:
-        for fault in state.scenario.faults:
-            nursery.start_soon(one, fault)
-
-
-async def _show_progress(state: RunState, clock: EmulatedClock, t_start: float,
-                         duration: float, console: Console, enabled: bool) -> None:
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed:.1f}/{task.total:.0f} s emulated"),
-                  TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
-                  console=console, disable=not enabled, transient=False) as progress:
-        task = progress.add_task(state.scenario.scenario.name, total=duration, status="")
-        while clock.now() < t_start + duration:
-            status = "  ".join(
-                f"{m.get('link')}: {m.get('sifted_bits', 0):,} sifted, QBER {m.get('qber', 0):.3f}"
-                for m in state.latest_metrics.values() if "sifted_bits" in m)
-            progress.update(task, completed=max(0.0, clock.now() - t_start), status=status)
-            await trio.sleep(0.25)
-        progress.update(task, completed=duration)
-
-
-async def _start_all(nursery: trio.Nursery, children: list[Child]) -> None:
-    """Start children concurrently; return when all are ready."""
-    async with trio.open_nursery() as starting:
-        for child in children:
-            starting.start_soon(nursery.start, start_child, child)
+async def _fail_on_child_exit(supervisor: Supervisor, phases: trio.CancelScope) -> None:
+    await supervisor.failed.wait()
+    phases.cancel()
 
 
 async def execute(scenario: Scenario, options: RunOptions, console: Console) -> dict:
@@ -189,106 +170,165 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
     meta = scenario.scenario
     run_dir = make_run_dir(options.run_dir, meta.name)
     state = RunState(scenario=scenario, run_id=f"{meta.name}-{secrets.token_hex(4)}",
-                     run_dir=run_dir, t0=time.time())
+                     run_dir=run_dir, t0=time.monotonic())
     clock = EmulatedClock(state.t0, meta.time_scale)
-    wall_start = time.time()
+    wall_start = time.monotonic()
+    emulated_s = 0.0
     spec = brokers.parse_broker(options.broker)
     tokens = {node.name: secrets.token_hex(16) for node in scenario.nodes}
     link_keys: dict[str, dict[str, str]] = {node.name: {} for node in scenario.nodes}
     for link in scenario.links:  # one secret per link, known to its two ends only
         link_keys[link.a][link.b] = link_keys[link.b][link.a] = secrets.token_hex(32)
+    # One broker login per process (none on an external broker: it is the user's).
+    accounts = None if spec.kind == "external" else telemetry.credentials(
+        state.run_id, [n.name for n in scenario.nodes], [link.id for link in scenario.links])
 
-    async with trio.open_nursery() as children:
-        # 1. broker
-        if spec.kind == "external":
-            host, port = spec.host, spec.port
-        else:
-            host, port = "127.0.0.1", brokers.free_port()
-            argv = brokers.broker_command(spec, port, run_dir)
-            broker = Child(name="broker", role="broker", argv=argv,
-                           log_path=run_dir / "broker.log")
-            state.children.append(broker)
-            await children.start(start_child, broker)
-        await brokers.wait_until_accepting(host, port, timeout=15.0)
-        mqtt_address = MqttAddress(host, port)
+    async with open_supervisor(raise_failures=False) as supervisor:
+        try:
+            # 1. broker
+            if spec.kind == "external":
+                host, port = spec.host, spec.port
+            else:
+                host, port = "127.0.0.1", brokers.free_port()
+                argv = brokers.broker_command(spec, port, run_dir, accounts)
 
-        async with open_mqtt(host, port, f"{state.run_id}-orchestrator") as mqtt:
-            await mqtt.subscribe(f"qnet/{state.run_id}/#", qos=1)
-            children.start_soon(_collect, mqtt, state)
+                async def broker_ready(child: Child) -> None:
+                    await brokers.wait_until_accepting(
+                        host, port, timeout=READY_TIMEOUT_S,
+                        account=None if accounts is None else accounts[telemetry.ORCHESTRATOR])
 
-            # 2. quantum daemon
-            daemon = state.child("daemon", "daemon", "emulator.daemon", DaemonConfig(
-                run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
-                tokens=tokens, mqtt=mqtt_address,
-                links=[DaemonLink(link.id, link.a, link.b, link.length_km, link.quantum)
-                       for link in scenario.links if link.quantum is not None],
-                memories={n.name: memory_of(scenario, n.name) for n in scenario.nodes},
-                entanglement_links=[
-                    DaemonEntanglementLink(link.id, link.a, link.b, link.length_km,
-                                           link.entanglement)
-                    for link in scenario.links if link.entanglement is not None]))
-            await children.start(start_child, daemon)
+                broker = Child(name="broker", role="broker", argv=argv, tier=TIER_BROKER,
+                               log_path=run_dir / "broker.log", ready_probe=broker_ready)
+                state.children.append(broker)
+                await supervisor.start(broker, ready_timeout=READY_TIMEOUT_S)
 
-            # 3. nodes
-            nodes = [state.child(n.name, "node", "nodes", NodeConfig(
-                run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
-                name=n.name, token=tokens[n.name], link_keys=link_keys[n.name],
-                daemon=DaemonAddress("127.0.0.1", daemon.ready["port"]), mqtt=mqtt_address,
-                view=node_view(scenario, n.name), apps=node_apps(scenario, n.name)))
-                for n in scenario.nodes]
-            await _start_all(children, nodes)
-            ready = {c.name: c.ready for c in nodes}  # tcp: one listening port per peer
+            def mqtt_address(user: str) -> MqttAddress:
+                if accounts is None:
+                    return MqttAddress(host, port)
+                return MqttAddress(host, port, accounts[user].username, accounts[user].password)
 
-            def endpoint(node: str, peer: str) -> Endpoint:
-                return Endpoint(tcp=ready[node]["tcp"][peer], udp=ready[node]["udp"])
+            if spec.kind == "external":
+                await brokers.wait_until_accepting(host, port, timeout=READY_TIMEOUT_S)
 
-            # 4. relays, one per classical link
-            relays = [state.child(f"relay-{link.id}", "relay", "emulator.relay", RelayConfig(
-                run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
-                name=link.id, a=link.a, b=link.b, a_to_b=direction(link),
-                b_to_a=direction(link),
-                targets={"a": endpoint(link.a, link.b), "b": endpoint(link.b, link.a)},
-                mqtt=mqtt_address)) for link in scenario.links]
-            await _start_all(children, relays)
-            peers: dict[str, dict[str, Endpoint]] = {n.name: {} for n in scenario.nodes}
-            for link, relay in zip(scenario.links, relays):
-                listen = relay.ready["listen"]
-                peers[link.a][link.b] = msgspec.convert(listen["a"], Endpoint)
-                peers[link.b][link.a] = msgspec.convert(listen["b"], Endpoint)
+            async with (
+                telemetry.connect(mqtt_address(telemetry.ORCHESTRATOR),
+                                  f"{state.run_id}-orchestrator") as mqtt,
+                trio.open_nursery() as background,
+            ):
+                await mqtt.subscribe(telemetry.run_filter(state.run_id), qos=1)
+                background.start_soon(collect, mqtt, state)
+                with trio.CancelScope() as phases:
+                    background.start_soon(_fail_on_child_exit, supervisor, phases)
+                    try:
+                        emulated_s = await _phases(supervisor, state, mqtt, mqtt_address, clock,
+                                                   options, console, tokens, link_keys)
+                    except* (ChildFailed, RunFailed) as group:
+                        state.failure = failure_info(first_leaf(group))
+                if supervisor.failures:
+                    state.failure = failure_info(supervisor.failures[0])
+                if state.failure is not None:
+                    emulated_s = max(0.0, clock.now() - state.t_start)
+                    await _abort(mqtt, state, state.children)
+                background.cancel_scope.cancel()
+        except* (ChildFailed, RunFailed, brokers.BrokerError, TimeoutError, MqttError,
+                 OSError) as group:
+            if state.failure is None:
+                state.failure = failure_info(first_leaf(group))
+        if supervisor.failures:  # a dead child explains the errors that followed it
+            state.failure = failure_info(supervisor.failures[0])
 
-            # 5. go
-            t_start = clock.now() + STARTUP_MARGIN_S * meta.time_scale
-            t_end = t_start + meta.duration_s
-            start = {"t_start": t_start, "t_end": t_end, "peers": msgspec.to_builtins(peers)}
-            await mqtt.publish(f"qnet/{state.run_id}/control/start", json.dumps(start),
-                               qos=1, retain=True)
-            state.events.append({"kind": "start", "t_emu": t_start, "wall": time.time()})
-            children.start_soon(_inject_faults, mqtt, state, clock, t_start)
-            await _show_progress(state, clock, t_start, meta.duration_s, console,
-                                 options.progress)
-
-            # 6. results
-            names = [n.name for n in scenario.nodes]
-            await _wait_for(state, lambda: all(n in state.node_results for n in names),
-                            RESULT_TIMEOUT_S + meta.duration_s,
-                            "node results (" + ", ".join(
-                                n for n in names if n not in state.node_results) + ")")
-            emulated_s = clock.now() - t_start
-            for child in state.children:
-                child.expected_exit = True
-            await mqtt.publish(f"qnet/{state.run_id}/control/stop", b"{}", qos=1)
-            await _wait_for(state, lambda: len(state.relay_results) == len(relays),
-                            RELAY_RESULT_TIMEOUT_S, "relay counters")
-            await mqtt.publish(f"qnet/{state.run_id}/control/start", b"", qos=1, retain=True)
-        children.cancel_scope.cancel()
-
-    wall_s = time.time() - wall_start
+    wall_s = time.monotonic() - wall_start
     return assemble(state, wall_s, emulated_s)
 
 
+async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, clock,
+                  options: RunOptions, console: Console, tokens: dict[str, str],
+                  link_keys: dict[str, dict[str, str]]) -> float:
+    """Daemon, nodes, relays, go, results; returns the emulated seconds the run lasted."""
+    scenario, meta = state.scenario, state.scenario.scenario
+    # 2. quantum daemon
+    daemon = state.child("daemon", "daemon", "emulator.daemon", DaemonConfig(
+        run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
+        tokens=tokens, mqtt=mqtt_address(telemetry.DAEMON),
+        links=[DaemonLink(link.id, link.a, link.b, link.length_km, link.quantum)
+               for link in scenario.links if link.quantum is not None],
+        memories={n.name: memory_of(scenario, n.name) for n in scenario.nodes},
+        entanglement_links=[
+            DaemonEntanglementLink(link.id, link.a, link.b, link.length_km,
+                                   link.entanglement)
+            for link in scenario.links if link.entanglement is not None]), tier=TIER_DAEMON)
+    await supervisor.start(daemon, ready_timeout=READY_TIMEOUT_S)
+
+    # 3. nodes
+    nodes = [state.child(n.name, "node", "nodes", NodeConfig(
+        run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
+        name=n.name, token=tokens[n.name], link_keys=link_keys[n.name],
+        daemon=DaemonAddress("127.0.0.1", daemon.ready["port"]), mqtt=mqtt_address(telemetry.node_user(n.name)),
+        view=node_view(scenario, n.name), apps=node_apps(scenario, n.name)))
+        for n in scenario.nodes]
+    await supervisor.start_all(nodes, ready_timeout=READY_TIMEOUT_S)
+    ready = {c.name: c.ready for c in nodes}  # tcp: one listening port per peer
+
+    def endpoint(node: str, peer: str) -> Endpoint:
+        return Endpoint(tcp=ready[node]["tcp"][peer], udp=ready[node]["udp"])
+
+    # 4. relays, one per classical link
+    relays = [state.child(f"relay-{link.id}", "relay", "emulator.relay", RelayConfig(
+        run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
+        name=link.id, a=link.a, b=link.b, a_to_b=direction(link),
+        b_to_a=direction(link),
+        targets={"a": endpoint(link.a, link.b), "b": endpoint(link.b, link.a)},
+        mqtt=mqtt_address(telemetry.relay_user(link.id)))) for link in scenario.links]
+    await supervisor.start_all(relays, ready_timeout=READY_TIMEOUT_S)
+    peers: dict[str, dict[str, Endpoint]] = {n.name: {} for n in scenario.nodes}
+    for link, relay in zip(scenario.links, relays):
+        listen = relay.ready["listen"]
+        peers[link.a][link.b] = msgspec.convert(listen["a"], Endpoint)
+        peers[link.b][link.a] = msgspec.convert(listen["b"], Endpoint)
+
+    # 5. go
+    t_start = state.t_start = clock.now() + STARTUP_MARGIN_S * meta.time_scale
+    t_end = t_start + meta.duration_s
+    start = telemetry.StartMessage(t_start=t_start, t_end=t_end, peers=peers)
+    await mqtt.publish(telemetry.control_start(state.run_id), telemetry.encode(start),
+                       qos=1, retain=True)
+    state.events.append({"kind": "start", "t_emu": t_start, "wall": time.time()})
+    async with trio.open_nursery() as faults:
+        faults.start_soon(inject_faults, mqtt, state, clock, t_start)
+        await show_progress(state, clock, t_start, meta.duration_s, console,
+                            options.progress)
+
+        # 6. results
+        names = [n.name for n in scenario.nodes]
+        await wait_for(state, lambda: all(n in state.node_results for n in names),
+                       RESULT_TIMEOUT_S + clock.wall_duration(RESULT_EMULATED_S),
+                       "node results (" + ", ".join(
+                           n for n in names if n not in state.node_results) + ")")
+        faults.cancel_scope.cancel()
+    emulated_s = clock.now() - t_start
+    supervisor.expect_exits()
+    await mqtt.publish(telemetry.control_stop(state.run_id),
+                       telemetry.encode(telemetry.StopMessage()), qos=1)
+    # The daemon's final report is awaited only from a daemon that reported live.
+    await wait_for(state, lambda: len(state.relay_results) == len(relays) and (
+        "metrics" not in state.daemon_reports or "result" in state.daemon_reports),
+        RELAY_RESULT_TIMEOUT_S, "relay and daemon counters")
+    await mqtt.publish(telemetry.control_start(state.run_id), b"", qos=1, retain=True)
+    return emulated_s
+
+
 def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
+    """result.json's content; after a failure ``ok`` is false, ``failure`` says what died,
+    and ``nodes`` keeps every node's report as received (partial entries included)."""
     scenario = state.scenario
     entries = [e for r in state.node_results.values() for e in r.get("apps", [])]
+    if state.failure is not None:
+        try:
+            sections = app_sections(scenario, entries)
+        except Exception as exc:  # partial entries may not merge; the raw ones are kept
+            sections = {"merge_error": f"{type(exc).__name__}: {exc}"}
+    else:
+        sections = app_sections(scenario, entries)
     links = []
     for link in scenario.links:
         counters = state.relay_results.get(link.id, {})
@@ -305,12 +345,17 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
         "emulated_s": emulated_s,
         "time_scale": scenario.scenario.time_scale,
         "run_dir": str(state.run_dir),
-        "processes": [{"name": c.name, "role": c.role, "pid": c.pid, "exit_code": c.exit_code}
-                      for c in state.children],
+        "processes": [{"name": c.name, "role": c.role, "pid": c.pid, "exit_code": c.exit_code,
+                       "counters": process_counters(state, c)} for c in state.children],
+        "telemetry_rejected": sum(state.telemetry_rejected.values()),
         "links": links,
-        **app_sections(scenario, entries),
+        **sections,
         "events": state.events,
     }
+    if state.failure is not None:
+        result.update(ok=False, failure=state.failure, nodes=state.node_results,
+                      expectations=[])
+        return result
     result["expectations"] = check_expectations(result, scenario.expect)
     result["ok"] = all(e["ok"] for e in result["expectations"])
     return result
@@ -325,9 +370,10 @@ def first_leaf(group: BaseExceptionGroup) -> BaseException:
 
 
 async def run(scenario: Scenario, options: RunOptions, console: Console) -> tuple[int, dict | None]:
-    """Run with Ctrl-C handling; returns (exit code, result or None)."""
-    import signal
+    """Run with Ctrl-C handling; returns (exit code, result or None).
 
+    0 every expectation holds, 1 one failed, 3 a process failed (the result says which and
+    what the others reported), 130 interrupted (SIGINT or SIGTERM; every child stopped)."""
     interrupted = False
     result: dict | None = None
     failure: BaseException | None = None
@@ -355,4 +401,6 @@ async def run(scenario: Scenario, options: RunOptions, console: Console) -> tupl
     if failure is not None:
         raise failure
     assert result is not None
+    if result.get("failure") is not None:
+        return 3, result
     return (0 if result["ok"] else 1), result

@@ -65,7 +65,7 @@ from emulator.relay_core import (
     TimerLead,
     link_rng,
 )
-from emulator.supervise import watch_parent
+from emulator.supervise import exit_quietly_on_sigterm, watch_parent
 from emulator.telemetry import LinkControl, RelayReport, StopMessage, TelemetryDecoder
 
 log = logging.getLogger("qnet.relay")
@@ -467,6 +467,7 @@ async def _main(config: RelayConfig, ready_file: Path) -> None:
 
 
 def main() -> None:
+    exit_quietly_on_sigterm()
     args = child_arguments("qnet link relay")
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"

@@ -43,7 +43,8 @@ def run_point(path: Path, overrides: list[str], param: str, value: float, out: P
     options = RunOptions(broker=broker, run_dir=out / "runs" / f"{param}={value:g}",
                          progress=False)
     code, result = trio.run(run, scenario, options, console)
-    assert result is not None
+    if result is None:  # interrupted: every process was stopped; qnet exits 130
+        raise KeyboardInterrupt
     (options.run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
     qkd = result["qkd"][0] if result["qkd"] else {}
     return SweepPoint(value, code, qkd)

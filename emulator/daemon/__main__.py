@@ -13,7 +13,7 @@ import trio
 
 from emulator.child_config import DaemonConfig, child_arguments, read_config, write_ready
 from emulator.daemon.server import serve
-from emulator.supervise import watch_parent
+from emulator.supervise import exit_quietly_on_sigterm, watch_parent
 
 
 async def run(config: DaemonConfig, ready_file) -> None:
@@ -35,6 +35,7 @@ async def run(config: DaemonConfig, ready_file) -> None:
 
 
 def main() -> None:
+    exit_quietly_on_sigterm()
     args = child_arguments("qnet quantum-channel daemon")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     trio.run(run, read_config(args.config, DaemonConfig), args.ready_file)
