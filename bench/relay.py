@@ -101,7 +101,7 @@ async def _run(workdir: Path) -> dict:
     a = Endpoint(tcp=sink_listener.socket.getsockname()[1], udp=client_udp.getsockname()[1])
     b = Endpoint(tcp=echo_port, udp=echo_udp_port)
     config = RelayConfig(
-        run_id="bench", t0=time.time(), time_scale=1.0, seed=1, name="bench",
+        run_id="bench", t0=time.monotonic(), time_scale=1.0, seed=1, name="bench",
         a="client", b="echo", a_to_b=Direction(), b_to_a=Direction(), targets={"a": a, "b": b},
     )  # fmt: skip
     write_config(workdir / "relay.json", config)

@@ -54,7 +54,7 @@ def client_session(port: int, token: str) -> dict:
 
 async def test_app_socket_forwards_only_own_qubit_operations(nursery) -> None:
     sc = parse_scenario(RAW)
-    t0 = time.time()
+    t0 = time.monotonic()
     config = DaemonConfig("t", t0, 1.0, 3, {"alice": "ta", "bob": "tb"}, [],
                           memories={n.name: n.memory for n in sc.nodes},
                           entanglement_links=[DaemonEntanglementLink(
