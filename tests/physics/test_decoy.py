@@ -114,3 +114,16 @@ def test_secret_key_length_hand_computed():
     expected = math.floor(single - leak - 122 - 256 - 2 * math.log2(1e10))
     assert secret_key_length(n, q_mu, q1, e1, leak, 122, 256, 1e-10) == expected
     assert secret_key_length(n, q_mu, q1, 0.25, leak) == 0  # negative -> nothing
+
+
+def test_gys_cutoff_distances_against_ma05():
+    """Ma05 with the GYS data (mu = 0.48, f = 1.22): the infinite-decoy GLLP rate ends at about
+    142 km, and the vacuum + weak protocol (nu = 0.05) "asymptotically approaches" it (their
+    abstract): its cut-off lies within a few km of the infinite-decoy one."""
+    km = np.arange(100.0, 160.0, 0.1)
+    eta = channel_eta(km, ALPHA, ETA_BOB)
+    infinite = gllp_rate(MU, NU, eta, Y0, E_DET, F, decoy="infinite")
+    weak = gllp_rate(MU, NU, eta, Y0, E_DET, F)
+    cut_inf, cut_weak = km[infinite > 0][-1], km[weak > 0][-1]
+    assert 141.0 <= cut_inf <= 143.0
+    assert cut_inf - 3.0 <= cut_weak <= cut_inf
