@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -201,36 +200,26 @@ async def test_broker_exiting_at_start_is_reported(tmp_path: Path, monkeypatch) 
                 pass
 
 
-async def test_stubborn_child_is_killed_after_grace(monkeypatch) -> None:
-    monkeypatch.setattr(brokers, "TERMINATE_GRACE_S", 0.3)
-    ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
-                  "print('ready', flush=True); time.sleep(30)"
-    process = await trio.lowlevel.open_process([sys.executable, "-c", ignore_term],
-                                               stdout=-1)
-    assert process.stdout is not None
-    with trio.fail_after(10):
-        await process.stdout.receive_some(16)  # SIG_IGN is installed
-        await brokers._terminate(process)
-    assert process.returncode == -9
-    assert_gone(process.pid)
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
 
 
-async def test_cancelled_during_startup_leaves_no_process(tmp_path: Path, monkeypatch) -> None:
-    started: list[trio.Process] = []
-    real_open_process = trio.lowlevel.open_process
-
-    async def recording_open_process(*args, **kwargs):
-        process = await real_open_process(*args, **kwargs)
-        started.append(process)
-        return process
-
-    monkeypatch.setattr(brokers.trio.lowlevel, "open_process", recording_open_process)
+async def test_cancelled_during_startup_leaves_no_process(tmp_path: Path) -> None:
     with trio.move_on_after(0.05):
         async with open_broker("embedded", tmp_path, tmp_path / "broker.log"):
             await trio.sleep(10)  # amqtt needs > 0.1 s to start, so usually not reached
-    assert len(started) == 1
-    assert started[0].returncode is not None
-    assert_gone(started[0].pid)
+    assert (tmp_path / "amqtt.yaml").exists()  # it got as far as starting the broker
+    assert processes_mentioning(str(tmp_path / "amqtt.yaml")) == []
 
 
 # -- logins and ACLs on a running broker --------------------------------------------------------
