@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from emulator.scenario import ScenarioError, apply_override, load_scenario, parse_scenario
@@ -104,3 +106,54 @@ def test_qnet_validate_and_list() -> None:
     assert _qnet("validate", str(QUICKSTART)).returncode == 0
     listing = _qnet("list")
     assert listing.returncode == 0 and "quickstart" in listing.stdout
+
+
+NOT_FINITE = [
+    ("scenario.duration_s", "inf"), ("scenario.time_scale", "nan"),
+    ("links.0.length_km", "inf"), ("links.0.quantum.source.mu", "nan"),
+    ("links.0.quantum.source.rate_hz", "-inf"), ("links.0.classical.rate_mbps", "inf"),
+    ("links.0.quantum.source.decoys", "[0.1, nan]"), ("expect.0.lt", "inf"),
+]
+
+
+@pytest.mark.parametrize("path,value", NOT_FINITE, ids=[p for p, _ in NOT_FINITE])
+def test_non_finite_numbers_are_rejected_with_their_path(path: str, value: str) -> None:
+    where = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", path)
+    if value.startswith("["):
+        where += "[1]"
+    with pytest.raises(ScenarioError, match=rf"^{re.escape(where)}: must be a finite number"):
+        load_scenario(QUICKSTART, [f"{path}={value}"])
+
+
+def test_non_finite_in_an_app_table_is_rejected_too() -> None:
+    with pytest.raises(ScenarioError, match=r"^apps\[0\]\.sample_fraction: must be a finite"):
+        load_scenario(QUICKSTART, ["apps.0.sample_fraction=nan"])
+
+
+@pytest.mark.parametrize("seed,ok", [(0, True), (2**63 - 1, True), (-1, False), (2**63, False)])
+def test_seed_range_is_what_numpy_and_the_prf_take(seed: int, ok: bool) -> None:
+    if ok:
+        assert load_scenario(QUICKSTART, [f"scenario.seed={seed}"]).scenario.seed == seed
+        np.random.default_rng([seed, 1])  # what the nodes and the daemon seed with
+        return
+    with pytest.raises(ScenarioError, match=r"^scenario\.seed: Expected `int` [<>]= "):
+        load_scenario(QUICKSTART, [f"scenario.seed={seed}"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seed", "-1"], "scenario.seed: Expected `int` >= 0"),
+    (["--seed", str(2**63)], "scenario.seed: Expected `int` <= 9223372036854775807"),
+    (["--duration", "inf"], "scenario.duration_s: must be a finite number, got inf"),
+    (["--time-scale", "nan"], "scenario.time_scale: must be a finite number, got nan"),
+])
+def test_run_and_validate_agree_on_bad_numbers(args: list[str], needle: str,
+                                               tmp_path: Path) -> None:
+    """``qnet run`` and ``qnet validate`` call the same loader: same exit 2, same message."""
+    done = _qnet("run", str(QUICKSTART), "--run-dir", str(tmp_path / "run"), *args)
+    assert done.returncode == 2, done.stderr
+    assert needle in " ".join(done.stderr.split())
+    assert not (tmp_path / "run").exists()
+    option = {"--seed": "scenario.seed", "--duration": "scenario.duration_s",
+              "--time-scale": "scenario.time_scale"}[args[0]]
+    checked = _qnet("validate", str(QUICKSTART), "--set", f"{option}={args[1]}")
+    assert checked.returncode == 2 and needle in " ".join(checked.stderr.split())
