@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 import trio
 
 from emulator.child_config import Endpoint, NodeConfig, NodeView
-from emulator.wire import FramedStream, FrameTooLarge
+from emulator.wire import HEADER, FramedStream, FrameTooLarge, TruncatedFrame
 from nodes.channel_hello import (
     HELLO_MAX_BYTES,
     DuplicateChannel,
@@ -56,6 +56,53 @@ def hello_timeout(delay_s: float, time_scale: float, base_s: float = HELLO_TIMEO
 
 class ChannelFramingError(MalformedMessage):
     """The peer's bytes on an open channel are not valid frames (the channel is unusable)."""
+
+
+async def read_hello(stream: trio.abc.ReceiveStream) -> tuple[bytes, bytes] | None:
+    """The first frame (at most ``HELLO_MAX_BYTES``) and the bytes that came after it.
+
+    Only the hello is held to the small limit: the dialler may send its first big frame
+    right behind it, in the same segment. Holds at most two reads of the peer's bytes;
+    None when the peer closed before sending anything.
+    """
+    buffer = bytearray()
+    need = HEADER.size
+    while True:
+        while len(buffer) < need:
+            data = await stream.receive_some(HELLO_MAX_BYTES + HEADER.size)
+            if not data:
+                if buffer:
+                    raise TruncatedFrame(len(buffer))
+                return None
+            buffer += data
+        if need > HEADER.size:
+            return bytes(buffer[HEADER.size:need]), bytes(buffer[need:])
+        (length,) = HEADER.unpack_from(buffer)
+        if length > HELLO_MAX_BYTES:
+            raise FrameTooLarge(length, HELLO_MAX_BYTES)
+        need += length
+
+
+class _Prefixed:
+    """A stream whose first received bytes are ``prefix`` (read past the hello)."""
+
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self.stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 class Channel:
@@ -209,14 +256,14 @@ class Transport:
 
     async def _greet(self, peer: str, stream: trio.SocketStream) -> None:
         """Read and check the hello; hand the connection over as a pending channel or close it."""
-        framed = FramedStream(stream, HELLO_MAX_BYTES)
         handed_over = False
         try:
             with trio.move_on_after(self._timeouts.get(peer, HELLO_TIMEOUT_S)):
-                payload = await framed.receive()
-                if payload is None:
+                first = await read_hello(stream)
+                if first is None:
                     self._counters["closed_before_hello"] += 1
                     return
+                payload, rest = first
                 hello = self._gates[peer].check(payload)
                 key = (peer, hello.channel)
                 if key in self._pending or key in self._open:
@@ -225,7 +272,7 @@ class Transport:
                 if sum(1 for p, _ in self._pending if p == peer) >= self.max_pending:
                     raise TooManyPending(f"{peer} has {self.max_pending} channels pending",
                                          peer=peer)
-                framed.raise_limit(MAX_FRAME)
+                framed = FramedStream(_Prefixed(stream, rest), MAX_FRAME)
                 self._pending[key] = Channel(framed, peer, hello.channel, self._channel_closed)
                 handed_over = True
                 self._counters["channels_accepted"] += 1

@@ -53,12 +53,13 @@ async def raw(bob_port: int, data: bytes, *, reset: bool = False) -> bytes:
     stream = await trio.open_tcp_stream(HOST, bob_port)
     if reset:
         stream.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0))
-    await stream.send_all(data)
-    if reset:
-        await trio.aclose_forcefully(stream)
-        return b""
-    await stream.send_eof()  # as if the peer closed: a partial frame is then truncated
     got = b""
+    with contextlib.suppress(trio.BrokenResourceError):  # Bob may reset before reading all
+        await stream.send_all(data)
+        if reset:
+            await trio.aclose_forcefully(stream)
+            return b""
+        await stream.send_eof()  # as if the peer closed: a partial frame is then truncated
     with contextlib.suppress(trio.BrokenResourceError):
         while chunk := await stream.receive_some(4096):
             got += chunk
@@ -140,6 +141,20 @@ async def test_duplicate_channel_never_replaces_pending_or_open():
         with pytest.raises(ConnectionError):
             await accepted.receive()
         await round_trip(alice, bob, "qkd/x")
+
+
+async def test_big_first_frame_right_behind_the_hello_is_kept():
+    """Only the hello is held to the small unauthenticated limit."""
+    async with serving() as (alice, bob):
+        stream = await trio.open_tcp_stream(HOST, port_of(alice))
+        big = os.urandom(3 * 1024 * 1024)
+        hello = frame(make_hello(KEY, RUN, "alice", "bob", "x"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_all, hello + frame(big) + frame(b"next"))
+            accepted = await bob.accept("alice", "x")
+            assert await accepted.receive() == big
+            assert await accepted.receive() == b"next"
+        await stream.aclose()
 
 
 def nested(depth: int) -> bytes:
@@ -271,3 +286,133 @@ def test_hello_struct_is_strict():
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"type": "channel_hello", "node": "a", "to": "b", "channel": "x",
                          "nonce": b"short", "mac": b"\x00" * 32}, ChannelHello)
+
+
+# -- resources under a flood, in a subprocess ------------------------------------------------
+TARGET = """
+import json, sys, trio
+from nodes.errors import RemoteProtocolError
+from nodes.transport import Transport
+
+async def main():
+    transport = Transport("bob", run_id="flood", link_keys={"alice": sys.argv[1]})
+    ready = await transport.bind()
+
+    async def drain(name):
+        channel = await transport.accept("alice", name)
+        try:
+            while True:
+                await channel.receive()
+        except (ConnectionError, RemoteProtocolError):
+            await channel.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(transport.serve)
+        for i in range(int(sys.argv[2])):
+            nursery.start_soon(drain, f"c{i}")
+        print(json.dumps(ready), flush=True)
+        while await trio.to_thread.run_sync(sys.stdin.readline):
+            print(json.dumps(transport.counters()), flush=True)
+        nursery.cancel_scope.cancel()
+
+trio.run(main)
+"""
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM (kB) and the number of open fds of ``pid``."""
+    fields = {}
+    for line in open(f"/proc/{pid}/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    fields["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    return fields
+
+
+async def test_flood_of_connections_and_partial_frames_keeps_rss_and_fds_bounded():
+    """20,000 hostile short connections and 40 partial max-size frames: RSS stays within
+    50 MB of the idle process, and every fd is released once the attackers are gone."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nodes.transport import MAX_FRAME
+
+    connections, dialers, partial = 20_000, 64, 40
+    process = subprocess.Popen(
+        [sys.executable, "-c", TARGET, KEY.hex(), str(partial)], cwd=Path(__file__).parents[1],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask() -> dict:
+        process.stdin.write("counters\n")
+        process.stdin.flush()
+        return json.loads(process.stdout.readline())
+
+    try:
+        ready = json.loads(await trio.to_thread.run_sync(process.stdout.readline))
+        port = ready["tcp"]["alice"]
+        attacks = [HEADER.pack(0xFFFFFFFF), os.urandom(300), frame(nested(500)), b"",
+                   frame(make_hello(OTHER_KEY, "flood", "alice", "bob", "x"))]
+
+        async def dial(worker: int, count: int) -> None:
+            for i in range(count):
+                with contextlib.suppress(OSError, trio.BrokenResourceError):
+                    stream = await trio.open_tcp_stream(HOST, port)
+                    data = attacks[(worker + i) % len(attacks)]
+                    if data:
+                        await stream.send_all(data)
+                    if i % 3 == 0:  # some reset, the rest close
+                        stream.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))
+                    await trio.aclose_forcefully(stream)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:  # warm-up: allocator, code paths
+                for w in range(8):
+                    nursery.start_soon(dial, w, 50)
+            await trio.sleep(0.5)
+            before = proc_status(process.pid)
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for w in range(dialers):
+                    nursery.start_soon(dial, w, connections // dialers)
+            flood_s = trio.current_time() - start
+            held = []
+            for i in range(partial):  # authenticated channels, each with a partial frame
+                stream = await trio.open_tcp_stream(HOST, port)
+                await stream.send_all(frame(make_hello(KEY, "flood", "alice", "bob", f"c{i}")))
+                await stream.send_all(HEADER.pack(MAX_FRAME) + bytes(256 * 1024))
+                held.append(stream)
+            unauthenticated = []
+            for _ in range(partial):  # and unauthenticated ones announcing a max-size frame
+                stream = await trio.open_tcp_stream(HOST, port)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(HEADER.pack(MAX_FRAME) + bytes(60_000))
+                unauthenticated.append(stream)
+            await trio.sleep(1.0)
+            during = proc_status(process.pid)
+            for stream in held + unauthenticated:
+                await trio.aclose_forcefully(stream)
+            for _ in range(100):
+                after = proc_status(process.pid)
+                if after["fds"] <= before["fds"]:
+                    break
+                await trio.sleep(0.05)
+            counters = await trio.to_thread.run_sync(ask)
+    finally:
+        process.kill()
+        process.communicate()
+    print(f"flood: {connections} connections in {flood_s:.1f} s; rss {before['VmRSS']} -> "
+          f"{during['VmRSS']} kB (peak {after['VmHWM']}); fds {before['fds']} -> "
+          f"{during['fds']} -> {after['fds']}; {counters}")
+    assert max(during["VmRSS"], after["VmHWM"]) - before["VmRSS"] < 50 * 1024
+    assert after["fds"] == before["fds"]
+    assert counters["connections"] >= connections + 2 * partial
+    assert counters["channels_accepted"] == partial
+    assert counters["channel_errors"] == partial  # the truncated partial frames
+    rejected = sum(counters.get(k, 0) for k in (
+        "bad_hellos", "spoofed_hellos", "rejected_connections", "connection_errors",
+        "closed_before_hello"))
+    assert rejected >= connections
