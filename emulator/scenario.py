@@ -20,7 +20,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from emulator.apps import PluginError, kind_of, kinds
-from emulator.physics.channels import FIBRE_GROUP_DELAY_S_PER_KM
+from emulator.physics.channels import fibre_delay
 
 NonNegative = Annotated[float, Meta(ge=0)]
 Positive = Annotated[float, Meta(gt=0)]
@@ -111,7 +111,7 @@ class Link(Struct, forbid_unknown_fields=True):
         """One-way classical delay: configured, else the fibre's group delay."""
         if self.classical.delay_ms is not None:
             return self.classical.delay_ms / 1000.0
-        return self.length_km * FIBRE_GROUP_DELAY_S_PER_KM
+        return float(fibre_delay(self.length_km))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ import trio
 from emulator.child_config import DaemonConfig, DaemonEntanglementLink
 from emulator.daemon import protocol as p
 from emulator.daemon.server import serve
+from emulator.physics.channels import FIBRE_GROUP_DELAY_S_PER_KM
 from emulator.physics.heralding import heralding_probability
-from emulator.scenario import FIBRE_GROUP_DELAY_S_PER_KM, LinkEntanglement, NodeMemory
+from emulator.scenario import LinkEntanglement, NodeMemory
 from nodes.daemon_client import DaemonError, open_daemon
 
 TOKENS = {"alice": "tok-a", "bob": "tok-b", "eve": "tok-e"}
