@@ -73,6 +73,7 @@ def merge(scenario: Scenario, app: BB84App, entries: list[dict]) -> list[dict]:
         else:
             merged.update({k: v for k, v in entry.items()
                            if k not in ("role", "auth_rejected", "app")})
+    merged["link"] = link.id  # the scenario's name for it, whatever a node wrote
     merged.setdefault("protocol", "bb84")
     source_s = (merged.get("pulses") or 0) / link.quantum.source.rate_hz
     merged["sifted_rate_bps"] = (merged.get("sifted_bits") or 0) / source_s if source_s else 0.0
