@@ -58,6 +58,11 @@ class FrameBuffer:
         self.max_frame = max_frame
         self._buffer = bytearray()
         self._error: FrameTooLarge | None = None
+        self.peak = 0  # most bytes ever buffered at once
+
+    def clear(self) -> None:
+        """Drop whatever is buffered (the connection is closing)."""
+        self._buffer = bytearray()
 
     @property
     def buffered(self) -> int:
@@ -74,6 +79,7 @@ class FrameBuffer:
         if self._error is not None:
             raise self._error
         self._buffer += data
+        self.peak = max(self.peak, len(self._buffer))
 
     def frames(self) -> list[bytes]:
         if self._error is not None:
@@ -110,6 +116,16 @@ class FramedStream:
     @property
     def max_frame(self) -> int:
         return self._buffer.max_frame
+
+    @property
+    def peak_buffered(self) -> int:
+        """Most bytes of partial frames held at once on this stream."""
+        return self._buffer.peak
+
+    def release(self) -> None:
+        """Free the partial frame being received, if any (the stream is being abandoned)."""
+        self._buffer.clear()
+        self._pending.clear()
 
     def raise_limit(self, max_frame: int) -> None:
         """Accept frames up to ``max_frame`` bytes from now on (never lowers the limit)."""

@@ -167,3 +167,12 @@ async def test_reads_are_bounded_chunks():
         nursery.start_soon(a.send_all, frame(big))
         assert await framed.receive() == big
     assert recording.asked and all(x is not None and x <= CHUNK for x in recording.asked)
+
+
+def test_peak_and_release():
+    a, _ = trio.testing.memory_stream_pair()
+    framed = FramedStream(a, 1000)
+    framed._buffer.feed(HEADER.pack(900) + b"x" * 500)
+    assert framed._buffer.frames() == [] and framed.peak_buffered == HEADER.size + 500
+    framed.release()
+    assert framed._buffer.buffered == 0 and framed.peak_buffered == HEADER.size + 500

@@ -10,6 +10,8 @@ times per reason, never as a traceback per frame. Closed connections are forgott
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hmac
 import logging
 import math
@@ -28,6 +30,7 @@ log = logging.getLogger("qnet.daemon")
 
 CLOSE_DRAIN_S = 0.5  # after a fatal error: read and discard this long so the Error is not reset
 LOGGED_PER_REASON = 5  # rejections logged in full per reason; after that every power of ten
+TRIM_AFTER_BYTES = 1 << 20  # a closed connection that buffered this much: return it to the OS
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,9 @@ class Sessions:
             self.open.discard(conn)
             if conn.node is not None:
                 self.on_closed(conn)
+            conn.framed.release()
+            if conn.framed.peak_buffered >= TRIM_AFTER_BYTES:
+                trim_heap()
 
     async def _receive(self, conn: Connection) -> Any:
         try:
@@ -219,6 +225,24 @@ def non_finite_field(message: msgspec.Struct) -> str | None:
         if any(isinstance(x, float) and not math.isfinite(x) for x in values):
             return name
     return None
+
+
+def _libc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim with
+        return None
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``). A large partial frame
+    grows on the heap, and glibc keeps freed heap pages mapped: without this, peers that
+    once sent big partial frames would leave the daemon's RSS high after they closed."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 async def _close_gracefully(stream: trio.SocketStream) -> None:
