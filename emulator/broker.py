@@ -16,6 +16,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -49,6 +50,7 @@ BrokerKind = Literal["embedded", "mosquitto", "external"]
 TERMINATE_GRACE_S = 3.0
 DEFAULT_READY_TIMEOUT_S = 10.0
 _MOSQUITTO_FALLBACK = Path("/usr/sbin/mosquitto")
+OBSERVER_FILE = "mqtt-observer.json"  # read-only login: host, port, username, password
 
 
 class BrokerError(Exception):
@@ -204,6 +206,7 @@ def broker_command(spec: BrokerSpec, port: int, workdir: Path,
     """Write the broker's config files into ``workdir`` and return its argv (None if external).
 
     ``accounts`` (from ``telemetry.credentials``) turn on login and ACLs; every file is 0600.
+    The read-only observer login goes to ``OBSERVER_FILE`` for people watching the run.
     """
     if spec.kind == "external":
         return None
@@ -211,6 +214,11 @@ def broker_command(spec: BrokerSpec, port: int, workdir: Path,
     for account in (accounts or {}).values():
         if ":" in account.username or any(c.isspace() for c in account.username):
             raise ValueError(f"broker account {account.username!r}: no ':' or spaces allowed")
+    observer = (accounts or {}).get(telemetry.OBSERVER)
+    if observer is not None:
+        _write_private(workdir / OBSERVER_FILE, json.dumps({
+            "host": "127.0.0.1", "port": port, "username": observer.username,
+            "password": observer.password}) + "\n")
     if spec.kind == "embedded":
         config = workdir / "amqtt.yaml"
         password_file = None
@@ -312,7 +320,7 @@ async def open_broker(
         await wait_until_accepting(host, port, ready_timeout, account=probe)
 
     broker = Child(name="broker", role="broker", argv=argv, log_path=log_path,
-                   ready_probe=accepting)
+                   ready_probe=accepting, stop_signal=signal.SIGINT)  # amqtt: clean on SIGINT
     async with open_supervisor() as supervisor:
         started = time.monotonic()
         try:

@@ -4,7 +4,7 @@ show progress.
 Every received message goes through ``telemetry.TelemetryDecoder`` (bounded, typed by topic);
 what fails, or names a node or link the scenario does not have, is dropped and counted in
 ``state.telemetry_rejected`` (reported in result.json). Results are kept as builtins so
-``assemble`` writes them to result.json unchanged.
+``assemble`` writes them to result.json unchanged (fields at their default are left out).
 """
 
 from __future__ import annotations
@@ -102,14 +102,14 @@ def process_counters(state: RunState, child: Child) -> dict[str, int] | None:
         report = state.relay_results.get(child.name.removeprefix("relay-"))
         if report is None:
             return None
-        return {k: v for k, v in report.items() if isinstance(v, int)} | report["counters"]
+        return {k: v for k, v in report.items() if isinstance(v, int)} | report.get("counters", {})
     if child.role == "daemon":
         report = state.daemon_reports.get("result")
         if report is None:
             return None
         flat = {k: v for k, v in report.items() if isinstance(v, int)}
-        return flat | report["counters"] | {
-            f"measurements.{node}": n for node, n in report["measurements"].items()}
+        return flat | report.get("counters", {}) | {
+            f"measurements.{node}": n for node, n in report.get("measurements", {}).items()}
     return None
 
 

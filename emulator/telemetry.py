@@ -54,6 +54,7 @@ __all__ = [
 MAX_PAYLOAD_BYTES = 1 << 20  # a node result with many blocks is a few tens of kB
 ORCHESTRATOR = "orchestrator"
 DAEMON = "daemon"
+OBSERVER = "observer"  # read-only login for people watching a run (mosquitto_sub)
 
 Scalar = str | int | float | bool | None
 
@@ -304,16 +305,18 @@ def relay_user(link: str) -> str:
 
 def credentials(run: str, nodes: list[str], links: list[str]) -> dict[str, Account]:
     """A fresh account per process of a run, keyed by ``orchestrator``, ``daemon``,
-    ``node.<name>`` and ``relay.<link>`` (also its username; names cannot contain ``:``).
+    ``node.<name>`` and ``relay.<link>`` (also its username; names cannot contain ``:``),
+    plus ``observer``, which may only read (for a person with ``mosquitto_sub``).
 
     Only the orchestrator publishes under ``control/``; a node only under ``node/<its
-    name>/``, a relay under ``relay/<its link>/``, the daemon under ``daemon/``. Everyone but
-    the orchestrator subscribes to ``control/`` only.
+    name>/``, a relay under ``relay/<its link>/``, the daemon under ``daemon/``. Every child
+    subscribes to ``control/`` only.
     """
     control = (control_filter(run),)
-    accounts = {
+    accounts: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ORCHESTRATOR: ((control_filter(run),), (run_filter(run),)),
         DAEMON: ((f"qnet/{run}/daemon/#",), control),
+        OBSERVER: ((), (run_filter(run),)),
     }
     for name in nodes:
         accounts[node_user(name)] = ((f"qnet/{run}/node/{name}/#",), control)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -102,6 +103,10 @@ def test_broker_command_with_accounts_embedded(tmp_path: Path) -> None:
     assert acl["publish_acl"]["node.alice"] == [f"qnet/{RUN}/node/alice/#"]
     assert acl["acl"]["node.alice"] == [f"qnet/{RUN}/control/#"]
     assert private(Path(argv[-1])) and private(password_file)
+    observer = json.loads((tmp_path / brokers.OBSERVER_FILE).read_text())
+    assert observer == {"host": "127.0.0.1", "port": 12345, "username": "observer",
+                        "password": accounts["observer"].password}
+    assert private(tmp_path / brokers.OBSERVER_FILE)
 
 
 def test_mosquitto_password_hash_format() -> None:
@@ -266,6 +271,7 @@ async def test_each_process_publishes_only_under_its_own_topics(secured) -> None
         login(info, accounts["orchestrator"], "orchestrator") as orchestrator,
         login(info, accounts["node.alice"], "alice") as alice,
         login(info, accounts["relay.alice-bob"], "relay") as relay,
+        login(info, accounts["observer"], "observer") as observer,
     ):
         await orchestrator.subscribe(telemetry.run_filter(RUN), qos=1)
         forged = b'{"reason": "done"}'
@@ -275,6 +281,8 @@ async def test_each_process_publishes_only_under_its_own_topics(secured) -> None
             await alice.publish(topic, forged, qos=1)  # accepted on the wire, then dropped
         await relay.publish(telemetry.control_link(RUN, "alice-bob"), b'{"action":"cut"}', qos=1)
         await relay.publish(telemetry.node_metrics(RUN, "alice"), b"{}", qos=1)
+        await observer.publish(telemetry.control_stop(RUN), b"{}", qos=1)  # read-only
+        await observer.publish(telemetry.node_metrics(RUN, "alice"), b"{}", qos=1)
         # The broker keeps each client's order: had a forgery passed, it would come first.
         await alice.publish(telemetry.node_metrics(RUN, "alice"), b"marker-a", qos=1)
         await relay.publish(telemetry.relay_metrics(RUN, "alice-bob"), b"marker-r", qos=1)

@@ -153,7 +153,8 @@ def test_empty_payload_is_a_cleared_retained_message_not_a_reject() -> None:
 def test_credentials_are_per_process_and_fresh_per_run() -> None:
     first = telemetry.credentials(RUN, ["alice", "bob"], ["alice-bob"])
     again = telemetry.credentials(RUN, ["alice", "bob"], ["alice-bob"])
-    assert set(first) == {"orchestrator", "daemon", "node.alice", "node.bob", "relay.alice-bob"}
+    assert set(first) == {"orchestrator", "daemon", "observer", "node.alice", "node.bob",
+                          "relay.alice-bob"}
     assert all(account.username == key for key, account in first.items())
     passwords = [a.password for a in first.values()] + [a.password for a in again.values()]
     assert len(set(passwords)) == len(passwords)  # no two processes or runs share one
@@ -167,8 +168,10 @@ def test_acl_gives_control_to_the_orchestrator_only() -> None:
     assert rules["publish"]["node.control"] == [f"qnet/{RUN}/node/control/#"]
     assert rules["publish"]["relay.relay-control"] == [f"qnet/{RUN}/relay/relay-control/#"]
     assert rules["publish"]["daemon"] == [f"qnet/{RUN}/daemon/#"]
-    assert rules["subscribe"]["orchestrator"] == [f"qnet/{RUN}/#"]
-    others = [u for u in rules["subscribe"] if u != "orchestrator"]
+    assert rules["publish"]["observer"] == []
+    assert rules["subscribe"]["orchestrator"] == rules["subscribe"]["observer"] == [
+        f"qnet/{RUN}/#"]
+    others = [u for u in rules["subscribe"] if u not in ("orchestrator", "observer")]
     assert all(rules["subscribe"][u] == [f"qnet/{RUN}/control/#"] for u in others)
     publishers = [u for u, topics in rules["publish"].items()
                   if any(t.startswith(f"qnet/{RUN}/control/") for t in topics)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from qnet_process import ROOT, alive, descendants, run_qnet, running_qnet, wait_gone
 
 QUICKSTART = str(ROOT / "scenarios" / "quickstart.toml")
+HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
 pytestmark = pytest.mark.e2e
 
@@ -57,6 +59,7 @@ def test_quickstart_embedded_broker(tmp_path: Path) -> None:
     assert "QBER" in done.stdout and "predicted" in done.stdout
 
 
+@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto binary not installed")
 def test_quickstart_mosquitto_broker(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     done = run_qnet("run", QUICKSTART, "--duration", "2", "--run-dir", str(run_dir),

@@ -211,9 +211,13 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
     async def report_progress() -> None:
         while True:
             await trio.sleep(1.0)
+            done = [r for r in sift.records.values() if r.complete]
+            checked = sum(r.sample_bits + (0 if r.revealed is None else int(r.revealed[SIGNAL]))
+                          for r in done)  # signal bits compared openly so far
             await node.metrics(link=link, detections=int(sum(
                 r.detections.sum() for r in sift.records.values())),
                 sifted_bits=sum(len(r.key) for r in sift.records.values()),
+                qber=sum(int(r.errors[SIGNAL]) for r in done) / checked if checked else None,
                 secret_bits=store.total_bits)
 
     async with trio.open_nursery() as nursery:
