@@ -61,8 +61,10 @@ class NodeContext:
         self._partials[current_app.get()] = dict(entry)
 
     def partial_entries(self) -> list[dict]:
-        """The latest ``partial`` entry of every app of this node (what an abort publishes)."""
-        return list(self._partials.values())
+        """The latest ``partial`` entry of every app of this node (what an abort publishes),
+        tagged with its app index like the entries an app returns."""
+        tagged = ((key.rpartition(":")[2], entry) for key, entry in self._partials.items())
+        return [{**entry, "app": int(index)} for index, entry in tagged if index.isdigit()]
 
     async def event(self, kind: str, **fields: Scalar) -> None:
         """Publish an event (key produced, alarm, ...) on ``node/<name>/events`` (qos 1)."""
