@@ -63,6 +63,7 @@ RESULT_TIMEOUT_S = 60.0  # wall: the apps' post-processing after the end
 RESULT_EMULATED_S = 10.0  # emulated: final protocol rounds after the end
 RELAY_RESULT_TIMEOUT_S = 5.0  # wall: relays and daemon answer control/stop at once
 ABORT_RESULTS_S = 3.0  # wall: survivors' partial results after a failure
+EXIT_LINGER_S = 3.0  # wall: nodes and relays exiting on control/stop before we signal them
 TIER_BROKER, TIER_DAEMON, TIER_EDGE = 0, 1, 2  # stop order: edge (nodes, relays) first
 # What a run writes into its folder; a reused folder is cleared of these (and nothing else).
 RUN_FILES = ("*.ready.json", "*.ready.json.tmp", "*.config.json", "*.config.json.tmp",
@@ -198,7 +199,8 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
                         account=None if accounts is None else accounts[telemetry.ORCHESTRATOR])
 
                 broker = Child(name="broker", role="broker", argv=argv, tier=TIER_BROKER,
-                               log_path=run_dir / "broker.log", ready_probe=broker_ready)
+                               log_path=run_dir / "broker.log", ready_probe=broker_ready,
+                               stop_signal=signal.SIGINT)  # amqtt shuts down cleanly on it
                 state.children.append(broker)
                 await supervisor.start(broker, ready_timeout=READY_TIMEOUT_S)
 
@@ -314,6 +316,8 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         "metrics" not in state.daemon_reports or "result" in state.daemon_reports),
         RELAY_RESULT_TIMEOUT_S, "relay and daemon counters")
     await mqtt.publish(telemetry.control_start(state.run_id), b"", qos=1, retain=True)
+    # nodes and relays end on control/stop; the daemon and broker are stopped by signal
+    await supervisor.wait_exits([*nodes, *relays], EXIT_LINGER_S)
     return emulated_s
 
 

@@ -117,6 +117,7 @@ class Child:
     ready_probe: Callable[[Child], Awaitable[None]] | None = None  # or this returns
     restart: Restart = NEVER
     tier: int = 0  # stop order: higher tiers are stopped first
+    stop_signal: int = signal.SIGTERM  # what asks it to stop (amqtt shuts down on SIGINT)
     env: dict[str, str] | None = None
     process: ChildProcess | None = None
     ready: dict = field(default_factory=dict)
@@ -138,8 +139,10 @@ class Child:
 
 
 def _die_with_parent(parent: int) -> None:
-    """In the forked child, before exec: SIGKILL when the spawning thread dies."""
+    """In the forked child, before exec: SIGKILL when the spawning thread dies, and SIGINT
+    back to its default (a background shell job's children inherit it ignored)."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -163,11 +166,13 @@ def _spawn(child: Child) -> ChildProcess:
     return ChildProcess(popen)
 
 
-async def _terminate(process: ChildProcess, grace_s: float) -> None:
-    """SIGTERM, up to ``grace_s`` for the exit, then SIGKILL; always reaps. Shielded."""
+async def _terminate(process: ChildProcess, grace_s: float,
+                     stop_signal: int = signal.SIGTERM) -> None:
+    """SIGTERM (or ``stop_signal``), up to ``grace_s`` for the exit, then SIGKILL; always
+    reaps. Shielded."""
     with trio.CancelScope(shield=True):
         if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(stop_signal)
             with trio.move_on_after(grace_s):
                 await process.wait()
             if process.returncode is None:
@@ -257,6 +262,14 @@ class Supervisor:
         for child in self.children:
             child.expected_exit = True
 
+    async def wait_exits(self, children: list[Child], timeout: float) -> None:
+        """Give ``children`` (told to finish) up to ``timeout`` s to exit on their own, so
+        none is signalled while its interpreter shuts down (it would die by the signal)."""
+        with trio.move_on_after(timeout):
+            for child in children:
+                if child.process is not None:
+                    await child.process.wait()
+
     async def stop_all(self) -> None:
         """Stop every child, highest tier first, each tier concurrently. Shielded."""
         self.stopping.set()
@@ -266,7 +279,8 @@ class Supervisor:
                 async with trio.open_nursery() as nursery:
                     for child in self.children:
                         if child.tier == tier and child.process is not None:
-                            nursery.start_soon(_terminate, child.process, self.grace_s)
+                            nursery.start_soon(_terminate, child.process, self.grace_s,
+                                               child.stop_signal)
 
     def _may_restart(self, child: Child) -> bool:
         policy = child.restart
@@ -305,7 +319,7 @@ class Supervisor:
                 try:
                     await _wait_ready(child, ready_timeout)
                 except ChildFailed:
-                    await _terminate(process, self.grace_s)
+                    await _terminate(process, self.grace_s, child.stop_signal)
                     child.exit_code = process.returncode
                     child.exits.append(child.exit_code)
                     if self._may_restart(child) and await self._backoff(child):
@@ -324,7 +338,7 @@ class Supervisor:
                     return
                 raise ChildFailed(child, f"exited unexpectedly with code {child.exit_code}")
             finally:
-                await _terminate(process, self.grace_s)
+                await _terminate(process, self.grace_s, child.stop_signal)
                 if child.exit_code is None:
                     child.exit_code = process.returncode
                     child.exits.append(child.exit_code)

@@ -1,0 +1,180 @@
+"""End to end: how a run ends. SIGINT at random times, ``kill -9`` of qnet, a node killed
+mid-run, a reused run folder, slow motion, unwritable results, verbatim error messages.
+
+"Nothing of the run left alive" is checked by scanning /proc for any process whose command
+line names the run folder (every child's argv does: its config, or the broker's config file),
+so children started after a snapshot are caught too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from qnet_process import ROOT, alive, run_qnet, running_qnet, start_qnet, wait_gone
+
+QUICKSTART = str(ROOT / "scenarios" / "quickstart.toml")
+
+pytestmark = pytest.mark.e2e
+
+
+def run_processes(run_dir: Path) -> set[int]:
+    """Live processes whose command line mentions ``run_dir``."""
+    needle = str(run_dir).encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline and alive(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
+def assert_nothing_left(run_dir: Path, timeout: float = 5.0) -> None:
+    left = wait_gone(run_processes(run_dir), timeout)
+    assert not left, f"processes of {run_dir} still alive: {left}"
+
+
+def tracebacks(run_dir: Path) -> list[str]:
+    return [log.name for log in run_dir.glob("*.log") if "Traceback" in log.read_text()]
+
+
+def wait_ready(process, run_dir: Path, names: list[str], timeout: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all((run_dir / f"{n}.ready.json").exists() for n in names):
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"{names} never became ready")
+
+
+def test_twenty_sigints_at_random_times_exit_130_quietly(tmp_path: Path) -> None:
+    """SIGINT anywhere from broker start-up to the middle of the run: exit 130, no child
+    traceback, nothing left. Four runs at a time keep the total well under two minutes."""
+    rng = random.Random(20)
+    delays = [rng.uniform(0.05, 4.0) for _ in range(20)]
+    for batch in range(0, 20, 4):
+        runs = []
+        for i in range(batch, batch + 4):
+            run_dir = tmp_path / f"run{i}"
+            process = start_qnet("run", QUICKSTART, "--duration", "8", "--run-dir",
+                                 str(run_dir), "--no-progress")
+            runs.append((process, run_dir, time.monotonic() + delays[i]))
+        try:
+            for process, _, at in sorted(runs, key=lambda r: r[2]):
+                time.sleep(max(0.0, at - time.monotonic()))
+                process.send_signal(signal.SIGINT)
+            for process, run_dir, _ in runs:
+                out, err = process.communicate(timeout=30)
+                assert process.returncode == 130, (run_dir, out, err)
+                assert "Traceback" not in err
+        finally:
+            for process, _, _ in runs:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+        for _, run_dir, _ in runs:
+            assert_nothing_left(run_dir)
+            assert not tracebacks(run_dir), f"traceback in {run_dir}: {tracebacks(run_dir)}"
+
+
+def test_kill_9_of_qnet_leaves_no_process_of_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with running_qnet("run", QUICKSTART, "--duration", "30", "--run-dir", str(run_dir),
+                      "--no-progress") as process:
+        wait_ready(process, run_dir, ["daemon", "alice", "bob", "relay-alice-bob"])
+        before = run_processes(run_dir)
+        assert len(before) == 5  # broker, daemon, alice, bob, relay
+        process.kill()
+        process.communicate(timeout=10)
+        assert_nothing_left(run_dir)
+
+
+def test_a_node_killed_mid_run_still_leaves_a_result(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with running_qnet("run", QUICKSTART, "--duration", "30", "--run-dir", str(run_dir),
+                      "--no-progress") as process:
+        wait_ready(process, run_dir, ["alice", "bob", "relay-alice-bob"])
+        bob = json.loads((run_dir / "bob.ready.json").read_text())["pid"]
+        time.sleep(6.0)  # a few key blocks in
+        signal_sent = time.monotonic()
+        os.kill(bob, signal.SIGKILL)
+        out, err = process.communicate(timeout=30)
+        assert time.monotonic() - signal_sent < 15.0
+    assert process.returncode == 3, out + err
+    assert "bob" in err and "exited unexpectedly with code -9" in err and "Traceback" not in err
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["ok"] is False
+    failure = result["failure"]
+    assert failure["process"] == "bob" and failure["exit_code"] == -9
+    assert "log_tail" in failure
+    exit_codes = {p["name"]: p["exit_code"] for p in result["processes"]}
+    assert exit_codes["bob"] == -9
+    assert {exit_codes[n] for n in ("broker", "daemon", "alice", "relay-alice-bob")} == {0}
+    alice = result["nodes"]["alice"]
+    assert alice["partial"] is True
+    # the survivor reports the keys it had produced before bob died
+    assert alice["apps"], "alice reported no partial entries (node.partial not called?)"
+    assert any(entry.get("secret_bits", 0) > 0 for entry in alice["apps"]), alice["apps"]
+    assert_nothing_left(run_dir)
+    assert not tracebacks(run_dir)
+
+
+def test_a_run_folder_can_be_reused_and_is_private(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    pids = []
+    for _ in range(2):
+        done = run_qnet("run", QUICKSTART, "--duration", "2", "--run-dir", str(run_dir),
+                        "--no-progress")
+        assert done.returncode == 0, done.stdout + done.stderr
+        result = json.loads((run_dir / "result.json").read_text())
+        processes = {p["name"]: p for p in result["processes"]}
+        pids.append({name: p["pid"] for name, p in processes.items()})
+        # every child ended on our SIGTERM or on control/stop with exit code 0
+        assert {name: p["exit_code"] for name, p in processes.items()} == dict.fromkeys(
+            processes, 0)
+    assert pids[0]["alice"] != pids[1]["alice"]
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    for config in run_dir.glob("*.config.json"):
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600, config
+    assert not tracebacks(run_dir)
+
+
+def test_slow_motion_run_exits_0(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = run_qnet("run", QUICKSTART, "--time-scale", "0.05", "--duration", "0.2",
+                    "--run-dir", str(run_dir), "--no-progress", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["time_scale"] == 0.05
+    assert result["wall_s"] > 0.2 / 0.05  # the emulated 0.2 s took 4 wall seconds at least
+
+
+def test_unwritable_json_path_exits_3_with_one_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    target = tmp_path / "missing-dir" / "result.json"
+    done = run_qnet("run", QUICKSTART, "--duration", "1", "--run-dir", str(run_dir),
+                    "--no-progress", "--json", str(target))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "cannot write the results" in done.stderr and str(target) in done.stderr
+    assert (run_dir / "result.json").exists()  # the run folder keeps what could be written
+
+
+def test_error_messages_are_printed_verbatim(tmp_path: Path) -> None:
+    done = run_qnet("run", QUICKSTART, "--broker", "[nu, 0.0]", "--run-dir",
+                    str(tmp_path / "run"))
+    assert done.returncode == 2
+    assert "'[nu, 0.0]'" in done.stderr
+    assert not (tmp_path / "run").exists()
