@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 import msgspec
 
+from nodes.errors import MalformedMessage, RemoteProtocolError
 from nodes.qkd.auth import Authenticator, AuthError
 
 DATA, NACK = 0, 1
@@ -32,8 +33,8 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 
 
-class LinkFailed(Exception):
-    """The peer never resent what we NACKed (local view: the link is unusable)."""
+class LinkFailed(RemoteProtocolError):
+    """The peer never resent what we NACKed: the link is unusable (ends the session)."""
 
 
 class AuthenticatedLink:
@@ -70,11 +71,15 @@ class AuthenticatedLink:
 
     def receive(self, frame: bytes, now: float) -> tuple[list[bytes], list[bytes]]:
         try:
-            envelope = _decoder.decode(self.auth.open(frame))
+            opened = self.auth.open(frame)
         except AuthError:
             if self._nacked == self._next_receive:
                 return [], []  # already asked for it
             return [], [self._nack(now)]
+        try:  # authentic, so the peer's own fault if it does not decode
+            envelope = _decoder.decode(opened)
+        except msgspec.DecodeError as exc:
+            raise MalformedMessage(f"authenticated frame is no envelope: {exc}") from None
         while self._unacked and next(iter(self._unacked)) < envelope.ack:
             self._unacked.popitem(last=False)
         if envelope.kind == NACK:

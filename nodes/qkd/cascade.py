@@ -38,6 +38,7 @@ import msgspec
 import numpy as np
 
 from emulator.physics.entropy import binary_entropy
+from nodes.errors import BlockRejected
 
 Schedule = Literal["original", "yanetal", "option7", "option8"]
 SCHEDULES: tuple[str, ...] = ("original", "yanetal", "option7", "option8")
@@ -81,8 +82,8 @@ class CascadeDone(msgspec.Struct, tag="cascade_done", forbid_unknown_fields=True
     leaked_bits: int
 
 
-class CascadeProtocolError(Exception):
-    """A Cascade message that does not fit the block (remote protocol error)."""
+class CascadeProtocolError(BlockRejected):
+    """A Cascade message that does not fit the block: the peer's fault, ends that block."""
 
 
 def block_sizes(schedule: str, qber: float, n: int) -> list[int]:

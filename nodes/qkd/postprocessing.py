@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 
 from emulator.physics import decoy, finite_key
-from emulator.physics.entropy import binary_entropy
+from nodes.errors import BlockRejected, UnexpectedMessage
 from nodes.qkd import messages as m
 from nodes.qkd.auth import KEY_BITS_PER_MESSAGE
 from nodes.qkd.cascade import CascadeDone, CascadeReceiver, CascadeSender, ParityQuery, ParityReply
@@ -101,7 +101,7 @@ class Block:
     auth_bits: int = 0
     final_key: np.ndarray | None = None  # delivered bits (after the auth refill)
     auth_material: bytes = b""
-    status: str = "open"  # open | ok | aborted | failed_verification
+    status: str = "open"  # open | ok | aborted | failed_verification | rejected
 
     @property
     def n(self) -> int:
@@ -180,9 +180,8 @@ def output_length(block: Block, config: PostprocessingConfig) -> int:
             eps_sec=config.eps_sec, eps_cor=config.eps_cor)
         return min(block.finite.length, block.n)
     if isinstance(est, SampleCounts):
-        length = (block.n * (1 - float(binary_entropy(est.e_mu))) - block.leaked_bits
-                  - verification - 2 * np.log2(1 / config.eps_pa))
-        return max(0, int(np.floor(length)))
+        return decoy.entangled_key_length(block.n, est.e_mu, block.leaked_bits,
+                                          verification_bits=verification, eps_pa=config.eps_pa)
     return decoy.secret_key_length(block.n, est.q_mu, est.q1, est.e1_upper, block.leaked_bits,
                                    verification_bits=verification, auth_bits=0,
                                    eps_pa=config.eps_pa)
@@ -207,12 +206,30 @@ def _records_key(records: list[BatchRecord]) -> np.ndarray:
     return np.concatenate([r.key for r in records]) if records else np.zeros(0, np.uint8)
 
 
+def _block_of(message) -> int | None:
+    """The block a post-processing message is about (None for messages without one)."""
+    for name in ("block", "block_id"):
+        if (value := getattr(message, name, None)) is not None:
+            return value
+    return None
+
+
 class _Common:
+    """What both ends share: finished blocks, and blocks ended because of the peer.
+
+    A peer's inconsistent data for the open block raises ``BlockRejected`` from
+    ``on_message``; the shell then calls ``reject``, which closes that block as
+    ``rejected`` and returns the ``BlockAbort`` telling the peer (and, at the receiver, the
+    start of the next block). Late messages about a rejected block are dropped.
+    """
+
     def __init__(self, config: PostprocessingConfig) -> None:
         self.config = config
         self.verifier = BlockVerifier(config.verification_tag_bits)
         self.finished: deque[Block] = deque()  # blocks done (ok, aborted or failed), unread
         self.blocks: list[Block] = []
+        self._block: Block | None = None
+        self._rejected: set[int] = set()
 
     def _close(self, block: Block, status: str) -> None:
         if status != "ok":
@@ -220,6 +237,36 @@ class _Common:
             block.final_key = None
         self.blocks.append(block)
         self.finished.append(block)
+
+    def _end(self, block: Block, status: str) -> None:
+        self._block = self._cascade = None
+        self._close(block, status)
+
+    def _stale(self, message) -> bool:
+        """A message about a block we rejected (sent before the peer read our abort)."""
+        return _block_of(message) in self._rejected
+
+    def reject(self, error: BlockRejected) -> list:
+        """End the open block because of ``error`` (the peer's); returns what to send."""
+        block = self._block
+        if block is None:
+            raise UnexpectedMessage(f"no open block to reject: {error}") from error
+        self._rejected.add(block.block)
+        self._end(block, "rejected")
+        return [m.BlockAbort(block.block, block.first_batch, block.last_batch,
+                             f"rejected: {error}"), *self._next()]
+
+    def _next(self) -> list:
+        return []
+
+    def _peer_aborted(self, message: m.BlockAbort) -> bool:
+        """The peer rejected our open block: close it too (True if it was that block)."""
+        block = self._block
+        if block is None or message.block != block.block:
+            return False
+        self._rejected.add(block.block)
+        self._end(block, "rejected")
+        return True
 
 
 class ReceiverPostprocessing(_Common):
@@ -238,6 +285,9 @@ class ReceiverPostprocessing(_Common):
     @property
     def idle(self) -> bool:
         return self._block is None and not self._startable()
+
+    def _next(self) -> list:
+        return self._maybe_start()
 
     def add_record(self, record: BatchRecord) -> list:
         self._records.append(record)
@@ -281,11 +331,17 @@ class ReceiverPostprocessing(_Common):
         return out
 
     def on_message(self, message) -> list:
+        """The sender's message about the open block -> what to send back.
+
+        Raises ``BlockRejected`` (then call ``reject``) or ``UnexpectedMessage``."""
         block, cascade = self._block, self._cascade
-        if block is None:
-            raise ValueError(f"{type(message).__name__} while no block is open")
+        if isinstance(message, m.BlockAbort) and self._peer_aborted(message):
+            return self._maybe_start()
+        if self._stale(message):
+            return []
+        if block is None or cascade is None:
+            raise UnexpectedMessage(f"{type(message).__name__} while no block is open")
         if isinstance(message, ParityReply):
-            assert cascade is not None
             reply = cascade.receive_reply(message)
             if isinstance(reply, CascadeDone):
                 block.key = cascade.key
@@ -300,19 +356,19 @@ class ReceiverPostprocessing(_Common):
             block.out_len = output_length(block, self.config)
             return [result]
         if isinstance(message, m.PrivacyAmplification):
-            if message.out_len != block.out_len:
-                raise ValueError(f"block {block.block}: PA length {message.out_len}, "
-                                 f"we computed {block.out_len}")
+            if message.block != block.block or message.out_len != block.out_len:
+                raise BlockRejected(f"block {block.block}: PA for block {message.block} of "
+                                    f"length {message.out_len}, we computed {block.out_len}")
+            if block.out_len and len(message.seed) != -(-seed_length(block.n, block.out_len)
+                                                        // 8):
+                raise BlockRejected(f"block {block.block}: PA seed of {len(message.seed)} "
+                                    "bytes")
             seed = np.unpackbits(np.frombuffer(message.seed, np.uint8),
                                  count=seed_length(block.n, block.out_len))
             finish_block(block, _hash(block, seed))
             self._end(block, "ok")
             return self._maybe_start()
-        raise ValueError(f"unexpected {type(message).__name__}")
-
-    def _end(self, block: Block, status: str) -> None:
-        self._block = self._cascade = None
-        self._close(block, status)
+        raise UnexpectedMessage(f"{type(message).__name__} at the receiver's post-processing")
 
 
 class SenderPostprocessing(_Common):
@@ -332,11 +388,20 @@ class SenderPostprocessing(_Common):
     def _take(self, first: int, last: int) -> list[BatchRecord]:
         missing = [b for b in range(first, last + 1)
                    if b not in self.records or not self.records[b].complete]
-        if missing:
-            raise ValueError(f"block of batches {first}..{last}: batches {missing} incomplete")
+        if missing or first > last:
+            raise UnexpectedMessage(f"block of batches {first}..{last}: batches {missing} "
+                                    "were never sifted to the end")
         return [self.records.pop(b) for b in range(first, last + 1)]
 
     def on_message(self, message) -> list:
+        """The receiver's message -> what to send back.
+
+        Raises ``BlockRejected`` (then call ``reject``) or ``UnexpectedMessage``."""
+        if isinstance(message, m.BlockAbort) and self._peer_aborted(message):
+            return []
+        if isinstance(message, (m.BlockAbort, m.BlockStart)) and self._block is not None:
+            raise UnexpectedMessage(f"{type(message).__name__} for block {message.block} "
+                                    f"while block {self._block.block} is open")
         if isinstance(message, m.BlockAbort):
             records = self._take(message.first_batch, message.last_batch)
             block = Block(message.block, records, self._slot_start, records[-1].slot_end)
@@ -347,22 +412,26 @@ class SenderPostprocessing(_Common):
             return []
         if isinstance(message, m.BlockStart):
             records = self._take(message.first_batch, message.last_batch)
-            if (message.slot_start, message.slot_end) != (self._slot_start, records[-1].slot_end):
-                raise ValueError(f"block {message.block}: slot range disagrees with ours")
-            block = Block(message.block, records, message.slot_start, message.slot_end,
+            block = Block(message.block, records, self._slot_start, records[-1].slot_end,
                           key=_records_key(records))
             self._slot_start = block.slot_end
             block.estimate = estimate_block(records, block.slot_start, block.slot_end,
                                             self.config)
+            self._block = block  # open: a rejection below closes it
+            if (message.slot_start, message.slot_end) != (block.slot_start, block.slot_end):
+                raise BlockRejected(f"block {message.block}: slots [{message.slot_start}, "
+                                    f"{message.slot_end}), ours [{block.slot_start}, "
+                                    f"{block.slot_end})")
             reason = abort_reason(block.estimate, self.config)
             if reason is not None:
-                raise ValueError(f"block {block.block}: receiver started it but {reason}")
-            self._block = block
+                raise BlockRejected(f"block {block.block}: receiver started it but {reason}")
             self._cascade = CascadeSender(block.key, block_id=block.block)
+            return []
+        if self._stale(message):
             return []
         block, cascade = self._block, self._cascade
         if block is None or cascade is None:
-            raise ValueError(f"{type(message).__name__} while no block is open")
+            raise UnexpectedMessage(f"{type(message).__name__} while no block is open")
         if isinstance(message, ParityQuery):
             return [cascade.receive_query(message)]
         if isinstance(message, CascadeDone):
@@ -380,11 +449,7 @@ class SenderPostprocessing(_Common):
             self._end(block, "ok")
             return [m.PrivacyAmplification(block.block, block.out_len,
                                            np.packbits(seed).tobytes())]
-        raise ValueError(f"unexpected {type(message).__name__}")
-
-    def _end(self, block: Block, status: str) -> None:
-        self._block = self._cascade = None
-        self._close(block, status)
+        raise UnexpectedMessage(f"{type(message).__name__} at the sender's post-processing")
 
 
 def _hash(block: Block, seed: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emulator.prf import sender_choices
+from nodes.errors import MalformedMessage, UnexpectedMessage
 from nodes.qkd import messages as m
 
 SIGNAL = 0  # intensity index of the signal state
@@ -78,8 +79,11 @@ class SiftSender:
     def on_sift_request(self, request: m.SiftRequest) -> m.SiftReply:
         slots = np.frombuffer(request.slots, dtype="<u8")
         their_bases = np.frombuffer(request.bases, dtype=np.uint8)
-        if len(slots) != len(their_bases):
-            raise ValueError("sift request: slots and bases differ in length")
+        if len(request.slots) % 8 or len(slots) != len(their_bases):
+            raise MalformedMessage(f"sift request {request.batch}: {len(request.slots)} slot "
+                                   f"bytes for {len(their_bases)} bases")
+        if request.batch in self.records:
+            raise UnexpectedMessage(f"sift request for batch {request.batch} again")
         bits, bases, intensity = sender_choices(self.prf_key, slots, self.intensity_probabilities)
         match = bases == their_bases
         in_key, revealed = key_masks(self.key_rule, match, intensity, bases)
@@ -103,13 +107,20 @@ class SiftSender:
         )
 
     def on_sample_result(self, result: m.SampleResult) -> BatchRecord:
-        record = self.records[result.batch]
+        record = self.records.get(result.batch)
+        if record is None or record.complete:
+            raise UnexpectedMessage(f"sample result for batch {result.batch}, which has no "
+                                    "open sift request")
         if result.sampled != record.sample_bits:
-            raise ValueError(f"batch {result.batch}: receiver sampled {result.sampled} bits, "
-                             f"we revealed {record.sample_bits}")
+            raise MalformedMessage(f"batch {result.batch}: receiver sampled {result.sampled} "
+                                   f"bits, we revealed {record.sample_bits}")
+        if not 0 <= result.errors <= result.sampled:
+            raise MalformedMessage(f"batch {result.batch}: {result.errors} errors in "
+                                   f"{result.sampled} sampled bits")
         for index, errors in result.revealed_errors.items():
-            if not 0 <= index < self.intensities:
-                raise ValueError(f"batch {result.batch}: no intensity {index}")
+            if not 0 <= index < self.intensities or errors < 0:
+                raise MalformedMessage(f"batch {result.batch}: {errors} errors at intensity "
+                                       f"{index}")
             record.errors[index] = errors
         record.errors[SIGNAL] += result.errors
         record.complete = True
@@ -159,19 +170,32 @@ class SiftReceiver:
                              bases=bases.tobytes(), slot_end=self._slot_end)
 
     def on_sift_reply(self, reply: m.SiftReply) -> tuple[m.SampleResult, BatchRecord]:
+        if reply.batch not in self._pending:
+            raise UnexpectedMessage(f"sift reply for batch {reply.batch}, never requested")
         bases, outcomes, slot_end = self._pending.pop(reply.batch)
+        if len(reply.match) != (len(bases) + 7) // 8:
+            raise MalformedMessage(f"batch {reply.batch}: {len(reply.match)} match bytes for "
+                                   f"{len(bases)} detections")
         match = np.unpackbits(np.frombuffer(reply.match, dtype=np.uint8), count=len(bases))
         match = match.astype(bool)
         intensity = np.frombuffer(reply.intensity, dtype=np.uint8)
         n = self.n_intensities
         if len(intensity) != len(bases) or (len(intensity) and intensity.max() >= n):
-            raise ValueError(f"batch {reply.batch}: bad intensity announcement")
+            raise MalformedMessage(f"batch {reply.batch}: bad intensity announcement")
         in_key, revealed = key_masks(self.key_rule, match, intensity, bases)
         key_bits = outcomes[in_key]
+        if len(reply.sample_positions) % 4:
+            raise MalformedMessage(f"batch {reply.batch}: sample positions not 4-byte words")
         positions = np.frombuffer(reply.sample_positions, dtype="<u4")
         their_bits = np.frombuffer(reply.sample_bits, dtype=np.uint8)
+        revealed_bits = np.frombuffer(reply.revealed_bits, dtype=np.uint8)
+        if (len(their_bits) != len(positions) or len(np.unique(positions)) != len(positions)
+                or (len(positions) and positions.max() >= len(key_bits))
+                or len(revealed_bits) != np.count_nonzero(revealed)):
+            raise MalformedMessage(f"batch {reply.batch}: sample or revealed bits do not fit "
+                                   f"{len(key_bits)} sifted bits")
         sample_errors = int(np.count_nonzero(key_bits[positions] != their_bits))
-        wrong = outcomes[revealed] != np.frombuffer(reply.revealed_bits, dtype=np.uint8)
+        wrong = outcomes[revealed] != revealed_bits
         revealed_errors = _counts(intensity[revealed][wrong], n)
         errors = revealed_errors.copy()
         errors[SIGNAL] += sample_errors

@@ -20,6 +20,8 @@ import hashlib
 import msgspec
 import numpy as np
 
+from nodes.errors import BlockRejected
+
 PRIME = (1 << 61) - 1
 CHUNK_BITS = 56
 POINT_BITS = 61
@@ -41,8 +43,8 @@ class VerifyResult(msgspec.Struct, tag="verify_result", forbid_unknown_fields=Tr
     ok: bool
 
 
-class VerificationError(Exception):
-    """A ``VerifyTag``/``VerifyResult`` that does not fit this block (remote protocol error)."""
+class VerificationError(BlockRejected):
+    """A ``VerifyTag``/``VerifyResult`` that does not fit this block: ends that block."""
 
 
 def points_from_seed(seed: bytes, count: int) -> list[int]:
