@@ -160,3 +160,11 @@ def secret_key_length(
     single = n_sifted * min(1.0, q1 / q_mu) * (1.0 - float(binary_entropy(e1)))
     length = single - leaked_ec_bits - verification_bits - auth_bits - 2.0 * math.log2(1.0 / eps_pa)
     return max(0, math.floor(length))
+
+
+def entangled_key_length(n: int, e: float, leaked_ec_bits: int, verification_bits: int = 0,
+                         eps_pa: float = 1e-10) -> int:
+    """Entanglement-based (BBM92) block: l = floor(n [1 - H2(e)] - leak_EC - verification
+    - 2 log2(1/eps_pa)), 0 if negative: ``secret_key_length`` with every bit counted (Q1 = Q_mu)
+    and the phase error taken equal to the sampled bit error e (docs/physics.md)."""
+    return secret_key_length(n, 1.0, 1.0, e, leaked_ec_bits, verification_bits, 0, eps_pa)

@@ -10,6 +10,7 @@ import pytest
 from emulator.physics.channels import transmittance
 from emulator.physics.decoy import (
     e1_upper,
+    entangled_key_length,
     estimate,
     gllp_key_rate,
     gllp_rate,
@@ -127,3 +128,11 @@ def test_gys_cutoff_distances_against_ma05():
     cut_inf, cut_weak = km[infinite > 0][-1], km[weak > 0][-1]
     assert 141.0 <= cut_inf <= 143.0
     assert cut_inf - 3.0 <= cut_weak <= cut_inf
+
+
+def test_entangled_key_length_hand_computed():
+    n, e, leak = 200_000, 0.03, 40_000
+    h = -e * math.log2(e) - (1 - e) * math.log2(1 - e)
+    expected = math.floor(n * (1 - h) - leak - 122 - 2 * math.log2(1e10))
+    assert entangled_key_length(n, e, leak, 122, 1e-10) == expected
+    assert entangled_key_length(n, 0.25, leak) == 0  # n (1 - H2) = 37_750 < leak
