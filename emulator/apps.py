@@ -37,8 +37,9 @@ class AppKind:
     ``validate(scenario, index, app)`` raises ``ScenarioError("apps[<index>].<field>: ...")``
     and may complete the spec in place (e.g. resolve a default path). ``merge(scenario, app,
     entries)`` turns the entries the app's nodes returned (each tagged with the app's index)
-    into the entries of result.json section ``section``, predictions included; it must accept a
-    partial set (a node that died reports nothing).
+    into the entries of result.json section ``section`` (an entry's own ``"section"`` key, if
+    any, files it elsewhere), predictions included; it must accept a partial set (a node that
+    died reports nothing).
     """
 
     kind: str

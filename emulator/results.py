@@ -28,7 +28,8 @@ def app_sections(scenario: Scenario, node_entries: list[dict]) -> dict[str, list
 
     Every registered kind's section is present (empty when no app of that kind ran); an app
     whose nodes reported nothing is merged from an empty list (its kind decides what that
-    shows). Entries without a valid app index are dropped: no kind could interpret them."""
+    shows). A merged entry may name another section (``"section"``: external programs
+    report into ``entanglement``). Entries without a valid app index are dropped."""
     sections: dict[str, list[dict]] = {kind.section: [] for kind in kinds().values()}
     by_app: dict[int, list[dict]] = {i: [] for i in range(len(scenario.apps))}
     for entry in node_entries:
@@ -39,7 +40,7 @@ def app_sections(scenario: Scenario, node_entries: list[dict]) -> dict[str, list
         kind = kind_of(app)
         for merged in kind.merge(scenario, app, by_app[i]):
             merged[KIND_FIELD] = kind.kind
-            sections.setdefault(kind.section, []).append(merged)
+            sections.setdefault(merged.pop("section", kind.section), []).append(merged)
     return sections
 
 

@@ -129,3 +129,18 @@ def test_summary_prints_each_kind_table(scenario) -> None:
     text = out.getvalue()
     assert "QKD alice-bob (bb84)" in text and "classical links" in text
     assert "expectations" in text and "5,000" in text
+
+
+def test_external_programs_file_their_entries_by_section_and_name() -> None:
+    sc = parse_scenario({
+        "scenario": {"name": "t"}, "nodes": [{"name": "alice"}, {"name": "bob"}],
+        "links": [{"a": "alice", "b": "bob", "length_km": 1}],
+        "apps": [{"kind": "external", "a": "alice", "b": "bob", "command": ["python", "x"]}]})
+    sections = app_sections(sc, [
+        {"section": "entanglement", "role": "a_end", "name": "ext", "pairs_a": 10, "app": 0},
+        {"section": "entanglement", "role": "report", "name": "ext", "pairs": 9, "app": 0},
+        {"section": "external", "name": "bob:x", "exit_code": 3, "app": 0}])
+    (pairs,) = sections["entanglement"]
+    assert (pairs["name"], pairs["pairs"], pairs["pairs_a"]) == ("ext", 9, 10)
+    (crashed,) = sections["external"]
+    assert crashed["exit_code"] == 3 and "section" not in crashed

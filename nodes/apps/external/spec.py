@@ -1,4 +1,4 @@
-"""``[[apps]] kind = "external"``: the spec and its result entries (one per end, as reported)."""
+"""``[[apps]] kind = "external"``: the spec and the merge of what the programs printed."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta, Struct
 
+from emulator.results import join_ends
 from emulator.scenario import Name, Scenario, ScenarioError
 
 
@@ -24,6 +25,11 @@ def validate(sc: Scenario, i: int, app: ExternalApp) -> None:
 
 
 def merge(scenario: Any, app: ExternalApp, entries: list[dict]) -> list[dict]:
-    """Each end's entry as its program printed it (the programs define their own fields)."""
-    return [{k: v for k, v in e.items() if k not in ("section", "app")}
-            for e in sorted(entries, key=lambda e: e.get("name", ""))]
+    """The programs define their fields: entries with the same ``section`` and ``name`` are
+    joined (a ``role = "report"`` entry first), those without a section go to ``external``."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for entry in entries:
+        key = (entry.get("section") or "external", str(entry.get("name", "")))
+        groups.setdefault(key, []).append(entry)
+    return [{**join_ends(group, name), "section": section}
+            for (section, name), group in sorted(groups.items())]
