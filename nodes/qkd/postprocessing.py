@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 
 from emulator.physics import decoy, finite_key
-from nodes.errors import BlockRejected, UnexpectedMessage
+from nodes.errors import BlockRejected, MalformedMessage, UnexpectedMessage
 from nodes.qkd import messages as m
 from nodes.qkd.auth import KEY_BITS_PER_MESSAGE
 from nodes.qkd.cascade import CascadeDone, CascadeReceiver, CascadeSender, ParityQuery, ParityReply
@@ -356,13 +356,16 @@ class ReceiverPostprocessing(_Common):
             block.out_len = output_length(block, self.config)
             return [result]
         if isinstance(message, m.PrivacyAmplification):
+            # the sender's commit: it has finished the block (and refilled its auth pool
+            # from it), so a bad one cannot end this block alone; it ends the session
             if message.block != block.block or message.out_len != block.out_len:
-                raise BlockRejected(f"block {block.block}: PA for block {message.block} of "
-                                    f"length {message.out_len}, we computed {block.out_len}")
+                raise MalformedMessage(f"block {block.block}: PA for block {message.block} "
+                                       f"of length {message.out_len}, we computed "
+                                       f"{block.out_len}")
             if block.out_len and len(message.seed) != -(-seed_length(block.n, block.out_len)
                                                         // 8):
-                raise BlockRejected(f"block {block.block}: PA seed of {len(message.seed)} "
-                                    "bytes")
+                raise MalformedMessage(f"block {block.block}: PA seed of "
+                                       f"{len(message.seed)} bytes")
             seed = np.unpackbits(np.frombuffer(message.seed, np.uint8),
                                  count=seed_length(block.n, block.out_len))
             finish_block(block, _hash(block, seed))

@@ -77,13 +77,13 @@ class SiftSender:
         return len(self.intensity_probabilities)
 
     def on_sift_request(self, request: m.SiftRequest) -> m.SiftReply:
-        slots = np.frombuffer(request.slots, dtype="<u8")
-        their_bases = np.frombuffer(request.bases, dtype=np.uint8)
-        if len(request.slots) % 8 or len(slots) != len(their_bases):
+        if len(request.slots) % 8 or len(request.slots) // 8 != len(request.bases):
             raise MalformedMessage(f"sift request {request.batch}: {len(request.slots)} slot "
-                                   f"bytes for {len(their_bases)} bases")
+                                   f"bytes for {len(request.bases)} bases")
         if request.batch in self.records:
             raise UnexpectedMessage(f"sift request for batch {request.batch} again")
+        slots = np.frombuffer(request.slots, dtype="<u8")
+        their_bases = np.frombuffer(request.bases, dtype=np.uint8)
         bits, bases, intensity = sender_choices(self.prf_key, slots, self.intensity_probabilities)
         match = bases == their_bases
         in_key, revealed = key_masks(self.key_rule, match, intensity, bases)
