@@ -65,6 +65,10 @@ def _load(target: str) -> AppKind:
         raise PluginError(f"app plugin {target!r}: {exc}") from None
     if not isinstance(obj, AppKind):
         raise PluginError(f"app plugin {target!r} is a {type(obj).__name__}, not an AppKind")
+    config = getattr(obj.spec, "__struct_config__", None)
+    if config is None or config.tag != obj.kind or config.tag_field != "kind":
+        raise PluginError(f"app plugin {target!r}: spec must be a msgspec Struct with "
+                          f"tag={obj.kind!r}, tag_field='kind'")
     return obj
 
 

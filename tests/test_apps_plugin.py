@@ -84,11 +84,13 @@ def test_unregistered_kind_is_an_invalid_value() -> None:
     ("plugins.echo_app:merge", "is a function, not an AppKind"),
     ("plugins.echo_app:KIND,plugins.echo_app:KIND", None),  # the same object twice is fine
     ("plugins.echo_app:KIND,tests_dup_kind:KIND", "registered twice"),
+    ("tests_dup_kind:RETAGGED", "spec must be a msgspec Struct with tag='test.other'"),
 ])
 def test_bad_plugins_are_clear_errors(plugins, tmp_path, monkeypatch, value, message) -> None:
     (tmp_path / "tests_dup_kind.py").write_text(
         "import dataclasses\nfrom plugins import echo_app\n"
-        "KIND = dataclasses.replace(echo_app.KIND)\n")
+        "KIND = dataclasses.replace(echo_app.KIND)\n"
+        "RETAGGED = dataclasses.replace(echo_app.KIND, kind='test.other')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     plugins(value)
     if message is None:
