@@ -36,6 +36,10 @@ log = logging.getLogger("qnet.daemon")
 
 METRICS_INTERVAL_S = 1.0  # wall seconds between daemon/metrics publications
 FINAL_PUBLISH_TIMEOUT_S = 2.0
+REPORTED_SESSION_COUNTERS = ("connections", "authenticated", "rejected_too_many",
+                             "rejected_unauthenticated", "rejected_bad_version",
+                             "rejected_bad_frame", "rejected_too_large", "rejected_truncated",
+                             "internal_errors")
 
 
 def memory_spec(memory) -> mem.MemorySpec:
@@ -183,12 +187,15 @@ class Daemon:
     def report(self) -> telemetry.DaemonReport:
         """Connection and link counters for ``daemon/metrics`` and ``daemon/result``."""
         s = self.sessions
-        counters = {k: int(v) for k, v in s.counters.items()}
+        counters = dict.fromkeys(REPORTED_SESSION_COUNTERS, 0)
+        counters.update({k: int(v) for k, v in s.counters.items()})
         counters["open_connections"] = len(s.open)
         for name, link in self.photon_links.items():
             for key, value in link.counters().items():
-                counters[f"link.{name}.{key}"] = int(value) if key[-2:] != "_s" else \
-                    round(value * 1e6)
+                if key.endswith("_s"):  # integer counters only: seconds as microseconds
+                    counters[f"link.{name}.{key[:-2]}_us"] = round(value * 1e6)
+                else:
+                    counters[f"link.{name}.{key}"] = int(value)
         counters.update({f"link.{name}.pairs_generated": x.generated
                          for name, x in self.heralded_links.items()})
         counters["pairs_expired"] = sum(self.memories.expired.values())
