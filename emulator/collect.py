@@ -4,7 +4,7 @@ show progress.
 Every received message goes through ``telemetry.TelemetryDecoder`` (bounded, typed by topic);
 what fails, or names a node or link the scenario does not have, is dropped and counted in
 ``state.telemetry_rejected`` (reported in result.json). Results are kept as builtins so
-``assemble`` writes them to result.json unchanged (fields at their default are left out).
+``assemble`` writes them to result.json unchanged (every field, defaults included).
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def _store(state: RunState, got: telemetry.Decoded, nodes: set[str], links: set[
         if got.name not in nodes:
             return False
         if isinstance(payload, NodeResult):
-            state.node_results[got.name] = msgspec.to_builtins(payload)
+            state.node_results[got.name] = msgspec.structs.asdict(payload)
         elif isinstance(payload, NodeMetrics):
-            state.latest_metrics[f"{got.name}/{payload.link}"] = msgspec.to_builtins(payload)
+            state.latest_metrics[f"{got.name}/{payload.link}"] = msgspec.structs.asdict(payload)
         else:
             state.events.append({"node": got.name, "kind": payload.kind, "t_emu": payload.t_emu,
                                  "wall": payload.wall, **payload.fields})
@@ -63,10 +63,10 @@ def _store(state: RunState, got: telemetry.Decoded, nodes: set[str], links: set[
         if got.name not in links:
             return False
         if got.leaf == "result":
-            state.relay_results[got.name] = msgspec.to_builtins(payload)
+            state.relay_results[got.name] = msgspec.structs.asdict(payload)
         return True
     if isinstance(payload, DaemonReport):
-        state.daemon_reports[got.leaf] = msgspec.to_builtins(payload)
+        state.daemon_reports[got.leaf] = msgspec.structs.asdict(payload)
         return True
     return got.subtree == "control"  # our own control messages come back to us
 

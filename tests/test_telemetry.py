@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import msgspec
 import pytest
+import trio
 
 from emulator import telemetry
 from emulator.child_config import Endpoint
-from emulator.collect import progress_status
+from emulator.collect import collect, process_counters, progress_status
+from emulator.mqtt import Message
 from emulator.telemetry import (
     DaemonReport,
     LinkControl,
@@ -191,3 +194,56 @@ def test_progress_status_shows_running_qber_and_secret_bits() -> None:
     assert "alice-bob: 12,345 sifted, QBER 0.031, 2,048 secret" in status
     assert "c-d: 10 sifted, QBER -" in status
     assert "alice:" not in status
+
+
+class FakeMqtt:
+    """Stands in for MqttClient: ``messages()`` yields a fixed list, then ends."""
+
+    def __init__(self, messages: list[Message]) -> None:
+        self._messages = messages
+
+    async def messages(self):
+        for message in self._messages:
+            yield message
+
+
+async def test_collect_files_typed_messages_and_counts_strangers() -> None:
+    state = SimpleNamespace(
+        run_id=RUN, node_results={}, relay_results={}, latest_metrics={}, events=[],
+        daemon_reports={}, telemetry_rejected={}, got_result=trio.Event(),
+        scenario=SimpleNamespace(nodes=[SimpleNamespace(name="bob")],
+                                 links=[SimpleNamespace(id="a-b")]))
+    result = NodeResult(node="bob", apps=[{"app": 0, "secret_bits": 1}], counters={"x": 2})
+    relay = RelayReport("a-b", "a", "b", 1, 2, 3, 0, counters={"foreign_datagrams": 5})
+    daemon = DaemonReport(connections=2, measurements={"bob": 7})
+    sent = [
+        (telemetry.node_result(RUN, "bob"), telemetry.encode(result)),
+        (telemetry.node_result(RUN, "mallory"), telemetry.encode(result)),  # not in scenario
+        (telemetry.node_metrics(RUN, "bob"), b"[" * 10_000 + b"]" * 10_000),
+        (telemetry.node_metrics(RUN, "bob"), telemetry.encode(NodeMetrics(
+            node="bob", t_emu=1.0, link="a-b", sifted_bits=5, qber=0.02))),
+        (telemetry.node_events(RUN, "bob"), telemetry.encode(NodeEvent(
+            node="bob", kind="key_produced", t_emu=2.0, wall=3.0, fields={"bits": 64}))),
+        (telemetry.relay_result(RUN, "a-b"), telemetry.encode(relay)),
+        (telemetry.relay_result(RUN, "x-y"), telemetry.encode(relay)),  # not in scenario
+        (telemetry.daemon_result(RUN), telemetry.encode(daemon)),
+        (telemetry.control_stop(RUN), telemetry.encode(StopMessage())),  # our own, echoed
+        (telemetry.control_start(RUN), b""),  # our own clearing of the retained start
+    ]
+    await collect(FakeMqtt([Message(t, p, False) for t, p in sent]), state)
+    assert state.telemetry_rejected == {"unknown_sender": 2, "bad_payload": 1}
+    assert state.node_results == {"bob": msgspec.structs.asdict(result)}
+    assert state.latest_metrics["bob/a-b"]["qber"] == 0.02
+    assert state.events == [{"node": "bob", "kind": "key_produced", "t_emu": 2.0, "wall": 3.0,
+                             "bits": 64}]
+    assert set(state.relay_results) == {"a-b"}
+
+    def child(name: str, role: str):
+        return SimpleNamespace(name=name, role=role)
+
+    assert process_counters(state, child("bob", "node")) == {"x": 2}
+    assert process_counters(state, child("relay-a-b", "relay")) == {
+        "bytes_ab": 1, "bytes_ba": 2, "messages": 3, "dropped": 0, "foreign_datagrams": 5}
+    assert process_counters(state, child("daemon", "daemon")) == {
+        "connections": 2, "rejected_connections": 0, "bad_frames": 0, "measurements.bob": 7}
+    assert process_counters(state, child("broker", "broker")) is None
