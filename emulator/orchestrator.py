@@ -180,6 +180,12 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
     link_keys: dict[str, dict[str, str]] = {node.name: {} for node in scenario.nodes}
     for link in scenario.links:  # one secret per link, known to its two ends only
         link_keys[link.a][link.b] = link_keys[link.b][link.a] = secrets.token_hex(32)
+    for i, app in enumerate(scenario.apps):  # a published default secret authenticates nothing
+        psk = [f for f in msgspec.structs.fields(app) if f.name == "psk"]
+        if psk and app.psk == psk[0].default:
+            console.print(f"[yellow]warning:[/] apps[{i}] ({type(app).__struct_config__.tag}) "
+                          "keeps the default psk, a public secret: its classical messages are "
+                          f"not authenticated against anyone who reads qnet (set apps.{i}.psk)")
     # One broker login per process (none on an external broker: it is the user's).
     accounts = None if spec.kind == "external" else telemetry.credentials(
         state.run_id, [n.name for n in scenario.nodes], [link.id for link in scenario.links])
