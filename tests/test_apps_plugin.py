@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +102,12 @@ def test_bad_plugins_are_clear_errors(plugins, tmp_path, monkeypatch, value, mes
         apps.kinds()
     with pytest.raises(ScenarioError, match=r"^apps\[0\]\.kind: app (plugin|kind)"):
         parse_scenario(copy.deepcopy(RAW))
+
+
+def test_emulator_never_imports_nodes() -> None:
+    """Kinds are reached through the registry; ``emulator/`` names no app package."""
+    root = Path(__file__).resolve().parent.parent / "emulator"
+    offending = [f"{path.relative_to(root)}:{n}" for path in sorted(root.rglob("*.py"))
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.match(r"\s*(from|import) nodes\b", line)]
+    assert offending == []
