@@ -4,7 +4,7 @@ rate limit and cut/restore, so node software sees the emulated classical link (D
 Run as ``python -m emulator.relay --config CONFIG.json --ready-file READY.json`` (config:
 ``emulator.child_config.RelayConfig``), or in-process with ``await nursery.start(serve, config)``.
 
-Addressing. Each node has its own listening endpoint (``config.targets[x]``). The relay binds,
+Addressing. Each node has a listening endpoint for this link (``config.targets[x]``). The relay binds,
 on ``config.host`` with kernel-chosen ports, a TCP listener and a UDP socket *for a* and the
 same *for b*, and reports them in its ready file as
 ``{"listen": {"a": {"tcp": P, "udp": P}, "b": {...}}}``. Node ``x`` reaches its peer by
@@ -17,7 +17,12 @@ talking to the endpoint *for x*:
   socket for b*. So ``b`` sees it coming from its own way back to ``a``: a reply sent to the
   datagram's source address lands on the socket for ``b`` and is forwarded to
   ``targets["a"].udp`` from the socket for ``a``. Replies always go to the peer's listening
-  endpoint, not to an ephemeral source port.
+  endpoint, not to an ephemeral source port. A datagram on the socket for ``a`` that does not
+  come from ``targets["a"]`` is a stranger's: dropped and counted (``foreign_datagrams``).
+
+Strangers: at most ``MAX_TCP_CONNECTIONS`` joined connections per side, silent or idle ones
+closed, a reset or garbage ends only its connection; every refusal counted in
+``RelayReport.counters`` and logged once per kind.
 
 Timing follows ``emulator.relay_core`` (FIFO serialization, then delay and jitter; TCP keeps
 byte order, UDP may reorder; UDP loss drawn from a generator seeded by run seed and link
