@@ -16,7 +16,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -183,6 +182,8 @@ def _mosquitto_config(port: int, password_file: Path | None = None,
         f"listener {port} 127.0.0.1\n"
         f"user {user}\n"
         f"{login}"
+        # Larger packets than any telemetry payload may be are refused by the broker itself.
+        f"max_packet_size {2 * telemetry.MAX_PAYLOAD_BYTES}\n"
         "persistence false\n"
         "log_dest stderr\n"
         "log_type error\n"
@@ -227,7 +228,8 @@ def broker_command(spec: BrokerSpec, port: int, workdir: Path,
             _write_private(password_file, "".join(
                 f"{a.username}:{_argon2_hash(a.password)}\n" for a in accounts.values()))
         _write_private(config, _amqtt_config(port, password_file, accounts))
-        return [_amqtt_executable(), "-c", str(config)]
+        _amqtt_executable()  # installed? (a clear BrokerError if not)
+        return [sys.executable, "-m", "emulator.amqtt_broker", "-c", str(config)]
     config = workdir / "mosquitto.conf"
     password_file = acl_file = None
     if accounts is not None:
@@ -320,7 +322,7 @@ async def open_broker(
         await wait_until_accepting(host, port, ready_timeout, account=probe)
 
     broker = Child(name="broker", role="broker", argv=argv, log_path=log_path,
-                   ready_probe=accepting, stop_signal=signal.SIGINT)  # amqtt: clean on SIGINT
+                   ready_probe=accepting)
     async with open_supervisor() as supervisor:
         started = time.monotonic()
         try:

@@ -13,11 +13,14 @@ trio run instead, with no thread and no asyncio (DESIGN §9: trio-asyncio costs 
 
 Usage::
 
-    async with open_mqtt("127.0.0.1", 1883, "node-a", will=("qnet/r1/node-a/status", b"dead")) as mqtt:
-        await mqtt.subscribe("qnet/r1/control/#", qos=1)        # returns on SUBACK
-        await mqtt.publish("qnet/r1/node-a/status", b"up", qos=1, retain=True)  # on PUBACK
+    async with open_mqtt("127.0.0.1", 1883, "node-a", will=("demo/node-a/status", b"dead"),
+                         username="node.a", password="...") as mqtt:
+        await mqtt.subscribe("demo/control/#", qos=1)        # returns on SUBACK
+        await mqtt.publish("demo/node-a/status", b"up", qos=1, retain=True)  # on PUBACK
         async for message in mqtt.messages():                   # Message(topic, payload, retain)
             ...
+
+qnet's own topics and payloads are built only by ``emulator.telemetry``.
 
 Semantics:
 
