@@ -120,10 +120,10 @@ class Daemon:
         table: dict[type, Callable] = {p.StatsRequest: self._stats,
                                        p.MemoryStatsRequest: self._memory_stats}
         table.update(dict.fromkeys(ops.REQUESTS, self._state_op))
-        for kind, links in (("quantum", self.photon_links), ("entanglement", self.heralded_links)):
-            route = functools.partial(self._link_request, kind, links)
-            cls = PhotonLinkRuntime if links is self.photon_links else HeraldedLinkRuntime
-            table.update(dict.fromkeys(cls.requests, route))
+        for kind, cls, links in (("quantum", PhotonLinkRuntime, self.photon_links),
+                                 ("entanglement", HeraldedLinkRuntime, self.heralded_links)):
+            table.update(dict.fromkeys(cls.requests,
+                                       functools.partial(self._link_request, kind, links)))
         return table
 
     def _connection_closed(self, conn: Connection) -> None:

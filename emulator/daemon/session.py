@@ -57,7 +57,7 @@ class Connection:
         self.received: Counter[str] = Counter()
         self.closed = False
         self._sessions = sessions
-        self._nursery: trio.Nursery | None = None  # this connection's long polls
+        self.tasks: trio.Nursery | None = None  # this connection's long polls (by Sessions)
 
     async def send(self, message: msgspec.Struct) -> bool:
         """Send one message; False (and marked closed) if the peer has gone."""
@@ -75,8 +75,8 @@ class Connection:
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run a task for this connection only (cancelled when it closes)."""
-        assert self._nursery is not None, "only authenticated connections run tasks"
-        self._nursery.start_soon(fn, *args)
+        assert self.tasks is not None, "only authenticated connections run tasks"
+        self.tasks.start_soon(fn, *args)
 
 
 class _Fatal(Exception):
@@ -177,7 +177,7 @@ class Sessions:
         await conn.send(self.welcome(conn.node))
         pending: BaseException | None = None
         async with trio.open_nursery() as polls:
-            conn._nursery = polls
+            conn.tasks = polls
             try:
                 while True:
                     request = await self._receive(conn)
