@@ -310,7 +310,7 @@ class Transport:
     async def connect(self, peer: str, channel: str) -> Channel:
         """Dial ``peer`` through its relay and open the named channel."""
         if peer not in self._keys:
-            raise LookupError(f"{self.node} has no link key for {peer!r}")
+            raise KeyError(f"{self.node} has no link key for {peer!r}")  # as for a missing peer
         endpoint = self.peers[peer]
         stream = await trio.open_tcp_stream(endpoint.host, endpoint.tcp)
         framed = FramedStream(stream, MAX_FRAME)
