@@ -394,7 +394,3 @@ def read_raw(path: str | Path) -> dict:
 
 def load_scenario(path: str | Path, overrides: list[str] = ()) -> Scenario:
     return parse_scenario(read_raw(path), overrides)
-
-
-def to_builtins(sc: Scenario) -> dict:
-    return msgspec.to_builtins(sc)
