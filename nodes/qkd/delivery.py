@@ -2,7 +2,8 @@
 
 An ``ok`` block first refills the authentication pools with its ``auth_material`` (both ends
 do it with the same bytes, in block order), then its key goes to the key store under
-``<link>/<block>``; every block, kept or not, is announced on the node's MQTT events.
+``<link>/<block>``; every block, kept or not (``rejected`` when the peer's data for it was
+inconsistent), is announced on the node's MQTT events.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from nodes.sdk import NodeContext
 
 
 async def deliver_blocks(node: NodeContext, link: str, protocol: str, store: KeyStore,
-                         secure: SecureChannel, finished: deque[Block]) -> None:
+                         secure: SecureChannel, finished: deque[Block]) -> int:
+    """Deliver every finished block; returns how many (the caller then updates its partial
+    result)."""
+    delivered = len(finished)
     while finished:
         block = finished.popleft()
         if block.status == "ok":
@@ -27,3 +31,4 @@ async def deliver_blocks(node: NodeContext, link: str, protocol: str, store: Key
         else:
             await node.event(f"qkd_block_{block.status}", link=link, block=block.block,
                              protocol=protocol)
+    return delivered

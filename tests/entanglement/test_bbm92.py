@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from nodes.qkd import messages as m
-from nodes.qkd.bbm92 import shell as bbm92
+from nodes.qkd.bbm92 import sifting as bbm92
 from nodes.qkd.postprocessing import (
     PostprocessingConfig,
     ReceiverPostprocessing,

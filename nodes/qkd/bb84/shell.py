@@ -17,8 +17,11 @@ import trio
 
 from emulator.daemon import protocol as p
 from emulator.physics.entropy import binary_entropy
+from nodes import remote_errors
+from nodes.errors import BlockRejected, RemoteProtocolError, UnexpectedMessage
 from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
+from nodes.qkd.bb84.receiver import ReceiverRun
 from nodes.qkd.bb84.spec import BB84App, link_of
 from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
@@ -34,16 +37,10 @@ from nodes.sdk import NodeContext
 
 PROTOCOL = "bb84"
 BOOTSTRAP_AUTH_KEYS = 4096
-MAX_BATCH_DETECTIONS = 1_000_000  # a sift request of ~9 MB; sent early when reached
 
 
 def channel_name(link: str) -> str:
     return f"qkd.bb84/{link}"
-
-
-async def _cancel_after(wait, scope: trio.CancelScope) -> None:
-    await wait()
-    scope.cancel()
 
 
 def _config(app: BB84App, source) -> PostprocessingConfig:
@@ -81,17 +78,33 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
                                         intensities=source.intensities,
                                         probabilities=source.intensity_probabilities)
     await node.event("source_started", link=link, t_start=started.t_start)
-    pulses = 0
-    daemon_stats: list[p.Stats] = []
+    stopped: list[tuple[p.SourceStopped, p.Stats]] = []  # filled once, when the source stops
+    rejected: list[RemoteProtocolError] = []
+
+    async def stop_source() -> None:
+        with trio.CancelScope(shield=True):  # also when a peer error ends the session
+            result = await node.daemon.request(p.SourceStop, link=link)
+            stopped.append((result, await node.daemon.request(p.StatsRequest)))
+        secure.post(m.SourceFinished(pulses=result.pulses))
+        await node.event("source_stopped", link=link, pulses=result.pulses)
 
     async def stop_source_at_end() -> None:
-        nonlocal pulses
         await node.clock.sleep_until(node.t_end)
-        stopped = await node.daemon.request(p.SourceStop, link=link)
-        pulses = stopped.pulses
-        daemon_stats.append(await node.daemon.request(p.StatsRequest))
-        secure.post(m.SourceFinished(pulses=pulses))
-        await node.event("source_stopped", link=link, pulses=pulses)
+        await stop_source()
+
+    def entry() -> dict:
+        result, stats = stopped[0] if stopped else (None, None)
+        return {
+            "link": link, "a": app.a, "b": app.b, "protocol": PROTOCOL, "role": "sender",
+            "cpu_s_a": time.process_time() - cpu_start,
+            "cpu_s_daemon": stats.cpu_s - daemon_cpu_start if stats else None,
+            "pulses": result.pulses if result else 0,
+            "sifted_bits": sum(len(r.key) for r in sift.records.values()),
+            "key_sha256_a": store.digest(), "secret_bits_a": store.total_bits,
+            "auth_rejected": secure.link.rejected, "source_rate_hz": started.rate_hz,
+            "daemon_lag_s": stats.lag_s if stats else None,
+            "blocks_rejected_a": len(rejected),
+        }
 
     async def answer() -> None:
         async for message in secure.messages():
@@ -104,31 +117,39 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
             elif isinstance(message, m.ReceiverFinished):
                 return
             elif post is not None:
-                for out in post.on_message(message):
+                try:
+                    outs = post.on_message(message)
+                except BlockRejected as exc:
+                    rejected.append(exc)
+                    await remote_errors.report(node, link, [exc])
+                    outs = post.reject(exc)
+                for out in outs:
                     secure.post(out)
-                await deliver_blocks(node, link, PROTOCOL, store, secure, post.finished)
+                if await deliver_blocks(node, link, PROTOCOL, store, secure, post.finished):
+                    node.partial(entry())
             else:
-                raise ValueError(f"unexpected {type(message).__name__} without post-processing")
+                raise UnexpectedMessage(f"{type(message).__name__} without post-processing")
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(channel.run_writer)
-        nursery.start_soon(secure.run_timer)
-        nursery.start_soon(stop_source_at_end)
-        await answer()
-        nursery.cancel_scope.cancel()
+    errors: list[RemoteProtocolError] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel.run_writer)
+            nursery.start_soon(secure.run_timer)
+            nursery.start_soon(stop_source_at_end)
+            await answer()
+            nursery.cancel_scope.cancel()
+    except* RemoteProtocolError as group:
+        errors = remote_errors.leaves(group)
+        await remote_errors.report(node, link, errors)
+        if not stopped:
+            await stop_source()
     await channel.aclose()
-    return {
-        "link": link, "a": app.a, "b": app.b, "protocol": PROTOCOL, "role": "sender",
-        "cpu_s_a": time.process_time() - cpu_start,
-        "cpu_s_daemon": daemon_stats[0].cpu_s - daemon_cpu_start if daemon_stats else None,
-        "pulses": pulses, "sifted_bits": sum(len(r.key) for r in sift.records.values()),
-        "key_sha256_a": store.digest(), "secret_bits_a": store.total_bits,
-        "auth_rejected": secure.link.rejected, "source_rate_hz": started.rate_hz,
-        "daemon_lag_s": daemon_stats[0].lag_s if daemon_stats else None,
-    }
+    return {**entry(), "remote_errors_a": len(errors) + len(rejected)}
 
 
 async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
+    """Sift and post-process until ``ReceiverRun`` is done; its core decides, this moves
+    bytes: detections from the daemon, the sift timer, the sender's messages."""
     source = node.view.link(link).quantum.source
     config = _config(app, source)
     sift = SiftReceiver(len(source.intensities), key_rule=config.key_rule)
@@ -142,71 +163,48 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
     channel = await node.transport.accept(app.a, channel_name(link))
     secure = SecureChannel(channel, Authenticator("responder", app.psk.encode(),
                                                   bootstrap_keys=BOOTSTRAP_AUTH_KEYS))
-    detections_done = trio.Event()
-    batch_full = trio.Event()
+    run = ReceiverRun(sift, post, app.sift_interval_s, node.clock.now())
     all_done = trio.Event()
-    source_finished = False
-    sifting_finished = False
-    pulses = 0
-    t_first_detection: float | None = None
-    wall_first_detection: float | None = None
 
-    def check_done() -> None:
-        nonlocal sifting_finished
-        if (not sifting_finished and detections_done.is_set() and source_finished
-                and not sift.buffered and not sift.outstanding):
-            sifting_finished = True
-            if post is not None:
-                for out in post.finish():
-                    secure.post(out)
-        if sifting_finished and (post is None or post.idle):
-            all_done.set()
+    def send(outs: list) -> None:
+        for out in outs:
+            secure.post(out)
+
+    def entry() -> dict:
+        result = receiver_entry(sift, post, store, config, run.pulses or 0, source.rate_hz)
+        result.update({
+            "link": link, "a": app.a, "b": app.b, "protocol": PROTOCOL, "role": "receiver",
+            "auth_rejected": secure.link.rejected, "cpu_s_b": time.process_time() - cpu_start,
+            "first_detection_emu_s": run.t_first_detection,
+            "first_detection_wall": run.wall_first_detection,
+            "blocks_rejected": len(run.rejected)})
+        return result
 
     async def read_detections() -> None:
-        nonlocal t_first_detection, wall_first_detection
         async for batch in detections:
-            if t_first_detection is None and batch.slot:
-                t_first_detection = node.clock.now()
-                wall_first_detection = time.time()
-            sift.add_detections(batch.slot, batch.basis, batch.outcome, batch.frame_end)
-            if sift.buffered >= MAX_BATCH_DETECTIONS:
-                batch_full.set()
+            send(run.on_detections(batch, node.clock.now(), time.time()))
+            if run.done:
+                all_done.set()
             if batch.last:
-                detections_done.set()
                 return
 
-    async def send_requests() -> None:
-        nonlocal batch_full
-        while not detections_done.is_set():
-            with trio.move_on_after(node.clock.wall_duration(app.sift_interval_s)):
-                async with trio.open_nursery() as first:
-                    for waiter in (detections_done.wait, batch_full.wait):
-                        first.start_soon(_cancel_after, waiter, first.cancel_scope)
-            batch_full = trio.Event()
-            request = sift.next_request()
-            if request is not None:
-                secure.post(request)
-        check_done()
+    async def sift_timer() -> None:
+        while (deadline := run.deadline()) is not None:
+            await node.clock.sleep_until(deadline)
+            send(run.on_timer(node.clock.now()))
 
     async def read_replies() -> None:
-        nonlocal pulses, source_finished
         async for message in secure.messages():
-            if isinstance(message, m.SiftReply):
-                result, record = sift.on_sift_reply(message)
-                secure.post(result)
-                for out in post.add_record(record) if post is not None else ():
-                    secure.post(out)
-            elif isinstance(message, m.SourceFinished):
-                pulses = message.pulses
-                source_finished = True
-            elif post is not None:
-                for out in post.on_message(message):
-                    secure.post(out)
-            else:
-                raise ValueError(f"unexpected {type(message).__name__} without post-processing")
-            if post is not None:
-                await deliver_blocks(node, link, PROTOCOL, store, secure, post.finished)
-            check_done()
+            try:
+                send(run.on_message(message))
+            except BlockRejected as exc:
+                await remote_errors.report(node, link, [exc])
+                send(run.reject(exc))
+            if post is not None and await deliver_blocks(node, link, PROTOCOL, store, secure,
+                                                         post.finished):
+                node.partial(entry())
+            if run.done:
+                all_done.set()
 
     async def report_progress() -> None:
         while True:
@@ -220,33 +218,31 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
                 qber=sum(int(r.errors[SIGNAL]) for r in done) / checked if checked else None,
                 secret_bits=store.total_bits)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(channel.run_writer)
-        async with trio.open_nursery() as readers:
-            readers.start_soon(secure.run_timer)
-            readers.start_soon(read_detections)
-            readers.start_soon(send_requests)
-            readers.start_soon(read_replies)
-            readers.start_soon(report_progress)
-            await all_done.wait()
-            # the sender closes on ReceiverFinished: stop reading before we say it
-            readers.cancel_scope.cancel()
-        secure.post(m.ReceiverFinished(batches=len(sift.records)))
-        await channel.drain()
-        nursery.cancel_scope.cancel()
+    errors: list[RemoteProtocolError] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel.run_writer)
+            async with trio.open_nursery() as readers:
+                readers.start_soon(secure.run_timer)
+                readers.start_soon(read_detections)
+                readers.start_soon(sift_timer)
+                readers.start_soon(read_replies)
+                readers.start_soon(report_progress)
+                await all_done.wait()
+                # the sender closes on ReceiverFinished: stop reading before we say it
+                readers.cancel_scope.cancel()
+            secure.post(m.ReceiverFinished(batches=len(sift.records)))
+            await channel.drain()
+            nursery.cancel_scope.cancel()
+    except* RemoteProtocolError as group:
+        errors = remote_errors.leaves(group)
+        await remote_errors.report(node, link, errors)
     t_done = node.clock.now()
     await channel.aclose()
-    entry = receiver_entry(sift, post, store, config, pulses, source.rate_hz)
-    entry.update({
-        "link": link, "a": app.a, "b": app.b, "protocol": PROTOCOL, "role": "receiver",
-        "auth_rejected": secure.link.rejected,
-        "cpu_s_b": time.process_time() - cpu_start,
-        "completion_factor": (pulses / source.rate_hz) / (t_done - node.t_start)
-        if t_done > node.t_start else 0.0,
-        "first_detection_emu_s": t_first_detection,
-        "first_detection_wall": wall_first_detection,
-    })
-    return entry
+    pulses = run.pulses or 0
+    return {**entry(), "remote_errors": len(errors) + len(run.rejected),
+            "completion_factor": (pulses / source.rate_hz) / (t_done - node.t_start)
+            if t_done > node.t_start else 0.0}
 
 
 def receiver_entry(sift: SiftReceiver, post: ReceiverPostprocessing | None, store: KeyStore,

@@ -2,7 +2,7 @@
 
 Every heralded pair is measured at once. ``a`` picks Z or X uniformly; ``b`` picks Z or X
 (key) or, with probability ``chsh_fraction``, one of the CHSH settings ``(Z +- X)/sqrt2``.
-Sifting takes two authenticated messages per batch (sans-I/O functions below): ``b``
+Sifting takes two authenticated messages per batch (sans-I/O cores in ``sifting.py``): ``b``
 announces its pairs, settings, a random sample mask and its outcomes on the CHSH and sample
 pairs; ``a`` answers with its bases and its outcomes on the CHSH pairs and the sifted sample.
 Both ends then hold the same ``BatchRecord`` (only the key differs) and feed it to the QKD
@@ -15,18 +15,27 @@ and the post-processing totals; ``a`` reports its key hash.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import msgspec
 import numpy as np
 import trio
 
 from emulator.physics.entropy import binary_entropy
+from nodes import remote_errors
 from nodes.entanglement import estimate
 from nodes.entanglement.qubits import QuantumOps
-from nodes.qkd import messages as m
+from nodes.errors import BlockRejected, RemoteProtocolError
 from nodes.qkd.auth import Authenticator
+from nodes.qkd.bbm92.sifting import (
+    Announce,
+    Announcer,
+    Answer,
+    Answerer,
+    Done,
+    batch_record,
+    decode_announce,
+    decoder,
+)
 from nodes.qkd.bbm92.spec import BBM92App
 from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
@@ -36,122 +45,12 @@ from nodes.qkd.postprocessing import (
     SenderPostprocessing,
 )
 from nodes.qkd.secure_channel import SecureChannel
-from nodes.qkd.sifting import BatchRecord
 from nodes.sdk import NodeContext
 
 BOOTSTRAP_AUTH_KEYS = 4096
-MISSING = 255  # setting/basis of a pair this end never measured
 # b's settings: 0 = Z, 1 = X (key), 2 = b0 = (Z+X)/sqrt2, 3 = b1 = (Z-X)/sqrt2 (CHSH)
 _B_ROTATION = {2: -math.pi / 4, 3: math.pi / 4}  # RY angle, then measure Z
 GATES_IN_FLIGHT = 256  # concurrent rotation requests to the daemon
-
-
-class Announce(msgspec.Struct, tag="bbm92_announce"):
-    """b -> a: a batch of pairs b measured, its settings (0..3), a sample mask over them
-    (packed bits, set only on Z/X settings) and b's outcomes where CHSH or sampled."""
-
-    batch: int
-    pairs: bytes  # uint64 LE pair ids
-    settings: bytes  # uint8
-    sample: bytes  # numpy.packbits of the mask
-    outcomes: bytes  # uint8, b's bits where (setting >= 2) | sample, in order
-    last: bool = False
-
-
-class Answer(msgspec.Struct, tag="bbm92_answer"):
-    """a -> b: a's basis per announced pair (0 = Z, 1 = X, 255 = never had it) and a's
-    outcomes on the CHSH pairs and the sifted sample pairs, in order."""
-
-    batch: int
-    bases: bytes
-    outcomes: bytes
-
-
-class Done(msgspec.Struct, tag="bbm92_done"):
-    """b -> a: every batch is post-processed; a may close."""
-
-    batches: int
-
-
-Message = Announce | Answer | Done | m.Message
-decoder = msgspec.msgpack.Decoder(Message)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sifting: pure functions, the same at both ends
-
-
-@dataclass(frozen=True)
-class Sifted:
-    """One batch after the answer, as both ends compute it from the two messages."""
-
-    sifted: np.ndarray  # bool per pair: Z/Z or X/X
-    sample: np.ndarray  # bool: sifted and in b's sample mask (disclosed, not key)
-    chsh: np.ndarray  # bool: b in a CHSH setting and a has the pair
-    a_bases: np.ndarray  # uint8
-    settings: np.ndarray  # uint8
-
-    @property
-    def key(self) -> np.ndarray:
-        return self.sifted & ~self.sample
-
-
-def b_reveals(settings: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Positions where b discloses its outcome in ``Announce``."""
-    return (settings >= 2) | mask
-
-
-def sift(settings: np.ndarray, mask: np.ndarray, a_bases: np.ndarray) -> Sifted:
-    a_has = a_bases != MISSING
-    sifted = (settings < 2) & (a_bases == settings)
-    return Sifted(sifted, sifted & mask, (settings >= 2) & a_has, a_bases, settings)
-
-
-def a_reveals(s: Sifted) -> np.ndarray:
-    """Positions where a discloses its outcome in ``Answer``."""
-    return s.chsh | s.sample
-
-
-def announce(batch: int, pairs: np.ndarray, settings: np.ndarray, bits: np.ndarray,
-             mask: np.ndarray, last: bool) -> Announce:
-    return Announce(batch, pairs.astype("<u8").tobytes(), settings.astype(np.uint8).tobytes(),
-                    np.packbits(mask).tobytes(), bits[b_reveals(settings, mask)].tobytes(),
-                    last)
-
-
-def decode_announce(msg: Announce) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pairs, settings, mask, b's disclosed outcomes)."""
-    pairs = np.frombuffer(msg.pairs, "<u8")
-    settings = np.frombuffer(msg.settings, np.uint8)
-    mask = np.unpackbits(np.frombuffer(msg.sample, np.uint8), count=len(pairs)).astype(bool)
-    outcomes = np.frombuffer(msg.outcomes, np.uint8)
-    if len(settings) != len(pairs) or len(outcomes) != int(b_reveals(settings, mask).sum()):
-        raise ValueError(f"batch {msg.batch}: announce lengths disagree")
-    return pairs, settings, mask, outcomes
-
-
-def batch_record(batch: int, pairs_before: int, s: Sifted, a_bits_shown: np.ndarray,
-                 b_bits_shown: np.ndarray, own_bits: np.ndarray) -> BatchRecord:
-    """The post-processing record: identical at both ends except for ``key`` (own bits).
-
-    ``a_bits_shown``/``b_bits_shown`` are both ends' outcomes at the sample positions; one
-    'intensity'; ``slot_end`` counts pairs processed so far (monotone, as the cores need)."""
-    n = len(s.settings)
-    errors = int(np.count_nonzero(a_bits_shown != b_bits_shown))
-    return BatchRecord(batch, pairs_before + n, np.array([n], np.int64),
-                       np.array([int(s.sifted.sum())], np.int64), np.array([errors], np.int64),
-                       int(s.sample.sum()), own_bits[s.key].astype(np.uint8), complete=True)
-
-
-def _spread(values: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """An array over all pairs with ``values`` at ``where`` (zeros elsewhere)."""
-    out = np.zeros(len(where), np.uint8)
-    out[where] = values
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The trio shell
 
 
 def link_name(node: NodeContext, app: BBM92App) -> str:
@@ -171,11 +70,32 @@ def _config(app: BBM92App) -> PostprocessingConfig:
         eps_pa=app.eps_pa, entangled=True)
 
 
-async def _measure_all(ops: QuantumOps, link: str, pick, out: dict, stop: trio.Event) -> None:
-    """Measure each heralded half at once with ``pick(n) -> settings``; ``out[pair] = (s, bit)``.
+@dataclass
+class Measured:
+    """Heralded halves measured so far (pair id -> (setting, bit)); ``changed`` fires after
+    every batch, so a waiter needs no polling."""
 
-    Rotations for the CHSH settings go to the daemon concurrently (it answers in order of
-    arrival; one request per qubit is what the protocol offers)."""
+    outcomes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def add(self, pairs, settings, bits) -> None:
+        for x, s, bit in zip(pairs, settings, bits, strict=True):
+            self.outcomes[x.pair] = (int(s), int(bit))
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, ids) -> None:
+        while any(int(k) not in self.outcomes for k in ids):
+            await self.changed.wait()
+
+
+async def _measure_all(ops: QuantumOps, link: str, pick, out: Measured,
+                       stop: trio.Event) -> None:
+    """Measure each heralded half at once with ``pick(n) -> settings`` until ``stop``.
+
+    Stopped by an event, not cancelled, so no daemon request is cut in half. Rotations for
+    the CHSH settings go to the daemon concurrently (it answers in order of arrival; one
+    request per qubit is what the protocol offers)."""
     while not stop.is_set():
         reply = await ops.pairs(link, max=4096, timeout_s=0.2)
         if not reply.pairs:
@@ -189,14 +109,24 @@ async def _measure_all(ops: QuantumOps, link: str, pick, out: dict, stop: trio.E
                 for ref, angle in rotate[start:start + GATES_IN_FLIGHT]:
                     gates.start_soon(lambda r=ref, a=angle: ops.gate("RY", r, angle=a))
         bits, _ = await ops.measure_array(refs, ["X" if s == 1 else "Z" for s in settings])
-        for x, s, bit in zip(reply.pairs, settings, bits, strict=True):
-            out[x.pair] = (int(s), int(bit))
+        out.add(reply.pairs, settings, bits)
 
 
 async def run(node: NodeContext, app: BBM92App) -> list[dict]:
     if node.name == app.a:
         return [await run_a(node, app)]
     return [await run_b(node, app)]
+
+
+async def _post_processing_step(node: NodeContext, link: str, post, message,
+                                rejected: list[RemoteProtocolError]) -> list:
+    """One message into a post-processing core; a rejected block is reported and answered."""
+    try:
+        return post.on_message(message)
+    except BlockRejected as exc:
+        rejected.append(exc)
+        await remote_errors.report(node, link, [exc])
+        return post.reject(exc)
 
 
 async def run_a(node: NodeContext, app: BBM92App) -> dict:
@@ -210,56 +140,55 @@ async def run_a(node: NodeContext, app: BBM92App) -> dict:
     rng = node.rng(f"bbm92/{link}")
     post = SenderPostprocessing(_config(app), node.rng(f"bbm92/{link}/pp"))
     store = KeyStore(app.b)
-    measured: dict[int, tuple[int, int]] = {}
-    stop = trio.Event()
-    answered = 0
+    measured = Measured()
+    answerer = Answerer()
+    rejected: list[RemoteProtocolError] = []
     await node.clock.sleep_until(node.t_start)
     await ops.start_link(link)
 
-    async def on_announce(msg: Announce) -> None:
-        nonlocal answered
-        pairs, settings, mask, b_shown = decode_announce(msg)
-        if msg.last:
-            stop.set()
-        else:
-            with trio.move_on_after(1.0):  # our half is heralded at the same time
-                while any(int(k) not in measured for k in pairs):
-                    await trio.sleep(0.002)
-        mine = [measured.pop(int(k), (MISSING, 0)) for k in pairs]
-        a_bases = np.array([s for s, _ in mine], np.uint8)
-        a_bits = np.array([b for _, b in mine], np.uint8)
-        s = sift(settings, mask, a_bases)
-        shown = a_reveals(s)
-        secure.post(Answer(msg.batch, a_bases.tobytes(), a_bits[shown].tobytes()))
-        b_bits = _spread(b_shown, b_reveals(settings, mask))
-        post.add_record(batch_record(msg.batch, answered, s, a_bits[s.sample],
-                                     b_bits[s.sample], a_bits))
-        answered += len(pairs)
+    def entry() -> dict:
+        return {"section": "entanglement", "role": "a_end", "name": report_name(app),
+                "announced_a": answerer.answered, "key_sha256_a": store.digest(),
+                "secret_bits_a": store.total_bits, "auth_rejected_a": secure.link.rejected,
+                "blocks_rejected_a": len(rejected)}
 
     async def follow() -> None:
         async for message in secure.messages():
             if isinstance(message, Announce):
-                await on_announce(message)
+                pairs = decode_announce(message)[0]
+                if message.last:
+                    stop.set()  # b measures nothing more: neither do we
+                else:
+                    with trio.move_on_after(1.0):  # our half is heralded at the same time
+                        await measured.wait_for(pairs)
+                answer, record = answerer.answer(message, measured.outcomes)
+                secure.post(answer)
+                post.add_record(record)
             elif isinstance(message, Done):
                 return
             else:
-                for out in post.on_message(message):
+                for out in await _post_processing_step(node, link, post, message, rejected):
                     secure.post(out)
-                await deliver_blocks(node, link, "bbm92", store, secure, post.finished)
+                if await deliver_blocks(node, link, "bbm92", store, secure, post.finished):
+                    node.partial(entry())
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(channel.run_writer)
-        nursery.start_soon(secure.run_timer)
-        nursery.start_soon(_measure_all, ops, link, lambda n: rng.integers(0, 2, n), measured,
-                           stop)
-        await follow()
-        nursery.cancel_scope.cancel()
+    stop = trio.Event()
+    errors: list[RemoteProtocolError] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel.run_writer)
+            nursery.start_soon(secure.run_timer)
+            nursery.start_soon(_measure_all, ops, link, lambda n: rng.integers(0, 2, n),
+                               measured, stop)
+            await follow()
+            nursery.cancel_scope.cancel()
+    except* RemoteProtocolError as group:
+        errors = remote_errors.leaves(group)
+        await remote_errors.report(node, link, errors)
     with trio.CancelScope(shield=True):
         await ops.stop_link(link)
         await channel.aclose()
-    return {"section": "entanglement", "role": "a_end", "name": report_name(app),
-            "announced_a": answered, "key_sha256_a": store.digest(),
-            "secret_bits_a": store.total_bits, "auth_rejected_a": secure.link.rejected}
+    return {**entry(), "remote_errors_a": len(errors) + len(rejected)}
 
 
 @dataclass
@@ -286,54 +215,43 @@ async def run_b(node: NodeContext, app: BBM92App) -> dict:
     store = KeyStore(app.a)
     c = app.chsh_fraction
     probs = [(1 - c) / 2, (1 - c) / 2, c / 2, c / 2]
-    measured: dict[int, tuple[int, int]] = {}
-    stop = trio.Event()
-    pending: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # settings, mask, bits
+    measured = Measured()
+    announcer = Announcer(app.count, app.sample_fraction, rng)
     tally = _Tally([], [])
-    all_done = trio.Event()
-    sent_last = answered_last = False
+    rejected: list[RemoteProtocolError] = []
+    all_done, stop = trio.Event(), trio.Event()
     t_begin = node.clock.now()
     await node.clock.sleep_until(node.t_start)
     await ops.start_link(link)
 
+    def entry() -> dict:
+        emulated = max(1e-9, node.clock.now() - max(t_begin, node.t_start))
+        result = report(app, tally, emulated)
+        result.update(postprocessing_entry(post, store))
+        result.update(auth_rejected_b=secure.link.rejected, blocks_rejected=len(rejected))
+        return result
+
     async def announce_batches() -> None:
-        nonlocal sent_last
         deadline = node.clock.wall_at(node.t_end)
-        announced, batch = 0, 0
-        while not sent_last:
-            await trio.sleep(min(app.sift_interval_s, max(0.0, deadline - time.time())))
-            sent_last = announced + len(measured) >= app.count or time.time() >= deadline
-            if sent_last:
+        while not announcer.sent_last:
+            await trio.sleep(min(app.sift_interval_s, max(0.0, deadline - node.clock.wall())))
+            message = announcer.announce(measured.outcomes, node.clock.wall() >= deadline)
+            if announcer.sent_last:
                 stop.set()
-            ids = sorted(measured)[: max(0, app.count - announced)]
-            items = [measured.pop(k) for k in ids]
-            settings = np.array([s for s, _ in items], np.uint8)
-            bits = np.array([b for _, b in items], np.uint8)
-            mask = (settings < 2) & (rng.random(len(ids)) < app.sample_fraction)
-            pending[batch] = (settings, mask, bits)
-            secure.post(announce(batch, np.array(ids, np.uint64), settings, bits, mask,
-                                 sent_last))
-            announced += len(ids)
-            batch += 1
+            secure.post(message)
 
     def on_answer(msg: Answer) -> list:
-        nonlocal answered_last
-        settings, mask, b_bits = pending.pop(msg.batch)
-        a_bases = np.frombuffer(msg.bases, np.uint8)
-        if len(a_bases) != len(settings):
-            raise ValueError(f"batch {msg.batch}: {len(a_bases)} bases for {len(settings)}")
-        s = sift(settings, mask, a_bases)
-        a_bits = _spread(np.frombuffer(msg.outcomes, np.uint8), a_reveals(s))
-        tally.chsh_rows.append(np.stack([a_bases[s.chsh], settings[s.chsh] - 2,
+        done = announcer.on_answer(msg)
+        s, a_bits, b_bits = done.sifted, done.a_bits, done.b_bits
+        tally.chsh_rows.append(np.stack([s.a_bases[s.chsh], s.settings[s.chsh] - 2,
                                          a_bits[s.chsh], b_bits[s.chsh]], axis=1))
         tally.sample_rows.append(np.stack([a_bits[s.sample], b_bits[s.sample]], axis=1))
         record = batch_record(msg.batch, tally.pairs, s, a_bits[s.sample], b_bits[s.sample],
                               b_bits)
         tally.key_bits += len(record.key)
-        tally.pairs += len(settings)
+        tally.pairs += len(s.settings)
         out = post.add_record(record)
-        if sent_last and not pending:
-            answered_last = True
+        if announcer.answered_last:
             out += post.finish()
         return out
 
@@ -342,34 +260,36 @@ async def run_b(node: NodeContext, app: BBM92App) -> dict:
             if isinstance(message, Answer):
                 outs = on_answer(message)
             else:
-                outs = post.on_message(message)
+                outs = await _post_processing_step(node, link, post, message, rejected)
             for out in outs:
                 secure.post(out)
-            await deliver_blocks(node, link, "bbm92", store, secure, post.finished)
-            if answered_last and post.idle:
+            if await deliver_blocks(node, link, "bbm92", store, secure, post.finished):
+                node.partial(entry())
+            if announcer.answered_last and post.idle:
                 all_done.set()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(channel.run_writer)
-        async with trio.open_nursery() as readers:
-            readers.start_soon(secure.run_timer)
-            readers.start_soon(_measure_all, ops, link, lambda n: rng.choice(4, n, p=probs),
-                               measured, stop)
-            readers.start_soon(announce_batches)
-            readers.start_soon(read)
-            await all_done.wait()
-            readers.cancel_scope.cancel()  # a closes on Done: stop reading before we say it
-        secure.post(Done(len(post.blocks)))
-        await channel.drain()
-        nursery.cancel_scope.cancel()
+    errors: list[RemoteProtocolError] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel.run_writer)
+            async with trio.open_nursery() as readers:
+                readers.start_soon(secure.run_timer)
+                readers.start_soon(_measure_all, ops, link,
+                                   lambda n: rng.choice(4, n, p=probs), measured, stop)
+                readers.start_soon(announce_batches)
+                readers.start_soon(read)
+                await all_done.wait()
+                readers.cancel_scope.cancel()  # a closes on Done: stop reading before we say it
+            secure.post(Done(len(post.blocks)))
+            await channel.drain()
+            nursery.cancel_scope.cancel()
+    except* RemoteProtocolError as group:
+        errors = remote_errors.leaves(group)
+        await remote_errors.report(node, link, errors)
     with trio.CancelScope(shield=True):
         await ops.stop_link(link)
         await channel.aclose()
-    emulated = max(1e-9, node.clock.now() - max(t_begin, node.t_start))
-    entry = report(app, tally, emulated)
-    entry.update(postprocessing_entry(post, store))
-    entry["auth_rejected_b"] = secure.link.rejected
-    return entry
+    return {**entry(), "remote_errors": len(errors) + len(rejected)}
 
 
 def report(app: BBM92App, tally: _Tally, emulated_s: float) -> dict:
