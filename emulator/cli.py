@@ -18,6 +18,7 @@ import trio
 import typer
 from rich.console import Console
 
+from emulator.interrupt import exit_130_on_sigint
 from emulator.scenario import ScenarioError, load_scenario, read_raw
 
 EXIT_OK, EXIT_EXPECTATION, EXIT_INVALID, EXIT_RUNTIME, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -185,6 +186,7 @@ def list_scenarios() -> None:
 
 
 def main() -> None:
+    exit_130_on_sigint()
     try:
         app()
     except KeyboardInterrupt:

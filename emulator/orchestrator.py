@@ -5,7 +5,7 @@ connect to daemon and broker, and report ready), then one relay per classical li
 each node's own endpoint), then ``control/start`` with every node's peer directory. Faults
 are published on control topics at their times. After the duration, nodes finish their apps
 and publish results; the orchestrator publishes ``control/stop``, collects the relays'
-counters and leaves the supervisor, which ends every child (nodes and relays first, then the
+counters and leaves the supervisor, which ends every child (nodes, then relays, then the
 daemon, then the broker; SIGTERM, grace, SIGKILL). If a child dies mid-run, the survivors are
 told to abort (``control/stop`` with reason ``abort``), their partial results are awaited
 briefly, and the result (``ok: false`` with the failure) is still returned.
@@ -64,7 +64,8 @@ RESULT_EMULATED_S = 10.0  # emulated: final protocol rounds after the end
 RELAY_RESULT_TIMEOUT_S = 5.0  # wall: relays and daemon answer control/stop at once
 ABORT_RESULTS_S = 3.0  # wall: survivors' partial results after a failure
 EXIT_LINGER_S = 3.0  # wall: nodes and relays exiting on control/stop before we signal them
-TIER_BROKER, TIER_DAEMON, TIER_EDGE = 0, 1, 2  # stop order: edge (nodes, relays) first
+# Stop order, highest first: nobody loses what it depends on while it shuts down.
+TIER_BROKER, TIER_DAEMON, TIER_RELAY, TIER_NODE = 0, 1, 2, 3
 # What a run writes into its folder; a reused folder is cleared of these (and nothing else).
 RUN_FILES = ("*.ready.json", "*.ready.json.tmp", "*.config.json", "*.config.json.tmp",
              "*.log", "result.json", "scenario.toml")
@@ -95,7 +96,7 @@ class RunState:
     t_start: float = 0.0  # emulated time the apps started
 
     def child(self, name: str, role: str, module: str, config=None,
-              tier: int = TIER_EDGE) -> Child:
+              tier: int = TIER_NODE) -> Child:
         argv = [sys.executable, "-m", module]
         ready = None
         if config is not None:
@@ -205,8 +206,7 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
                         account=None if accounts is None else accounts[telemetry.ORCHESTRATOR])
 
                 broker = Child(name="broker", role="broker", argv=argv, tier=TIER_BROKER,
-                               log_path=run_dir / "broker.log", ready_probe=broker_ready,
-                               stop_signal=signal.SIGINT)  # amqtt shuts down cleanly on it
+                               log_path=run_dir / "broker.log", ready_probe=broker_ready)
                 state.children.append(broker)
                 await supervisor.start(broker, ready_timeout=READY_TIMEOUT_S)
 
@@ -286,7 +286,8 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         name=link.id, a=link.a, b=link.b, a_to_b=direction(link),
         b_to_a=direction(link),
         targets={"a": endpoint(link.a, link.b), "b": endpoint(link.b, link.a)},
-        mqtt=mqtt_address(telemetry.relay_user(link.id)))) for link in scenario.links]
+        mqtt=mqtt_address(telemetry.relay_user(link.id))), tier=TIER_RELAY)
+        for link in scenario.links]
     await supervisor.start_all(relays, ready_timeout=READY_TIMEOUT_S)
     peers: dict[str, dict[str, Endpoint]] = {n.name: {} for n in scenario.nodes}
     for link, relay in zip(scenario.links, relays):

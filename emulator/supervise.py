@@ -117,7 +117,6 @@ class Child:
     ready_probe: Callable[[Child], Awaitable[None]] | None = None  # or this returns
     restart: Restart = NEVER
     tier: int = 0  # stop order: higher tiers are stopped first
-    stop_signal: int = signal.SIGTERM  # what asks it to stop (amqtt shuts down on SIGINT)
     env: dict[str, str] | None = None
     process: ChildProcess | None = None
     ready: dict = field(default_factory=dict)
@@ -166,13 +165,11 @@ def _spawn(child: Child) -> ChildProcess:
     return ChildProcess(popen)
 
 
-async def _terminate(process: ChildProcess, grace_s: float,
-                     stop_signal: int = signal.SIGTERM) -> None:
-    """SIGTERM (or ``stop_signal``), up to ``grace_s`` for the exit, then SIGKILL; always
-    reaps. Shielded."""
+async def _terminate(process: ChildProcess, grace_s: float) -> None:
+    """SIGTERM, up to ``grace_s`` for the exit, then SIGKILL; always reaps. Shielded."""
     with trio.CancelScope(shield=True):
         if process.returncode is None:
-            process.send_signal(stop_signal)
+            process.send_signal(signal.SIGTERM)
             with trio.move_on_after(grace_s):
                 await process.wait()
             if process.returncode is None:
@@ -245,6 +242,7 @@ class Supervisor:
         self.stopping = trio.Event()
         self.failures: list[ChildFailed] = []  # when not raised: children that died, in order
         self.failed = trio.Event()  # set at the first of them
+        self._watches: list[trio.CancelScope] = []  # shielded: only stop_all ends them
 
     async def start(self, child: Child, *, ready_timeout: float = 15.0) -> Child:
         """Launch ``child`` and return once it is ready (restarting it per its policy)."""
@@ -279,8 +277,9 @@ class Supervisor:
                 async with trio.open_nursery() as nursery:
                     for child in self.children:
                         if child.tier == tier and child.process is not None:
-                            nursery.start_soon(_terminate, child.process, self.grace_s,
-                                               child.stop_signal)
+                            nursery.start_soon(_terminate, child.process, self.grace_s)
+        for watch in self._watches:
+            watch.cancel()
 
     def _may_restart(self, child: Child) -> bool:
         policy = child.restart
@@ -299,49 +298,60 @@ class Supervisor:
 
     async def _supervise(self, child: Child, ready_timeout: float,
                          task_status: trio.TaskStatus[Child] = trio.TASK_STATUS_IGNORED) -> None:
-        started: list[bool] = []
+        """Start ``child`` (cancellable while it starts), then watch it: once it is ready only
+        the supervisor stops it, in tier order, so an outer cancel cannot stop it early."""
+        started = False
         try:
-            await self._run(child, ready_timeout, started, task_status)
+            await self._until_ready(child, ready_timeout)  # ChildFailed: to the caller
+            task_status.started(child)
+            started = True
+            with trio.CancelScope(shield=True) as watch:
+                self._watches.append(watch)
+                await self._watch(child, ready_timeout)
         except ChildFailed as failure:
             if not started or self.raise_failures:
-                raise  # before it was ready: to the caller of ``start``
+                raise
             self.failures.append(failure)
             self.failed.set()
+        finally:
+            if child.process is not None:
+                await _terminate(child.process, self.grace_s)
+                if child.exit_code is None:
+                    child.exit_code = child.process.returncode
+                    child.exits.append(child.exit_code)
 
-    async def _run(self, child: Child, ready_timeout: float, started: list[bool],
-                   task_status: trio.TaskStatus[Child]) -> None:
+    async def _until_ready(self, child: Child, ready_timeout: float) -> None:
+        """Spawn ``child`` and wait until it is ready, restarting it per its policy."""
         while True:
             if self.stopping.is_set():
-                return
+                raise ChildFailed(child, "was stopped before it was ready")
             child.process = process = _spawn(child)
             child.exit_code = None
             try:
-                try:
-                    await _wait_ready(child, ready_timeout)
-                except ChildFailed:
-                    await _terminate(process, self.grace_s, child.stop_signal)
-                    child.exit_code = process.returncode
-                    child.exits.append(child.exit_code)
-                    if self._may_restart(child) and await self._backoff(child):
-                        continue
-                    raise
-                if not started:
-                    started.append(True)
-                    task_status.started(child)
-                child.exit_code = await process.wait()
+                await _wait_ready(child, ready_timeout)
+            except ChildFailed:
+                await _terminate(process, self.grace_s)
+                child.exit_code = process.returncode
                 child.exits.append(child.exit_code)
-                if child.expected_exit:
-                    return
                 if self._may_restart(child) and await self._backoff(child):
                     continue
-                if child.expected_exit:
-                    return
-                raise ChildFailed(child, f"exited unexpectedly with code {child.exit_code}")
-            finally:
-                await _terminate(process, self.grace_s, child.stop_signal)
-                if child.exit_code is None:
-                    child.exit_code = process.returncode
-                    child.exits.append(child.exit_code)
+                raise
+            return
+
+    async def _watch(self, child: Child, ready_timeout: float) -> None:
+        """Wait for exits; restart per the policy; ChildFailed on an unexpected exit."""
+        while True:
+            assert child.process is not None
+            child.exit_code = await child.process.wait()
+            child.exits.append(child.exit_code)
+            if child.expected_exit:
+                return
+            if self._may_restart(child) and await self._backoff(child):
+                await self._until_ready(child, ready_timeout)
+                continue
+            if child.expected_exit:
+                return
+            raise ChildFailed(child, f"exited unexpectedly with code {child.exit_code}")
 
 
 @asynccontextmanager

@@ -173,7 +173,8 @@ async def test_a_stale_ready_file_is_never_read(tmp_path):
     assert_reaped(late.pid)
 
 
-async def test_ready_probe_and_stop_order_by_tier(tmp_path):
+@pytest.mark.parametrize("ending", ["context exit", "outer cancel"])
+async def test_ready_probe_and_stop_order_by_tier(tmp_path, ending):
     order = tmp_path / "order.txt"
     body = f"""
         def term(*_):
@@ -199,8 +200,13 @@ async def test_ready_probe_and_stop_order_by_tier(tmp_path):
         kids.append(Child(name=name, role="test", tier=tier, ready_probe=probe,
                           argv=[sys.executable, str(script), str(tmp_path / f"{name}.up"), name],
                           log_path=tmp_path / f"{name}.log"))
-    async with open_supervisor() as sup:
-        await sup.start_all(kids)
+    with trio.CancelScope() as outer:
+        async with open_supervisor() as sup:
+            await sup.start_all(kids)
+            if ending == "outer cancel":  # e.g. Ctrl-C: the order must hold all the same
+                outer.cancel()
+                await trio.sleep(5)
+    assert outer.cancelled_caught == (ending == "outer cancel")
     assert sorted(probed) == ["base", "middle", "top"]
     assert order.read_text().split() == ["top", "middle", "base"]
     assert [k.exit_code for k in kids] == [0, 0, 0]
