@@ -11,7 +11,14 @@ import pytest
 import trio
 import trio.testing
 
-from emulator.broker import BrokerInfo, free_port, open_broker
+from emulator.broker import (
+    BrokerInfo,
+    broker_command,
+    free_port,
+    open_broker,
+    parse_broker,
+    wait_until_accepting,
+)
 from emulator.mqtt import Message, MqttConnectError, MqttDisconnected, open_mqtt
 
 HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
@@ -30,6 +37,23 @@ async def broker(request, tmp_path: Path) -> BrokerInfo:
     assert info.pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(info.pid, 0)
+
+
+@pytest.fixture(params=BROKERS)
+async def killable_broker(request, tmp_path: Path) -> BrokerInfo:
+    """A broker process outside any supervisor, for tests that kill it on purpose."""
+    port = free_port()
+    argv = broker_command(parse_broker(request.param), port, tmp_path)
+    assert argv is not None
+    with (tmp_path / "broker.log").open("wb") as log:
+        process = await trio.lowlevel.open_process(argv, stdout=log, stderr=log)
+    try:
+        await wait_until_accepting("127.0.0.1", port, timeout=10)
+        yield BrokerInfo("127.0.0.1", port, process.pid, request.param)
+    finally:
+        with trio.CancelScope(shield=True):
+            process.kill()
+            await process.wait()
 
 
 async def next_message(mqtt, timeout: float = 5.0) -> Message:
@@ -116,8 +140,9 @@ async def test_will_published_on_abrupt_exit_not_on_clean_exit(broker: BrokerInf
 
 
 async def test_killed_broker_raises_disconnected_in_waiting_iterator(
-    broker: BrokerInfo,
+    killable_broker: BrokerInfo,
 ) -> None:
+    broker = killable_broker
     assert broker.pid is not None
     with trio.fail_after(5):
         with pytest.raises(MqttDisconnected):
@@ -129,8 +154,9 @@ async def test_killed_broker_raises_disconnected_in_waiting_iterator(
 
 
 async def test_killed_broker_cancels_body_and_raises_out_of_context(
-    broker: BrokerInfo,
+    killable_broker: BrokerInfo,
 ) -> None:
+    broker = killable_broker
     assert broker.pid is not None
     body_reached_end = False
     with trio.fail_after(5):
@@ -142,20 +168,19 @@ async def test_killed_broker_cancels_body_and_raises_out_of_context(
     assert not body_reached_end
 
 
-@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto binary not installed")
-async def test_hung_broker_detected_by_keepalive(tmp_path: Path) -> None:
-    async with open_broker("mosquitto", tmp_path, tmp_path / "broker.log") as info:
-        assert info.pid is not None
-        try:
-            # keepalive 1 s: PINGREQ after 1 s idle, dead after 1 s more without PINGRESP;
-            # loop_misc runs every 1 s, so detection takes at most ~3 s.
-            with trio.fail_after(4.5):
-                with pytest.raises(MqttDisconnected, match="lost"):
-                    async with open_mqtt(info.host, info.port, "idle", keepalive=1):
-                        os.kill(info.pid, signal.SIGSTOP)
-                        await trio.sleep(60)
-        finally:
-            os.kill(info.pid, signal.SIGCONT)
+async def test_hung_broker_detected_by_keepalive(killable_broker: BrokerInfo) -> None:
+    info = killable_broker
+    assert info.pid is not None
+    try:
+        # keepalive 1 s: PINGREQ after 1 s idle, dead after 1 s more without PINGRESP;
+        # loop_misc runs every 1 s, so detection takes at most ~3 s.
+        with trio.fail_after(4.5):
+            with pytest.raises(MqttDisconnected, match="lost"):
+                async with open_mqtt(info.host, info.port, "idle", keepalive=1):
+                    os.kill(info.pid, signal.SIGSTOP)
+                    await trio.sleep(60)
+    finally:
+        os.kill(info.pid, signal.SIGCONT)
 
 
 async def test_connect_refused_raises_connect_error() -> None:
