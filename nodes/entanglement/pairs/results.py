@@ -2,6 +2,7 @@
 
 End ``b`` reports the joined outcomes (``role = "report"``), end ``a`` its own counters, and
 every repeater its swaps and measurements (routers must show none) under ``repeaters``.
+The prediction (``fidelity_model``) is computed here, from the scenario (``model.py``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from emulator.results import join_ends, print_rows
+from nodes.entanglement.pairs import model
 
 
 def merge(scenario: Any, app: Any, entries: list[dict]) -> list[dict]:
@@ -20,6 +22,7 @@ def merge(scenario: Any, app: Any, entries: list[dict]) -> list[dict]:
     if not ends and not repeaters:
         return []
     entry = join_ends(ends, name)
+    entry.update(model.predict(scenario, app, entry))
     if repeaters:
         entry["repeaters"] = sorted(repeaters, key=lambda r: r.get("node", ""))
     return [entry]

@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from emulator.results import join_ends, print_rows
+from nodes.entanglement.teleport import model
 
 
 def merge(scenario: Any, app: Any, entries: list[dict]) -> list[dict]:
-    """The receiver's report, completed with the sender's fields."""
-    return [join_ends(entries, f"{app.a}-{app.b}")] if entries else []
+    """The receiver's report, completed with the sender's fields and the model."""
+    if not entries:
+        return []
+    entry = join_ends(entries, f"{app.a}-{app.b}")
+    entry.update(model.predict(scenario, app, entry))
+    return [entry]
 
 
 ROWS = [("states", "count", ",d"), ("fidelity (estimated)", "fidelity_mean", ".4f"),
