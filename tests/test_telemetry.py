@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emulator import telemetry
 from emulator.child_config import Endpoint
@@ -247,3 +249,51 @@ async def test_collect_files_typed_messages_and_counts_strangers() -> None:
     assert process_counters(state, child("daemon", "daemon")) == {
         "connections": 2, "rejected_connections": 0, "bad_frames": 0, "measurements.bob": 7}
     assert process_counters(state, child("broker", "broker")) is None
+
+
+# -- fuzz: whatever arrives, decode returns a typed payload or None and never raises ------------
+_TOPICS = st.sampled_from([
+    telemetry.control_start(RUN), telemetry.control_stop(RUN), telemetry.control_link(RUN, "l"),
+    telemetry.node_result(RUN, "n"), telemetry.node_metrics(RUN, "n"),
+    telemetry.node_events(RUN, "n"), telemetry.relay_result(RUN, "l"),
+    telemetry.relay_metrics(RUN, "l"), telemetry.daemon_result(RUN),
+    telemetry.daemon_metrics(RUN), f"qnet/{RUN}/n/metrics"]) | st.text(max_size=40)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner,
+                                                                max_size=5),
+    max_leaves=30)
+_KNOWN = [type(p) for _, p in SAMPLES]
+
+
+def _check(decoder: TelemetryDecoder, topic: str, payload: bytes) -> None:
+    before = decoder.rejected_total
+    got = decoder.decode(topic, payload)
+    if got is None:
+        assert decoder.rejected_total == before + (1 if payload else 0)
+    else:
+        assert type(got.payload) in _KNOWN and decoder.rejected_total == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=_TOPICS, payload=st.binary(max_size=200))
+def test_fuzz_random_bytes(topic: str, payload: bytes) -> None:
+    _check(TelemetryDecoder(RUN), topic, payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=_TOPICS, value=_JSON, depth=st.integers(0, 3000))
+def test_fuzz_random_json_and_nesting(topic: str, value, depth: int) -> None:
+    text = json.dumps(value, allow_nan=True)
+    _check(TelemetryDecoder(RUN), topic, ("[" * depth + text + "]" * depth).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(index=st.integers(0, len(SAMPLES) - 1), data=st.data())
+def test_fuzz_mutated_valid_payloads(index: int, data) -> None:
+    topic, payload = SAMPLES[index]
+    wire = bytearray(telemetry.encode(payload))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(wire) - 1))
+        wire[at] = data.draw(st.integers(0, 255))
+    _check(TelemetryDecoder(RUN), topic, bytes(wire))
