@@ -30,7 +30,7 @@ import trio
 
 from emulator import telemetry
 from emulator.mqtt import MqttError, open_mqtt
-from emulator.supervise import Child, ChildFailed, open_supervisor
+from emulator.supervise import Child, ChildFailed, running
 from emulator.telemetry import Account
 
 __all__ = [
@@ -323,15 +323,16 @@ async def open_broker(
 
     broker = Child(name="broker", role="broker", argv=argv, log_path=log_path,
                    ready_probe=accepting)
-    async with open_supervisor() as supervisor:
-        started = time.monotonic()
-        try:
-            await supervisor.start(broker, ready_timeout=ready_timeout)
-        except ChildFailed as exc:
-            raise BrokerError(f"MQTT broker (pid {broker.pid}) {exc.reason} "
-                              f"on {host}:{port}") from None
-        ready_s = time.monotonic() - started
-        async with await trio.Path(log_path).open("a") as note:
-            await note.write(f"[qnet] {parsed.kind} broker pid {broker.pid} ready on "
-                             f"{host}:{port} after {ready_s:.3f} s\n")
-        yield BrokerInfo(host=host, port=port, pid=broker.pid, kind=parsed.kind)
+    started = time.monotonic()
+    try:
+        async with running(broker, ready_timeout=ready_timeout):
+            ready_s = time.monotonic() - started
+            async with await trio.Path(log_path).open("a") as note:
+                await note.write(f"[qnet] {parsed.kind} broker pid {broker.pid} ready on "
+                                 f"{host}:{port} after {ready_s:.3f} s\n")
+            yield BrokerInfo(host=host, port=port, pid=broker.pid, kind=parsed.kind)
+    except ChildFailed as exc:
+        if exc.child is not broker:
+            raise
+        raise BrokerError(f"MQTT broker (pid {broker.pid}) {exc.reason} "
+                          f"on {host}:{port}") from None

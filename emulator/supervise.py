@@ -42,6 +42,7 @@ __all__ = [
     "Supervisor",
     "exit_quietly_on_sigterm",
     "open_supervisor",
+    "running",
     "pid_alive",
     "watch_parent",
 ]
@@ -352,6 +353,22 @@ class Supervisor:
             if child.expected_exit:
                 return
             raise ChildFailed(child, f"exited unexpectedly with code {child.exit_code}")
+
+
+@asynccontextmanager
+async def running(child: Child, *, ready_timeout: float = 15.0,
+                  grace_s: float = TERMINATE_GRACE_S) -> AsyncIterator[Child]:
+    """One child for the duration of the context, without a watcher task (so exceptions of
+    the body are not wrapped in a group): ready on entry (ChildFailed otherwise), stopped and
+    reaped on exit. For a helper process such as a test's or a benchmark's broker."""
+    child.process = _spawn(child)
+    try:
+        await _wait_ready(child, ready_timeout)
+        yield child
+    finally:
+        await _terminate(child.process, grace_s)
+        child.exit_code = child.process.returncode
+        child.exits.append(child.exit_code)
 
 
 @asynccontextmanager

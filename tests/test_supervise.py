@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from emulator.supervise import Child, ChildFailed, Restart, open_supervisor, pid_alive
+from emulator.supervise import Child, ChildFailed, Restart, open_supervisor, pid_alive, running
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -256,3 +256,13 @@ def test_children_die_with_a_killed_supervisor(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+async def test_running_one_child_without_a_watcher(tmp_path):
+    polite = child(tmp_path, "solo", POLITE)
+    with pytest.raises(KeyError):  # the body's own exception, not wrapped in a group
+        async with running(polite) as started:
+            assert started.ready["port"] == 1234
+            raise KeyError("from the body")
+    assert polite.exit_code == 0
+    assert_reaped(polite.pid)
