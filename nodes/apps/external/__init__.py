@@ -6,5 +6,5 @@ from nodes.apps.external import spec
 
 KIND = AppKind(
     kind="external", spec=spec.ExternalApp, entry="nodes.apps.external.shell:run",
-    section="external", merge=spec.merge, validate=spec.validate,
+    section="external", merge=spec.merge, validate=spec.validate, summary=spec.print_summary,
 )

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta, Struct
 
-from emulator.results import join_ends
+from emulator.results import join_ends, print_rows
 from emulator.scenario import Name, Scenario, ScenarioError
 
 
@@ -33,3 +33,11 @@ def merge(scenario: Any, app: ExternalApp, entries: list[dict]) -> list[dict]:
         groups.setdefault(key, []).append(entry)
     return [{**join_ends(group, name), "section": section}
             for (section, name), group in sorted(groups.items())]
+
+
+def print_summary(console: Any, entry: dict) -> None:
+    """Every number the program reported (its fields are its own)."""
+    rows = [(key, key, ",d" if isinstance(value, int) else ".4g")
+            for key, value in entry.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    print_rows(console, f"external {entry.get('name')}", entry, rows)
