@@ -115,6 +115,8 @@ def test_crashed_node_is_reported_with_its_log_tail_and_nothing_is_left(tmp_path
         assert "bob" in err and "exited unexpectedly" in err
         assert "last lines of" in err and "bob.log" in err.replace("\n", "")
         assert not wait_gone(children, 5)
+    result = json.loads((run_dir / "result.json").read_text())  # written all the same
+    assert result["ok"] is False and result["failure"]["process"] == "bob"
 
 
 def test_cut_fault_goes_over_mqtt_and_the_run_recovers(tmp_path: Path) -> None:
@@ -137,7 +139,8 @@ def test_cut_fault_goes_over_mqtt_and_the_run_recovers(tmp_path: Path) -> None:
 
 
 def test_children_exit_when_the_orchestrator_is_killed(tmp_path: Path) -> None:
-    """Even SIGKILL of qnet (no clean-up possible) leaves no daemon, node or relay behind."""
+    """Even SIGKILL of qnet (no clean-up possible) leaves no broker, daemon, node or relay
+    behind: each child has PR_SET_PDEATHSIG."""
     run_dir = tmp_path / "run"
     with running_qnet("run", QUICKSTART, "--duration", "30", "--run-dir", str(run_dir),
                       "--no-progress") as process:
@@ -145,13 +148,12 @@ def test_children_exit_when_the_orchestrator_is_killed(tmp_path: Path) -> None:
                                                          "relay-alice-bob"], 30)
         ours = {json.loads((run_dir / f"{n}.ready.json").read_text())["pid"]
                 for n in ("daemon", "alice", "bob", "relay-alice-bob")}
-        assert ours <= children
+        assert ours <= children and len(children) == 5  # and the broker
         process.kill()
         process.communicate(timeout=10)
         try:
-            assert not wait_gone(ours, 5)
+            assert not wait_gone(children, 5)
         finally:
-            # the broker (a third-party program) does not watch its parent: end it here
             for pid in children:
                 if alive(pid):
                     os.kill(pid, signal.SIGKILL)
