@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 MAX_PAYLOAD_BYTES = 1 << 20  # a node result with many blocks is a few tens of kB
+MAX_DEPTH = 32  # nesting allowed inside result entries (real ones use 3 levels)
 ORCHESTRATOR = "orchestrator"
 DAEMON = "daemon"
 OBSERVER = "observer"  # read-only login for people watching a run (mosquitto_sub)
@@ -228,8 +229,9 @@ class TelemetryDecoder:
     """Typed, bounded decoding of one run's messages; rejects are counted by reason.
 
     ``decode`` never raises on what a client sent: a payload over ``max_bytes``, a topic
-    outside the run's tree, bad JSON, a wrong type, a missing or unknown field, or nesting
-    deep enough to hit the recursion guard gives None and a count in ``rejected``. An empty
+    outside the run's tree, bad JSON, a wrong type, a missing or unknown field, nesting deep
+    enough to hit the recursion guard, or result entries nested deeper than ``MAX_DEPTH``
+    gives None and a count in ``rejected``. An empty
     payload (the clearing of a retained message) is ignored without being counted.
     """
 
@@ -256,6 +258,8 @@ class TelemetryDecoder:
             value = self._decoder(kind).decode(payload)
         except (msgspec.DecodeError, RecursionError):
             return self._reject("bad_payload")
+        if isinstance(value, NodeResult) and _too_deep(value.apps, MAX_DEPTH):
+            return self._reject("too_deep")  # json.dump of result.json would recurse on it
         return Decoded(subtree, leaf, name, value)
 
     def _place(self, topic: str) -> tuple[Any, str, str, type[_Payload]] | None:
@@ -283,6 +287,21 @@ class TelemetryDecoder:
     def _reject(self, reason: str) -> None:
         self.rejected[reason] += 1
         return None
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True if lists/dicts nest deeper than ``limit`` (iterative: no recursion of our own)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in item)
+    return False
 
 
 # -- accounts and ACL --------------------------------------------------------------------------

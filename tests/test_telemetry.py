@@ -297,3 +297,19 @@ def test_fuzz_mutated_valid_payloads(index: int, data) -> None:
         at = data.draw(st.integers(0, len(wire) - 1))
         wire[at] = data.draw(st.integers(0, 255))
     _check(TelemetryDecoder(RUN), topic, bytes(wire))
+
+
+def test_result_entries_nested_deeper_than_the_limit_are_rejected() -> None:
+    def nested(depth: int) -> dict:
+        entry: dict = {"leaf": 1}
+        for _ in range(depth):
+            entry = {"x": [entry]}
+        return entry
+
+    decoder = TelemetryDecoder(RUN)
+    topic = telemetry.node_result(RUN, "bob")
+    ok = NodeResult(node="bob", apps=[nested(telemetry.MAX_DEPTH // 2 - 1)])
+    assert decoder.decode(topic, telemetry.encode(ok)) is not None
+    deep = NodeResult(node="bob", apps=[nested(400)])  # within msgspec's guard, not ours
+    assert decoder.decode(topic, telemetry.encode(deep)) is None
+    assert decoder.rejected == {"too_deep": 1}
