@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,19 @@ def test_sweep_rejects_a_bad_parameter_before_running(tmp_path: Path) -> None:
                     str(tmp_path / "s"))
     assert done.returncode == 2 and "links[0].length_km" in done.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_second_sweep_into_the_same_folder_works(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    stamps = []
+    for _ in range(2):
+        done = run_qnet("sweep", str(ROOT / "scenarios" / "qkd-metro-25km.toml"),
+                        "--param", "links.0.length_km", "--values", "25", "--out", str(out),
+                        "--duration", "1", timeout=240)
+        assert done.returncode == 0, done.stdout + done.stderr
+        result = json.loads((out / "runs" / "links.0.length_km=25" / "result.json").read_text())
+        stamps.append({p["name"]: p["pid"] for p in result["processes"]})
+        assert all(p["exit_code"] == 0 for p in result["processes"])
+    assert stamps[0]["alice"] != stamps[1]["alice"]  # the second run's own processes
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [float(r["value"]) for r in rows] == [25.0]
