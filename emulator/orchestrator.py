@@ -235,7 +235,8 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
                 if supervisor.failures:
                     state.failure = failure_info(supervisor.failures[0])
                 if state.failure is not None:
-                    emulated_s = max(0.0, clock.now() - state.t_start)
+                    if state.t_start:  # the apps had started
+                        emulated_s = max(0.0, clock.now() - state.t_start)
                     await _abort(mqtt, state, state.children)
                 background.cancel_scope.cancel()
         except* (ChildFailed, RunFailed, brokers.BrokerError, TimeoutError, MqttError,

@@ -266,3 +266,31 @@ async def test_running_one_child_without_a_watcher(tmp_path):
             raise KeyError("from the body")
     assert polite.exit_code == 0
     assert_reaped(polite.pid)
+
+
+@pytest.mark.parametrize("when", ["while starting", "after its trio handler"])
+def test_exit_quietly_on_sigterm(tmp_path, when):
+    """A Python child stopped outside its own signal handling exits 0, not -15."""
+    script = tmp_path / "quiet.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys, time, trio
+        from emulator.supervise import exit_quietly_on_sigterm
+        exit_quietly_on_sigterm()
+        if {when == "after its trio handler"!r}:
+            async def main():
+                with trio.open_signal_receiver(signal.SIGTERM):
+                    pass  # handled here while open; restored to the quiet handler after
+            trio.run(main)
+        print("up", flush=True)
+        time.sleep(30)
+        """))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
