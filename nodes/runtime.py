@@ -70,6 +70,12 @@ async def serve(config: NodeConfig, ready_file) -> None:
             clock=EmulatedClock(config.t0, config.time_scale), view=config.view,
             daemon=daemon, transport=transport, mqtt=mqtt,
         )
+
+        async def report_transport_faults() -> None:  # the first of each kind, as an event
+            async for kind, message in transport.first_faults:
+                await node.event("transport_fault", counter=kind, message=message[:300])
+
+        nursery.start_soon(report_transport_faults)
         write_ready(ready_file, **endpoint)
         log.info("ready: tcp %s udp %d", endpoint["tcp"], endpoint["udp"])
         stop = trio.Event()

@@ -197,6 +197,8 @@ class Transport:
         self._arrival = trio.Condition()
         self._counters: Counter[str] = Counter()
         self._logged: set[str] = set()
+        # the first fault of each kind (a handful of kinds): the runtime publishes them as events
+        self._first_faults, self.first_faults = trio.open_memory_channel[tuple[str, str]](math.inf)
         self.listeners: dict[str, trio.SocketListener] = {}
         self.udp: trio.socket.SocketType | None = None
 
@@ -301,11 +303,15 @@ class Transport:
             self._fault(fault, f"channel {channel.name!r} from {channel.peer} ended")
 
     def _fault(self, counter: str, message: str) -> None:
-        """Count a peer's fault; log the first of each kind as a warning, the rest at debug."""
+        """Count a peer's fault; the first of each kind is logged as a warning and queued on
+        ``first_faults`` (kind, message), the rest are logged at debug level."""
         self._counters[counter] += 1
-        level = logging.DEBUG if counter in self._logged else logging.WARNING
+        if counter in self._logged:
+            log.debug("%s (%s)", message, counter)
+            return
         self._logged.add(counter)
-        log.log(level, "%s (%s, further ones logged at debug)", message, counter)
+        log.warning("%s (%s, further ones logged at debug)", message, counter)
+        self._first_faults.send_nowait((counter, message))
 
     async def connect(self, peer: str, channel: str) -> Channel:
         """Dial ``peer`` through its relay and open the named channel."""

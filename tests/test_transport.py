@@ -104,6 +104,10 @@ async def test_bad_mac_wrong_names_and_wrong_run_are_spoofed():
             assert await raw(port, frame(hello) + frame(b"evil")) == b""
         await settled()
         assert bob.counters()["spoofed_hellos"] == 4
+        kind, message = bob.first_faults.receive_nowait()  # queued once, for a node event
+        assert kind == "spoofed_hellos" and "authentication" in message
+        with pytest.raises(trio.WouldBlock):
+            bob.first_faults.receive_nowait()
         await round_trip(alice, bob, "qkd/x")  # the real channel still opens
 
 

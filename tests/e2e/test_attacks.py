@@ -149,6 +149,10 @@ async def test_attacks_during_a_run_are_counted_and_change_nothing(tmp_path: Pat
     assert c["connections"] >= 1 + 2 * FLOOD + 12 + 8 + SILENT
     assert c["spoofed_hellos"] > 0 and c["bad_hellos"] > 0
     assert c["rejected_connections"] >= SILENT - 64
+    events = [e for e in result["events"] if e.get("kind") == "transport_fault"]
+    assert {e.get("counter") for e in events if e.get("node") == "bob"} >= {
+        "spoofed_hellos", "bad_hellos", "rejected_connections"}  # first of each kind only
+    assert len(events) <= 2 * len(faults)
     r = counters["relay-alice-bob"]
     assert r["foreign_datagrams"] == 100
     assert r["connections"] >= FLOOD + 7
