@@ -302,6 +302,10 @@ class Transport:
         if fault is not None:
             self._fault(fault, f"channel {channel.name!r} from {channel.peer} ended")
 
+    def _dialled_closed(self, channel: Channel, fault: str | None) -> None:
+        if fault is not None:
+            self._fault(fault, f"channel {channel.name!r} to {channel.peer} ended")
+
     def _fault(self, counter: str, message: str) -> None:
         """Count a peer's fault; the first of each kind is logged as a warning and queued on
         ``first_faults`` (kind, message), the rest are logged at debug level."""
@@ -321,7 +325,7 @@ class Transport:
         stream = await trio.open_tcp_stream(endpoint.host, endpoint.tcp)
         framed = FramedStream(stream, MAX_FRAME)
         await framed.send(make_hello(self._keys[peer], self.run_id, self.node, peer, channel))
-        return Channel(framed, peer, channel)
+        return Channel(framed, peer, channel, self._dialled_closed)
 
     async def accept(self, peer: str, channel: str) -> Channel:
         """Wait for ``peer`` to open the named channel to us."""

@@ -230,6 +230,16 @@ async def test_oversize_frame_on_open_channel_raises_remote_protocol_error():
         await stream.aclose()
 
 
+async def test_oversize_frame_to_the_dialler_is_counted_there():
+    async with serving() as (alice, bob):
+        dialled = await alice.connect("bob", "x")
+        accepted = await bob.accept("alice", "x")
+        await accepted.framed.stream.send_all(HEADER.pack(0xFFFFFFFF))
+        with pytest.raises(ChannelFramingError):
+            await dialled.receive()
+        assert alice.counters() == {"bad_frames": 1}
+
+
 async def test_pending_channels_per_peer_are_capped():
     async with serving(max_pending=3) as (alice, bob):
         held = [await alice.connect("bob", f"c{i}") for i in range(4)]
