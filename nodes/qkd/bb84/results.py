@@ -17,7 +17,8 @@ from emulator.results import fmt
 from emulator.scenario import Link, Scenario
 from nodes.qkd.bb84.spec import BB84App, link_of
 
-SENDER_FIELDS = ("key_sha256_a", "secret_bits_a", "daemon_lag_s", "cpu_s_a", "cpu_s_daemon")
+SENDER_FIELDS = ("key_sha256_a", "secret_bits_a", "daemon_lag_s", "cpu_s_a", "cpu_s_daemon",
+                 "remote_errors_a", "blocks_rejected_a")
 DEFAULT_EC_EFFICIENCY = 1.16
 
 
