@@ -210,6 +210,8 @@ class Transport:
             if config.name in (link.a, link.b):
                 peer = link.b if link.a == config.name else link.a
                 delay = link.classical_delay_s + link.classical.jitter_ms / 1000.0
+                if link.classical.rate_mbps:  # serialization of the hello itself
+                    delay += 8 * HELLO_MAX_BYTES / (link.classical.rate_mbps * 1e6)
                 timeouts[peer] = hello_timeout(delay, config.time_scale)
         return cls(config.name, config.host, run_id=config.run_id, link_keys=config.link_keys,
                    hello_timeout_s=timeouts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -430,3 +431,19 @@ async def test_flood_of_connections_and_partial_frames_keeps_rss_and_fds_bounded
         "bad_hellos", "spoofed_hellos", "rejected_connections", "connection_errors",
         "closed_before_hello"))
     assert rejected >= connections
+
+
+def test_for_node_scales_hello_timeouts_with_each_link():
+    from emulator.child_config import DaemonAddress, MqttAddress, NodeConfig, node_view
+    from emulator.scenario import load_scenario
+
+    overrides = ["scenario.time_scale=0.001", "links.0.classical.delay_ms=12",
+                 "links.0.classical.jitter_ms=3", "links.0.classical.rate_mbps=0.01"]
+    sc = load_scenario(Path(__file__).parents[1] / "scenarios" / "quickstart.toml", overrides)
+    config = NodeConfig(run_id=RUN, t0=0.0, time_scale=0.001, seed=1, name="bob", token="t",
+                        daemon=DaemonAddress(HOST, 1), mqtt=MqttAddress(HOST, 1),
+                        view=node_view(sc, "bob"), link_keys={"alice": KEY.hex()})
+    transport = Transport.for_node(config, config.view)
+    delay = 0.012 + 0.003 + 8 * 1024 / 0.01e6  # propagation, jitter, the hello at 10 kbit/s
+    assert transport._timeouts == {"alice": pytest.approx(4 * delay / 0.001)}
+    assert transport.run_id == RUN and set(transport._gates) == {"alice"}
