@@ -1,0 +1,209 @@
+"""Hybrid-packet header: TLVs over UDP with a truncated HMAC-SHA256 under the link's key.
+
+The classical half of a Q-Chip-style hybrid packet (the quantum payload travels the link's
+quantum channel). Decoding is strict: any input that is not exactly a valid header raises
+``MalformedHeader``; a valid one under the wrong key raises ``HeaderAuthenticationError``.
+Wire format in docs/protocol.md ("Network layer"); dissector in tools/wireshark/.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import struct
+from typing import Annotated
+
+import msgspec
+
+from nodes.errors import MalformedMessage, PeerAuthenticationError
+
+MAGIC = b"QH"
+VERSION = 1
+MAC_LEN = 16
+MAX_HEADER = 512
+MAX_NAME = 64
+MIN_KEY = 16
+
+T_VERSION, T_SRC, T_DST, T_FLOW, T_SEQ, T_TTL, T_TIME, T_PAYLOAD, T_POL = range(1, 10)
+T_MAC = 0xFF
+EXTENSION = 0x80  # types 0x80..0xFE: optional, skipped by a receiver that does not know them
+
+PAYLOAD_NONE, PAYLOAD_QUBIT, PAYLOAD_EPR_HALF = 0, 1, 2
+FLAG_PAYLOAD_LOST = 0x01
+
+_TL = struct.Struct(">BH")
+_U32, _U64 = struct.Struct(">I"), struct.Struct(">Q")
+_PAYLOAD = struct.Struct(">BBHQ")
+_POL = struct.Struct(">fff")
+_FIXED = {T_VERSION: 1, T_FLOW: 4, T_SEQ: 8, T_TTL: 1, T_TIME: 8, T_PAYLOAD: _PAYLOAD.size,
+          T_POL: _POL.size, T_MAC: MAC_LEN}
+
+U8 = Annotated[int, msgspec.Meta(ge=0, le=0xFF)]
+U16 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class MalformedHeader(MalformedMessage):
+    """Bytes that are not a hybrid header of this version: the datagram is dropped."""
+
+    scope = "frame"
+
+
+class HeaderAuthenticationError(PeerAuthenticationError):
+    """A well-formed header whose MAC does not verify under the link's key: dropped."""
+
+
+class PayloadDescriptor(msgspec.Struct, frozen=True):
+    """What rides on the quantum channel: its kind, flags (lost upstream), size, daemon id."""
+
+    kind: U8 = PAYLOAD_NONE
+    flags: U8 = 0
+    qubits: U16 = 0
+    payload_id: U64 = 0
+
+
+class PolarisationReference(msgspec.Struct, frozen=True):
+    """Stokes vector (S1, S2, S3) of the reference light sent as prepared, |S| <= 1."""
+
+    s1: float = 1.0
+    s2: float = 0.0
+    s3: float = 0.0
+
+
+class HybridHeader(msgspec.Struct, frozen=True):
+    """The routing header of one hybrid packet; ``timestamp_ns`` is emulated time."""
+
+    src: str
+    dst: str
+    flow: U32
+    seq: U64
+    ttl: U8
+    timestamp_ns: U64
+    payload: PayloadDescriptor = PayloadDescriptor()
+    pol_ref: PolarisationReference = PolarisationReference()
+    version: U8 = VERSION
+
+
+def _name(value: str, what: str) -> bytes:
+    raw = value.encode()
+    if not 1 <= len(raw) <= MAX_NAME:
+        raise ValueError(f"{what} must be 1..{MAX_NAME} bytes of UTF-8")
+    return raw
+
+
+def _tlv(t: int, value: bytes) -> bytes:
+    return _TL.pack(t, len(value)) + value
+
+
+class HeaderCodec:
+    """Encodes and decodes headers MACed with one link's key (at least 16 bytes)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < MIN_KEY:
+            raise ValueError(f"link key must have at least {MIN_KEY} bytes")
+        self._mac = hmac.new(key, digestmod="sha256")
+
+    def _tag(self, data: bytes | memoryview) -> bytes:
+        m = self._mac.copy()
+        m.update(data)
+        return m.digest()[:MAC_LEN]
+
+    def encode(self, h: HybridHeader) -> bytes:
+        """The datagram for ``h``: magic, TLVs in type order, then the MAC TLV."""
+        pol = h.pol_ref
+        if not all(math.isfinite(s) for s in (pol.s1, pol.s2, pol.s3)) or \
+                pol.s1 ** 2 + pol.s2 ** 2 + pol.s3 ** 2 > 1.0 + 1e-6:
+            raise ValueError("polarisation reference must be finite with |S| <= 1")
+        p = h.payload
+        if max(h.seq, h.timestamp_ns, p.payload_id) >= 2**63:
+            raise ValueError("seq, timestamp_ns and payload_id must be below 2**63")
+        try:
+            body = self._body(h, p, pol)
+        except struct.error as exc:
+            raise ValueError(f"header field out of range: {exc}") from None
+        return body + self._tag(body)
+
+    @staticmethod
+    def _body(h: HybridHeader, p: PayloadDescriptor, pol: PolarisationReference) -> bytes:
+        return b"".join((
+            MAGIC, _tlv(T_VERSION, bytes((h.version,))), _tlv(T_SRC, _name(h.src, "src")),
+            _tlv(T_DST, _name(h.dst, "dst")), _tlv(T_FLOW, _U32.pack(h.flow)),
+            _tlv(T_SEQ, _U64.pack(h.seq)), _tlv(T_TTL, bytes((h.ttl,))),
+            _tlv(T_TIME, _U64.pack(h.timestamp_ns)),
+            _tlv(T_PAYLOAD, _PAYLOAD.pack(p.kind, p.flags, p.qubits, p.payload_id)),
+            _tlv(T_POL, _POL.pack(pol.s1, pol.s2, pol.s3)), _TL.pack(T_MAC, MAC_LEN)))
+
+    def decode(self, data: bytes) -> HybridHeader:
+        """The header in ``data`` if it is well formed and its MAC verifies; else a typed error."""
+        fields = parse(data)
+        mac_at = len(data) - MAC_LEN
+        if not hmac.compare_digest(self._tag(memoryview(data)[:mac_at]), data[mac_at:]):
+            raise HeaderAuthenticationError("hybrid header MAC does not verify")
+        return _build(fields)
+
+
+def parse(data: bytes) -> dict[int, bytes]:
+    """The TLVs of a structurally valid header (MAC not checked), or ``MalformedHeader``."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedHeader(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_HEADER:
+        raise MalformedHeader(f"header of {len(data)} bytes exceeds {MAX_HEADER}")
+    if data[:2] != MAGIC:
+        raise MalformedHeader("not a hybrid header (bad magic)")
+    fields: dict[int, bytes] = {}
+    offset = 2
+    while offset < len(data):
+        if offset + _TL.size > len(data):
+            raise MalformedHeader(f"truncated TLV at offset {offset}")
+        t, length = _TL.unpack_from(data, offset)
+        value = data[offset + 3: offset + 3 + length]
+        if len(value) != length:
+            raise MalformedHeader(f"TLV type {t} at offset {offset} runs past the end")
+        if not fields and t != T_VERSION:
+            raise MalformedHeader("the first TLV must be the version")
+        if t == T_VERSION and (length != 1 or value[0] != VERSION):
+            raise MalformedHeader(f"unsupported header version {value.hex()}")
+        if t in fields:
+            raise MalformedHeader(f"duplicate TLV type {t}")
+        if t not in _FIXED and t not in (T_SRC, T_DST) and not EXTENSION <= t < T_MAC:
+            raise MalformedHeader(f"unknown TLV type {t}")
+        if t in _FIXED and length != _FIXED[t]:
+            raise MalformedHeader(f"TLV type {t} must be {_FIXED[t]} bytes, got {length}")
+        fields[t] = value
+        offset += 3 + length
+        if t == T_MAC:
+            break
+    if T_MAC not in fields or offset != len(data):
+        raise MalformedHeader("the MAC must be the last TLV")
+    missing = set(range(T_VERSION, T_POL + 1)) - set(fields)
+    if missing:
+        raise MalformedHeader(f"missing TLV types {sorted(missing)}")
+    return fields
+
+
+def _text(raw: bytes, what: str) -> str:
+    if not 1 <= len(raw) <= MAX_NAME:
+        raise MalformedHeader(f"{what} must be 1..{MAX_NAME} bytes")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise MalformedHeader(f"{what} is not UTF-8") from None
+
+
+def _build(f: dict[int, bytes]) -> HybridHeader:
+    s1, s2, s3 = _POL.unpack(f[T_POL])
+    if not all(math.isfinite(s) for s in (s1, s2, s3)) or s1 * s1 + s2 * s2 + s3 * s3 > 1.0001:
+        raise MalformedHeader("polarisation reference must be finite with |S| <= 1")
+    seq, timestamp = _U64.unpack(f[T_SEQ])[0], _U64.unpack(f[T_TIME])[0]
+    if seq >= 2**63 or timestamp >= 2**63:
+        raise MalformedHeader("seq and timestamp must be below 2**63")
+    kind, flags, qubits, payload_id = _PAYLOAD.unpack(f[T_PAYLOAD])
+    if payload_id >= 2**63:
+        raise MalformedHeader("payload id must be below 2**63")
+    return HybridHeader(
+        src=_text(f[T_SRC], "src"), dst=_text(f[T_DST], "dst"), flow=_U32.unpack(f[T_FLOW])[0],
+        seq=seq, ttl=f[T_TTL][0], timestamp_ns=timestamp,
+        payload=PayloadDescriptor(kind, flags, qubits, payload_id),
+        pol_ref=PolarisationReference(s1, s2, s3), version=f[T_VERSION][0])
