@@ -161,9 +161,11 @@ def test_slow_motion_run_exits_0(tmp_path: Path) -> None:
     assert result["wall_s"] > 0.2 / 0.05  # the emulated 0.2 s took 4 wall seconds at least
 
 
-def test_unwritable_json_path_exits_3_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["missing folder", "full disk"])
+def test_unwritable_json_path_exits_3_with_one_line(tmp_path: Path, where: str) -> None:
     run_dir = tmp_path / "run"
-    target = tmp_path / "missing-dir" / "result.json"
+    target = tmp_path / "missing-dir" / "result.json" if where == "missing folder" else \
+        Path("/dev/full")  # every write: ENOSPC
     done = run_qnet("run", QUICKSTART, "--duration", "1", "--run-dir", str(run_dir),
                     "--no-progress", "--json", str(target))
     assert done.returncode == 3, done.stdout + done.stderr
