@@ -43,14 +43,19 @@ def _invalid(message: str) -> None:
 
 
 def _write_results(result: dict, scenario: Path, json_out: Path | None) -> Path:
-    """scenario.toml and result.json into the run folder, and ``--json``; OSError on failure
-    (what was written before it stays)."""
+    """result.json and scenario.toml into the run folder, then ``--json``; OSError naming the
+    file on failure (what was written before it stays)."""
     run_path = Path(result["run_dir"])
     text = json.dumps(result, indent=2, default=str)
-    (run_path / "result.json").write_text(text)
-    shutil.copyfile(scenario, run_path / "scenario.toml")
+    steps = [(run_path / "result.json", lambda path: path.write_text(text)),
+             (run_path / "scenario.toml", lambda path: shutil.copyfile(scenario, path))]
     if json_out is not None:
-        json_out.write_text(text)
+        steps.append((json_out, lambda path: path.write_text(text)))
+    for path, write in steps:
+        try:
+            write(path)
+        except OSError as exc:
+            raise OSError(f"{path}: {exc.strerror or exc}") from None
     return run_path
 
 
