@@ -119,3 +119,16 @@ def test_teleport_cores_round_trip_and_reject_a_wrong_ack() -> None:
         sender.on_reply(tp.Ack(8), 0.001)
     with pytest.raises(MalformedMessage):
         tp.ReceiverCore(["a", "b"], rng).on_message(tp.Teleported(1, 2, 0, 0.0, 0.0, 0.0))
+
+
+def test_partial_results_are_due_each_time_the_pairs_double() -> None:
+    report = ReportCore("x", ["a", "b"], np.random.default_rng(1))
+    due = []
+    for k in range(20):
+        a, b = EndToEnd(Held(k, k, 0.0), 1000 + k, 0, {}, 0.0), \
+            EndToEnd(Held(1000 + k, k, 0.0), k, 0, {}, 0.0)
+        report.on_outcomes(Outcomes([a.mine.pair], "Z", b"\x00", [0.0]))
+        report.on_measured([b], ["Z"], np.zeros(1, np.uint8), 1.0)
+        if report.partial_due():
+            due.append(report.pairs)
+    assert due == [1, 2, 4, 8, 16]

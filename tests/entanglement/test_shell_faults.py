@@ -78,7 +78,7 @@ def fake_node(name: str, channel: FakeChannel) -> SimpleNamespace:
 
     link = SimpleNamespace(id="alice-bob", a="alice", b="bob")
     return SimpleNamespace(
-        name=name, events=events, event=event, daemon=None,
+        name=name, events=events, event=event, daemon=None, partial=lambda entry: None,
         view=SimpleNamespace(link_between=lambda a, b: link, memory=SimpleNamespace(slots=8)),
         transport=SimpleNamespace(accept=accept, connect=accept),
         clock=SimpleNamespace(sleep_until=sleep_until, now=lambda: 0.0),

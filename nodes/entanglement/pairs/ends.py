@@ -84,6 +84,16 @@ class ReportCore:
         self.latencies = Reservoir(LATENCY_SAMPLE, rng)
         self.t_first = self.t_last = None
         self.announced: int | None = None  # a's count in ``Finished``
+        self._next_partial = 1
+
+    def partial_due(self) -> bool:
+        """True each time the joined pairs double (1, 2, 4, ...): when the shell publishes
+        its partial result, log n times per run."""
+        if self.pairs < self._next_partial:
+            return False
+        while self._next_partial <= self.pairs:
+            self._next_partial *= 2
+        return True
 
     @property
     def settled(self) -> bool:

@@ -224,6 +224,7 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
     core = SenderCore(app.count)
     send_ready, receive_ready = trio.open_memory_channel(math.inf)
     done, acked = trio.Event(), trio.Event()
+    errors: list[RemoteProtocolError] = []
 
     async def sink(held: Held) -> None:
         for e in tracker.own(held):
@@ -253,16 +254,25 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
             else:
                 raise UnexpectedMessage(f"{type(message).__name__} at end a")
 
+    def entry() -> dict:
+        result = {"section": "entanglement", "role": "a_end", "name": name,
+                  "measured_a": core.measured, "p_success_first_link": started.p_success,
+                  "t_first": t_first, "remote_errors_a": len(errors)}
+        if purifier is not None:
+            result["purification_attempted"] = purifier.attempted
+            result["purification_kept"] = purifier.kept
+        return result
+
     async def on_measured(batch, bases, bits, t) -> None:
         if (message := core.on_measured(batch, bases, bits, t)) is not None:
             right.post(encoder.encode(message))
+            node.partial(entry())
         if core.done:
             done.set()
 
     await node.clock.sleep_until(node.t_start)
     started = await ops.start_link(link)
     t_first = node.clock.now()
-    errors: list[RemoteProtocolError] = []
     try:
         async with trio.open_nursery() as outer:
             outer.start_soon(right.run_writer)
@@ -282,16 +292,10 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
                 await acked.wait()
             outer.cancel_scope.cancel()
     except* RemoteProtocolError as group:
-        errors = remote_errors.leaves(group)
+        errors += remote_errors.leaves(group)
         await remote_errors.report(node, name, errors)
         await _stop_link(ops, link)
-    entry = {"section": "entanglement", "role": "a_end", "name": name,
-             "measured_a": core.measured, "p_success_first_link": started.p_success,
-             "t_first": t_first, "remote_errors_a": len(errors)}
-    if purifier is not None:
-        entry["purification_attempted"] = purifier.attempted
-        entry["purification_kept"] = purifier.kept
-    return entry
+    return entry()
 
 
 async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
@@ -303,6 +307,7 @@ async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
     link = link_between(node.view, path[-2], path[-1])
     tracker = EndTracker("b", len(path) - 2)
     core = ReportCore(name, path, node.rng(f"pairs/{name}/storage-sample"))
+    errors: list[RemoteProtocolError] = []
     settled = trio.Event()
     send_ready, receive_ready = trio.open_memory_channel(math.inf)
 
@@ -314,9 +319,21 @@ async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
         for e in tracker.own(held):
             send_ready.send_nowait(e)
 
+    def entry() -> dict:
+        result = core.entry()
+        f = result["fidelity_mean"]
+        result.update({
+            "a": app.a, "b": app.b, "chsh": None, "remote_errors": len(errors),
+            "purification": app.purification, "purification_rounds": app.purification_rounds,
+            "target_fidelity": app.target_fidelity,
+            "target_met": bool(f >= app.target_fidelity) if not math.isnan(f) else False})
+        return result
+
     async def on_measured(batch, bases, bits, t) -> None:
         core.on_measured(batch, bases, bits, t)
         check_settled()
+        if core.partial_due():
+            node.partial(entry())
 
     async def post_left(payload: bytes) -> None:
         left.post(payload)
@@ -357,7 +374,6 @@ async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
 
     await node.clock.sleep_until(node.t_start)
     await ops.start_link(link)
-    errors: list[RemoteProtocolError] = []
     try:
         async with trio.open_nursery() as outer:
             outer.start_soon(left.run_writer)
@@ -375,14 +391,7 @@ async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
             left.post(encoder.encode(FinishedAck()))  # our last message on this channel
             await left.drain()
     except* RemoteProtocolError as group:
-        errors = remote_errors.leaves(group)
+        errors += remote_errors.leaves(group)
         await remote_errors.report(node, name, errors)
     await _stop_link(ops, link)
-    entry = core.entry()
-    f = entry["fidelity_mean"]
-    entry.update({
-        "a": app.a, "b": app.b, "chsh": None, "remote_errors": len(errors),
-        "purification": app.purification, "purification_rounds": app.purification_rounds,
-        "target_fidelity": app.target_fidelity,
-        "target_met": bool(f >= app.target_fidelity) if not math.isnan(f) else False})
-    return entry
+    return entry()

@@ -60,6 +60,7 @@ async def run_sender(node: NodeContext, app: TeleportApp) -> dict:
                     channel.post(encoder.encode(core.teleported(
                         pair.pair, bsm.m1, bsm.m2, theta, phi, bsm.t - pair.t_stored)))
                     core.on_reply(decode(await channel.receive()), time.perf_counter() - t0)
+                    node.partial(core.entry(name))
             channel.post(encoder.encode(core.end()))
             await channel.drain()
     except* RemoteProtocolError as group:
@@ -105,6 +106,7 @@ async def run_receiver(node: NodeContext, app: TeleportApp) -> dict:
             await ops.gate("RY", q, angle=-message.theta)
             bits, t = await ops.measure_array([q], "Z")
             core.verified(message, int(bits[0]), t - t_stored)
+            node.partial({**core.entry(name), "a": app.a, "b": app.b, "state": app.state})
 
     # the sender starts the link with its own cap on pending halves (it needs a free slot for
     # the input state); starting it here too could fill its memory before that cap applies
