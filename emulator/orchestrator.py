@@ -149,16 +149,19 @@ def failure_info(error: BaseException) -> dict:
 
 
 async def _abort(mqtt, state: RunState, children: list[Child]) -> None:
-    """Tell the survivors to abort and wait briefly for their (partial) results."""
-    survivors = [c.name for c in children if c.role == "node" and c.process is not None
-                 and c.process.returncode is None]
+    """Tell the survivors to abort and wait briefly for their (partial) results and the
+    surviving relays' counters."""
+    alive = [c for c in children if c.process is not None and c.process.returncode is None]
+    survivors = [c.name for c in alive if c.role == "node"]
+    relays = [c.name.removeprefix("relay-") for c in alive if c.role == "relay"]
     with trio.move_on_after(ABORT_RESULTS_S):
         try:
             await mqtt.publish(telemetry.control_stop(state.run_id),
                                telemetry.encode(telemetry.StopMessage(reason="abort")), qos=1)
         except (MqttError, OSError):
             return  # the broker is gone: nobody can report any more
-        while not all(name in state.node_results for name in survivors):
+        while not (all(name in state.node_results for name in survivors)
+                   and all(name in state.relay_results for name in relays)):
             await state.got_result.wait()
 
 
