@@ -419,6 +419,8 @@ async def test_flood_of_connections_and_partial_frames_keeps_rss_and_fds_bounded
     finally:
         process.kill()
         process.communicate()
+    with pytest.raises(ProcessLookupError):  # reaped: nothing left behind
+        os.kill(process.pid, 0)
     print(f"flood: {connections} connections in {flood_s:.1f} s; rss {before['VmRSS']} -> "
           f"{during['VmRSS']} kB (peak {after['VmHWM']}); fds {before['fds']} -> "
           f"{during['fds']} -> {after['fds']}; {counters}")
