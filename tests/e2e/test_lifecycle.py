@@ -126,9 +126,71 @@ def test_a_node_killed_mid_run_still_leaves_a_result(tmp_path: Path) -> None:
     assert alice["partial"] is True
     # the survivor reports the keys it had produced before bob died
     assert alice["apps"], "alice reported no partial entries (node.partial not called?)"
-    assert any(entry.get("secret_bits", 0) > 0 for entry in alice["apps"]), alice["apps"]
+    assert any(secret_bits(entry) > 0 for entry in alice["apps"]), alice["apps"]
     assert_nothing_left(run_dir)
     assert not tracebacks(run_dir)
+
+
+def secret_bits(entry: dict) -> int:
+    return entry.get("secret_bits") or entry.get("secret_bits_a") or 0
+
+
+TWO_PAIRS = """
+[scenario]
+name = "two-pairs"
+duration_s = 30
+seed = 3
+{nodes}
+{links}
+"""
+PAIR = """
+[[links]]
+a = "{a}"
+b = "{b}"
+length_km = 10
+[links.quantum.source]
+rate_hz = 5e7
+mu = 0.5
+decoys = [0.1, 0.0]
+probabilities = [0.8, 0.1, 0.1]
+[links.quantum.detector]
+efficiency = 0.1
+dark_count_probability = 1e-6
+misalignment = 0.015
+
+[[apps]]
+kind = "qkd.bb84"
+a = "{a}"
+b = "{b}"
+block_bits = 100000
+cascade = "original"
+"""
+
+
+def test_an_abort_collects_the_partial_keys_of_the_other_pair(tmp_path: Path) -> None:
+    """bob dies; carol and dave (another link) are told to abort and publish the keys they
+    had produced (``node.partial``), which result.json keeps next to the failure."""
+    scenario = tmp_path / "two-pairs.toml"
+    scenario.write_text(TWO_PAIRS.format(
+        nodes="".join(f'[[nodes]]\nname = "{n}"\n' for n in ("alice", "bob", "carol", "dave")),
+        links=PAIR.format(a="alice", b="bob") + PAIR.format(a="carol", b="dave")))
+    run_dir = tmp_path / "run"
+    with running_qnet("run", str(scenario), "--run-dir", str(run_dir),
+                      "--no-progress") as process:
+        wait_ready(process, run_dir, ["alice", "bob", "carol", "dave", "relay-carol-dave"])
+        bob = json.loads((run_dir / "bob.ready.json").read_text())["pid"]
+        time.sleep(8.0)  # key blocks delivered on both links
+        os.kill(bob, signal.SIGKILL)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 3, out + err
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["ok"] is False and result["failure"]["process"] == "bob"
+    for name in ("carol", "dave"):
+        report = result["nodes"][name]
+        assert report["partial"] is True, report
+        assert any(secret_bits(entry) > 0 for entry in report["apps"]), report
+    assert {p["name"]: p["exit_code"] for p in result["processes"]}["daemon"] == 0
+    assert_nothing_left(run_dir)
 
 
 def test_a_run_folder_can_be_reused_and_is_private(tmp_path: Path) -> None:
