@@ -48,12 +48,11 @@ from emulator.collect import (
     RunFailed,
     collect,
     inject_faults,
-    process_counters,
     show_progress,
     wait_for,
 )
 from emulator.mqtt import MqttError
-from emulator.results import app_sections, check_expectations
+from emulator.outcome import assemble, failure_info, first_leaf, make_run_dir
 from emulator.scenario import Link, Scenario, memory_of
 from emulator.supervise import Child, ChildFailed, Supervisor, open_supervisor
 
@@ -66,9 +65,6 @@ ABORT_RESULTS_S = 3.0  # wall: survivors' partial results after a failure
 EXIT_LINGER_S = 3.0  # wall: nodes and relays exiting on control/stop before we signal them
 # Stop order, highest first: nobody loses what it depends on while it shuts down.
 TIER_BROKER, TIER_DAEMON, TIER_RELAY, TIER_NODE = 0, 1, 2, 3
-# What a run writes into its folder; a reused folder is cleared of these (and nothing else).
-RUN_FILES = ("*.ready.json", "*.ready.json.tmp", "*.config.json", "*.config.json.tmp",
-             "*.log", "result.json", "scenario.toml")
 
 
 @dataclass
@@ -110,42 +106,12 @@ class RunState:
         return child
 
 
-def make_run_dir(base: Path | None, name: str) -> Path:
-    """The run's folder (0700 when created here); a reused one loses the previous run's files."""
-    if base is not None:
-        if not base.exists():
-            base.mkdir(parents=True, mode=0o700)
-        for pattern in RUN_FILES:
-            for stale in base.glob(pattern):
-                stale.unlink(missing_ok=True)
-        return base
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / f"{stamp}-{name}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path("runs") / f"{stamp}-{name}-{suffix}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.mkdir(mode=0o700)
-    return path
-
-
 def direction(link: Link) -> Direction:
     c = link.classical
     return Direction(
         delay_s=link.classical_delay_s, jitter_s=c.jitter_ms / 1000.0, loss=c.loss,
         rate_bps=c.rate_mbps * 1e6 if c.rate_mbps is not None else None,
     )
-
-
-def failure_info(error: BaseException) -> dict:
-    """result.json's ``failure``: which process, its exit code and log tail, and why."""
-    child = getattr(error, "child", None)
-    info: dict = {"reason": str(error)}
-    if child is not None:
-        info.update(process=child.name, role=child.role, exit_code=child.exit_code,
-                    log_tail=child.log_tail())
-    return info
 
 
 async def _abort(mqtt, state: RunState, children: list[Child]) -> None:
@@ -330,58 +296,6 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
     # nodes and relays end on control/stop; the daemon and broker are stopped by signal
     await supervisor.wait_exits([*nodes, *relays], EXIT_LINGER_S)
     return emulated_s
-
-
-def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
-    """result.json's content; after a failure ``ok`` is false, ``failure`` says what died,
-    and ``nodes`` keeps every node's report as received (partial entries included)."""
-    scenario = state.scenario
-    entries = [e for r in state.node_results.values() for e in r.get("apps", [])]
-    if state.failure is not None:
-        try:
-            sections = app_sections(scenario, entries)
-        except Exception as exc:  # partial entries may not merge; the raw ones are kept
-            sections = {"merge_error": f"{type(exc).__name__}: {exc}"}
-    else:
-        sections = app_sections(scenario, entries)
-    links = []
-    for link in scenario.links:
-        counters = state.relay_results.get(link.id, {})
-        links.append({
-            "name": link.id, "a": link.a, "b": link.b, "length_km": link.length_km,
-            "classical": {k: counters.get(k) for k in ("bytes_ab", "bytes_ba", "messages",
-                                                       "dropped")},
-        })
-    result = {
-        "scenario": scenario.scenario.name,
-        "seed": scenario.scenario.seed,
-        "ok": True,
-        "wall_s": wall_s,
-        "emulated_s": emulated_s,
-        "time_scale": scenario.scenario.time_scale,
-        "run_dir": str(state.run_dir),
-        "processes": [{"name": c.name, "role": c.role, "pid": c.pid, "exit_code": c.exit_code,
-                       "counters": process_counters(state, c)} for c in state.children],
-        "telemetry_rejected": sum(state.telemetry_rejected.values()),
-        "links": links,
-        **sections,
-        "events": state.events,
-    }
-    if state.failure is not None:
-        result.update(ok=False, failure=state.failure, nodes=state.node_results,
-                      expectations=[])
-        return result
-    result["expectations"] = check_expectations(result, scenario.expect)
-    result["ok"] = all(e["ok"] for e in result["expectations"])
-    return result
-
-
-def first_leaf(group: BaseExceptionGroup) -> BaseException:
-    """The first non-group exception inside ``group`` (what the user needs to read)."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
 
 
 async def run(scenario: Scenario, options: RunOptions, console: Console) -> tuple[int, dict | None]:
