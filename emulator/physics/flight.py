@@ -132,6 +132,42 @@ def path_model(hops: Sequence[Hop], t_since_calibration_s: float = 0.0,
     return PathPrediction(alive, lost, late_total, shrink, p, float(f_avg), float(f_pair), delay)
 
 
+def fidelity_spread(hops: Sequence[Hop], times_s, eta_det: float = 1.0) -> tuple[float, float]:
+    """Standard deviation across runs of the mean expected fidelity (F_avg, F_pair) of payloads
+    sent at ``times_s`` (since calibration): uncompensated hops share one walk per run, so the
+    packets are correlated and a per-packet standard error alone is too small.
+
+    Given the rotation M_k and Raman p, F_avg = 1/2 + (1-p) Tr M_k/6 and
+    F_pair = 1/4 + (1-p) Tr M_k/4. With D the summed drift of uncompensated hops,
+    L_l(t) = ``drift_shrink(D, t, l)`` and c_l the compensated hops' ``compensated_shrink``
+    (rank l, independent per packet), for t_j < t_k:
+    Cov(Tr M_j, Tr M_k) = c_1^2 [L_1(t_k - t_j)(1 + 3 L_1(t_j) + 5 L_2(t_j)) - 9 L_1(t_j) L_1(t_k)]
+    and Var(Tr M_k) = 1 + 3 c_1 L_1 + 5 c_2 L_2 - 9 c_1^2 L_1^2 (chi_1^2 = chi_0 + chi_1 + chi_2;
+    docs/physics.md). Assumes header lags shorter than the packet spacing.
+    """
+    t = np.sort(np.asarray(times_s, dtype=np.float64))
+    d = sum(h.drift_rad2_per_s for h in hops if not h.compensated)
+    c1 = c2 = 1.0
+    for h in hops:
+        if h.compensated:
+            args = (h.estimation_sigma_rad, h.drift_rad2_per_s, h.header_lag_s)
+            c1 *= float(pol.compensated_shrink(*args, rank=1))
+            c2 *= float(pol.compensated_shrink(*args, rank=2))
+    l1, l2 = pol.drift_shrink(d, t), pol.drift_shrink(d, t, rank=2)
+    second = 1 + 3 * l1 + 5 * l2  # E[(Tr A_j)^2] of the uncompensated product A
+    total = 0.0
+    for start in range(0, t.size, 512):  # rows j of the j < k triangle, in bounded chunks
+        j = np.arange(start, min(start + 512, t.size))
+        gap = t[None, :] - t[j, None]
+        cov = c1**2 * (pol.drift_shrink(d, np.abs(gap)) * second[j, None]
+                       - 9 * l1[j, None] * l1[None, :])
+        total += 2 * float(np.sum(np.where(np.arange(t.size)[None, :] > j[:, None], cov, 0.0)))
+    total += float(np.sum(1 + 3 * c1 * l1 + 5 * c2 * l2 - 9 * c1**2 * l1**2))
+    sd_trace = np.sqrt(max(total, 0.0)) / t.size
+    keep = float(np.exp(-eta_det * noise_at_destination(hops) / 2))  # 1 - p
+    return float(keep * sd_trace / 6), float(keep * sd_trace / 4)
+
+
 def transit(rho: Array, qubit: int, u, p_depolarise: float = 0.0, u_hat=None) -> Array:
     """Apply one hop to ``qubit`` of a density matrix: the fibre's rotation ``u`` at the
     payload's crossing, then the far end's waveplate ``u_hat^dagger`` if it compensates (no

@@ -58,15 +58,17 @@ def pair_fidelity(theta):
     return np.cos(np.asarray(theta) / 2) ** 2
 
 
-def drift_shrink(diffusion_rad2_per_s, t_s):
+def drift_shrink(diffusion_rad2_per_s, t_s, rank: int = 1):
     """Mean Bloch rotation of the walk after ``t`` s: ``E[R(t)] = lambda I``,
     ``lambda = exp(-D t/3)``; the averaged channel is depolarising with ``p = 1 - lambda``.
 
     Isotropic rotational Brownian motion: a rank-l tensor decays as exp(-l(l+1) D_r t)
     (Perrin 1934; Favro, Phys. Rev. 119, 53 (1960)); the Bloch vector is rank 1 and the
     convention E[theta^2] = D dt for small steps means D_r = D/6, so lambda = exp(-2 D_r t).
+    ``rank`` l gives E[chi_l(R)]/(2l + 1) = exp(-l(l+1) D t/6) (used for variances; the sampled
+    walk matches rank 1 exactly and higher ranks to O(D dt)).
     """
-    return np.exp(-np.multiply(diffusion_rad2_per_s, t_s) / 3)
+    return np.exp(-np.multiply(diffusion_rad2_per_s, t_s) * rank * (rank + 1) / 6)
 
 
 def fidelity_from_shrink(shrink):
@@ -77,12 +79,19 @@ def fidelity_from_shrink(shrink):
     return (1 + shrink) / 2, (1 + 3 * shrink) / 4
 
 
-def gaussian_shrink(sigma_rad):
+def gaussian_shrink(sigma_rad, rank: int = 1):
     """``lambda = E[(1 + 2 cos|eps|)/3] = (1 + 2 e^(-s^2/2) (1 - s^2))/3`` for a rotation vector
     ``eps ~ N(0, s^2 I_3)``: E[cos|eps|] = e^(-s^2/2)(1 - s^2) (the k-derivative of the 3-d
-    Gaussian characteristic function E[sin(k r)/r] = k e^(-k^2 s^2/2), at k = 1)."""
+    Gaussian characteristic function E[sin(k r)/r] = k e^(-k^2 s^2/2), at k = 1).
+
+    ``rank`` l: E[chi_l]/(2l + 1), chi_l(theta) = 1 + 2 sum_{m<=l} cos(m theta), with
+    E[cos(m theta)] = e^(-m^2 s^2/2)(1 - m^2 s^2).
+    """
     s2 = np.square(sigma_rad)
-    return (1 + 2 * np.exp(-s2 / 2) * (1 - s2)) / 3
+    total = 1.0
+    for m in range(1, rank + 1):
+        total = total + 2 * np.exp(-m * m * s2 / 2) * (1 - m * m * s2)
+    return total / (2 * rank + 1)
 
 
 def _gaussian_variance_for_shrink(shrink) -> Array:
@@ -221,8 +230,8 @@ def residual(u, u_hat) -> Array:
     return np.conj(np.swapaxes(np.asarray(u_hat), -1, -2)) @ np.asarray(u)
 
 
-def compensated_shrink(sigma_rad, diffusion_rad2_per_s=0.0, lag_s=0.0):
+def compensated_shrink(sigma_rad, diffusion_rad2_per_s=0.0, lag_s=0.0, rank: int = 1):
     """Mean Bloch rotation left after compensation: ``gaussian_shrink(sigma) * exp(-D lag/3)``,
     the estimation error composed with the drift during the header-to-payload ``lag`` (an
-    independent isotropic increment, so the means multiply)."""
-    return gaussian_shrink(sigma_rad) * drift_shrink(diffusion_rad2_per_s, lag_s)
+    independent isotropic increment, so the means multiply; ``rank`` as in ``drift_shrink``)."""
+    return gaussian_shrink(sigma_rad, rank) * drift_shrink(diffusion_rad2_per_s, lag_s, rank)

@@ -129,3 +129,35 @@ def test_path_model_against_single_payload_monte_carlo():
         se = samples.std(ddof=1) / math.sqrt(m)
         assert abs(samples.mean() - expected) < 4 * se, (samples.mean(), expected, se)
     assert 0.5 < model.fidelity < 0.95  # the test would see a wrong drift or noise term
+
+
+def test_run_to_run_spread_of_the_mean_fidelity():
+    """Packets of one run share the uncompensated walk: the spread of a run's mean fidelity
+    follows ``fidelity_spread``, much wider than independent packets would give."""
+    rng = np.random.default_rng(22)
+    runs, times = 4000, np.linspace(0.5, 10.0, 20)
+    hops = [flight.Hop(2.0, drift_rad2_per_s=0.3, noise_photons=0.05),
+            flight.Hop(2.0, drift_rad2_per_s=0.5, compensated=True, estimation_sigma_rad=0.3,
+                       header_lag_s=0.01)]
+    walk = pol.drift_walk(times, 0.3, rng, walks=runs)  # (runs, packets, 2, 2)
+    lag = pol.drift_walk([0.01], 0.5, rng, walks=runs * times.size)[:, 0]
+    error = pol.su2(rng.normal(0, 0.3, (runs * times.size, 3)))
+    total = (lag @ error).reshape(runs, times.size, 2, 2) @ walk
+    trace_r = np.abs(np.trace(total, axis1=-2, axis2=-1)) ** 2 - 1  # Tr R = |Tr U|^2 - 1
+    keep = math.exp(-flight.noise_at_destination(hops) / 2)
+    for scale, offset, sd_model, model in (
+        (keep / 6, 0.5, flight.fidelity_spread(hops, times)[0], "fidelity"),
+        (keep / 4, 0.25, flight.fidelity_spread(hops, times)[1], "pair_fidelity"),
+    ):
+        run_means = offset + scale * trace_r.mean(axis=1)
+        expected = np.mean([getattr(flight.path_model(hops, t), model) for t in times])
+        assert abs(run_means.mean() - expected) < 4 * run_means.std() / math.sqrt(runs)
+        # standard error of the sample std from the fourth central moment
+        dev = run_means - run_means.mean()
+        var, m4 = np.mean(dev**2), np.mean(dev**4)
+        se_sd = math.sqrt((m4 - var**2) / runs) / (2 * math.sqrt(var))
+        assert abs(math.sqrt(var) - sd_model) < 4 * se_sd, (math.sqrt(var), sd_model, se_sd)
+    # independent packets would claim a spread ~3 times smaller
+    naive = math.sqrt(np.mean([flight.fidelity_spread(hops, [t])[0] ** 2 for t in times])
+                      / times.size)
+    assert flight.fidelity_spread(hops, times)[0] > 2 * naive

@@ -156,3 +156,16 @@ def test_tomography_residual_first_order(shots):
     assert pol.tomography_residual_msq(shots, st.I2) == pytest.approx(2.5 / shots)
     with pytest.raises(ValueError):
         pol.tomography_estimate(u, 0, rng)
+
+
+def test_rank_two_decay_of_the_walk_and_of_the_gaussian_error():
+    """chi_2 = 1 + 2 cos theta + 2 cos 2 theta: what the variance of a run's fidelity needs."""
+    rng = np.random.default_rng(8)
+    d, times = 0.8, np.array([0.3, 1.5])
+    theta = pol.rotation_angle(pol.drift_walk(times, d, rng, walks=N_MC))
+    for k, t in enumerate(times):
+        within((1 + 2 * np.cos(theta[:, k]) + 2 * np.cos(2 * theta[:, k])) / 5,
+               pol.drift_shrink(d, t, rank=2))
+    theta = np.linalg.norm(rng.normal(0, 0.4, (N_MC, 3)), axis=1)
+    within((1 + 2 * np.cos(theta) + 2 * np.cos(2 * theta)) / 5, pol.gaussian_shrink(0.4, 2))
+    assert pol.gaussian_shrink(0.3, 1) == pytest.approx((1 + 2 * math.exp(-0.045) * 0.91) / 3)
