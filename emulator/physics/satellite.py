@@ -1,0 +1,115 @@
+"""Satellite pass geometry (range and elevation against time) and the resulting link loss,
+or a loss table (time, dB) interpolated; delay of the matching classical link from the range.
+
+Circular orbit, spherical non-rotating Earth (R = 6371 km, GM = 398600.4418 km^3/s^2), ground
+station at a fixed angular distance ``beta`` from the orbital plane: the Earth's rotation
+shifts a LEO pass by a few percent in time and is neglected. Units: km, s, rad. Loss model in
+``free_space``; Micius numbers and their sources: docs/physics.md, "Free-space and satellite
+links".
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+
+from emulator.physics import free_space
+
+EARTH_RADIUS_KM = 6371.0
+EARTH_GM_KM3_S2 = 398_600.4418
+LIGHT_SPEED_KM_S = 299_792.458
+
+
+def slant_range(altitude_km, elevation_rad, earth_radius_km=EARTH_RADIUS_KM):
+    """Station-satellite distance at elevation e: L = sqrt((R + h)^2 - R^2 cos^2 e) - R sin e
+    (law of cosines in the Earth-centre / station / satellite triangle)."""
+    r, e = earth_radius_km, np.asarray(elevation_rad)
+    return np.sqrt(np.square(r + altitude_km) - np.square(r * np.cos(e))) - r * np.sin(e)
+
+
+def elevation(altitude_km, range_km, earth_radius_km=EARTH_RADIUS_KM):
+    """Elevation seen from the station at slant range L: sin e = ((R + h)^2 - R^2 - L^2)/(2 R L)
+    (inverse of ``slant_range``)."""
+    r, big_l = earth_radius_km, np.asarray(range_km, dtype=np.float64)
+    return np.arcsin((np.square(r + altitude_km) - r * r - np.square(big_l)) / (2 * r * big_l))
+
+
+def orbital_rate(altitude_km, earth_radius_km=EARTH_RADIUS_KM):
+    """Angular rate of a circular orbit, omega = sqrt(GM / (R + h)^3) in rad/s."""
+    return np.sqrt(EARTH_GM_KM3_S2 / np.power(earth_radius_km + altitude_km, 3))
+
+
+class PassPoint(msgspec.Struct, frozen=True):
+    """Geometry of a pass at given times (arrays): slant range (km), elevation (rad), and
+    whether the satellite is above the minimum elevation."""
+
+    t_s: np.ndarray
+    range_km: np.ndarray
+    elevation_rad: np.ndarray
+    visible: np.ndarray
+
+
+def pass_geometry(altitude_km: float, closest_range_km: float, t_s,
+                  min_elevation_rad: float = 0.0) -> PassPoint:
+    """Range and elevation at times ``t_s`` (0 = closest approach) of a pass whose smallest
+    range is ``closest_range_km``: the station sits beta from the orbital plane, with beta the
+    Earth-centre angle at that range; the central angle to the sub-satellite point is
+    cos(gamma) = cos(beta) cos(omega t) and L^2 = R^2 + (R + h)^2 - 2 R (R + h) cos(gamma)."""
+    r = EARTH_RADIUS_KM
+    rs = r + altitude_km
+    if not altitude_km <= closest_range_km:
+        raise ValueError("the closest range cannot be below the altitude")
+    cos_beta = (r * r + rs * rs - closest_range_km**2) / (2 * r * rs)
+    t = np.asarray(t_s, dtype=np.float64)
+    cos_gamma = cos_beta * np.cos(orbital_rate(altitude_km) * t)
+    big_l = np.sqrt(r * r + rs * rs - 2 * r * rs * cos_gamma)
+    elev = np.arcsin((rs * cos_gamma - r) / big_l)
+    return PassPoint(t, big_l, elev, elev >= min_elevation_rad)
+
+
+class Optics(msgspec.Struct, frozen=True):
+    """A free-space link's optics: half-angle divergence (rad), receiver aperture radius (m),
+    pointing jitter per axis (rad), zenith transmittance, range-independent efficiency
+    (receiver optics and detector)."""
+
+    divergence_rad: float
+    aperture_radius_m: float
+    jitter_rad: float = 0.0
+    t_zenith: float = 1.0
+    eta_fixed: float = 1.0
+
+
+# Micius downlink to a 1 m telescope (Liao et al., Nature 549, 43 (2017)): ~500 km orbit,
+# ~10 urad full-angle divergence. t_zenith and eta_fixed are FITTED so that the loss is 30 dB
+# at 645 km and 40 dB at 1200 km (issue 11's reading of the paper): diffraction alone gives
+# 20 log10(1200/645) = 5.4 dB of the 10 dB difference, the effective atmosphere (with
+# turbulence) the rest. See docs/physics.md.
+MICIUS_ALTITUDE_KM = 500.0
+MICIUS_DOWNLINK = Optics(divergence_rad=5e-6, aperture_radius_m=0.5, t_zenith=0.516,
+                         eta_fixed=0.0513)
+
+
+def pass_loss_db(point: PassPoint, optics: Optics):
+    """Link loss (dB) along a pass from ``free_space.link_efficiency`` at each point's range and
+    elevation; +inf where the satellite is below the minimum elevation."""
+    eta = free_space.link_efficiency(point.range_km, np.maximum(point.elevation_rad, 1e-9),
+                                     optics.divergence_rad, optics.aperture_radius_m,
+                                     optics.jitter_rad, optics.t_zenith, optics.eta_fixed)
+    return np.where(point.visible, free_space.loss_db(eta), np.inf)
+
+
+def interpolate_loss_db(t_s, table_t_s, table_db):
+    """Loss at times ``t_s`` from a table of (time, dB) (e.g. a scenario's CSV): linear
+    interpolation, +inf outside the table (no link before or after the pass)."""
+    t = np.asarray(t_s, dtype=np.float64)
+    table_t = np.asarray(table_t_s, dtype=np.float64)
+    if table_t.ndim != 1 or table_t.size < 2 or np.any(np.diff(table_t) <= 0):
+        raise ValueError("the loss table needs >= 2 strictly increasing times")
+    inside = (t >= table_t[0]) & (t <= table_t[-1])
+    return np.where(inside, np.interp(t, table_t, np.asarray(table_db, dtype=np.float64)),
+                    np.inf)
+
+
+def light_time(range_km):
+    """One-way delay of the classical (and quantum) free-space link: L / c in s."""
+    return np.asarray(range_km) / LIGHT_SPEED_KM_S
