@@ -1,0 +1,213 @@
+"""Trusted relay core: chains of in-memory nodes with shared link-key pools, frames by hand."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+
+import msgspec
+import pytest
+
+from nodes.services.relay.core import Event, LinkKeyUsed, RelayCore, Send, xor
+from nodes.services.relay.messages import (
+    BadRelayMessage,
+    RelayAuthenticationError,
+    RelayForward,
+    seal,
+)
+
+KEY_BYTES = 32
+
+
+class Link:
+    """The keys both ends of one QKD link hold (same ids, same bytes), with arrival lag."""
+
+    def __init__(self, name: str, count: int) -> None:
+        self.keys = {f"{name}/{i}": os.urandom(KEY_BYTES) for i in range(count)}
+        self.order = list(self.keys)
+
+
+class Keys:
+    """One node's key manager: per peer, the link keys it has and which ids it used."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, Link] = {}
+        self.arrived: dict[str, int] = {}  # peer -> how many of the link's keys arrived here
+        self.used: dict[str, set[str]] = {}
+        self.deposited: dict[tuple[str, str], bytes] = {}
+
+    def add(self, peer: str, link: Link, arrived: int | None = None) -> None:
+        self.links[peer] = link
+        self.arrived[peer] = len(link.order) if arrived is None else arrived
+        self.used[peer] = set()
+
+    def take(self, peer, size_bytes):
+        link = self.links[peer]
+        for key_id in link.order[: self.arrived[peer]]:
+            if key_id not in self.used[peer]:
+                self.used[peer].add(key_id)
+                return key_id, link.keys[key_id]
+        return None
+
+    def claim(self, peer, key_id):
+        link = self.links[peer]
+        if key_id in self.used[peer]:
+            raise LinkKeyUsed(key_id)
+        if key_id not in link.order[: self.arrived[peer]]:
+            return None
+        self.used[peer].add(key_id)
+        return link.keys[key_id]
+
+    def deposit(self, peer, key_id, key):
+        assert (peer, key_id) not in self.deposited
+        self.deposited[(peer, key_id)] = key
+
+
+def chain(n_links: int, keys_per_link: int = 10, **options):
+    names = [f"n{i}" for i in range(n_links + 1)]
+    stores = {name: Keys() for name in names}
+    secrets = {name: {} for name in names}
+    for a, b in zip(names, names[1:]):
+        link = Link(f"{a}-{b}", keys_per_link)
+        stores[a].add(b, link)
+        stores[b].add(a, link)
+        secrets[a][b] = secrets[b][a] = os.urandom(32)
+    cores = {name: RelayCore(name, stores[name], secrets[name], **options) for name in names}
+    return names, stores, cores, secrets
+
+
+def deliver(cores, actions, now=0.0, sender="n0"):
+    """Run frames to quiescence; returns the events by kind, in order."""
+    events: list[Event] = []
+    queue = deque((sender, a) for a in actions)
+    for _ in range(10_000):
+        if not queue:
+            return events
+        source, action = queue.popleft()
+        if isinstance(action, Event):
+            events.append(action)
+            continue
+        assert isinstance(action, Send)
+        queue.extend((action.peer, a) for a in cores[action.peer].receive(source, action.frame,
+                                                                          now))
+    raise AssertionError("frames did not settle")
+
+
+def test_six_link_chain_delivers_same_key_to_both_ends_and_spends_one_for_one():
+    names, stores, cores, _ = chain(6)
+    keys = {}
+    for i in range(5):
+        key = os.urandom(KEY_BYTES)
+        keys[f"r{i}"] = key
+        events = deliver(cores, cores["n0"].originate(f"r{i}", key, names, 0.0))
+        kinds = [e.kind for e in events]
+        assert kinds.count("relay_step") == 6  # one per link
+        assert kinds.count("relay_key_stored") == 1 and kinds.count("relay_key_delivered") == 1
+    for relay_id, key in keys.items():
+        assert stores["n0"].deposited[("n6", relay_id)] == key
+        assert stores["n6"].deposited[("n0", relay_id)] == key
+    for a, b in zip(names, names[1:]):  # both ends of every link spent exactly 5 keys' bits
+        assert cores[a].stats.consumed_bits[b] == 5 * 8 * KEY_BYTES
+        assert cores[b].stats.consumed_bits[a] == 5 * 8 * KEY_BYTES
+        assert stores[a].used[b] == stores[b].used[a]  # the same link keys at both ends
+    for relay in names[1:-1]:
+        assert cores[relay].stats.as_dict()["bits_consumed"] == 2 * 5 * 8 * KEY_BYTES
+        assert cores[relay].stats.counts["forwarded"] == 5
+    assert not any(stores[r].deposited for r in names[1:-1])  # relays store nothing
+    assert cores["n0"].pending == 0
+
+
+def test_ciphertext_on_each_link_is_the_key_padded_with_that_links_key():
+    names, stores, cores, secrets = chain(2)
+    key = os.urandom(KEY_BYTES)
+    actions = cores["n0"].originate("r", key, names, 0.0)
+    send = next(a for a in actions if isinstance(a, Send))
+    forward = msgspec.msgpack.decode(send.frame, type=RelayForward)
+    link_key = stores["n0"].links["n1"].keys[forward.link_key_id]
+    assert forward.ciphertext == xor(key, link_key) != key
+
+
+def test_originate_without_link_key_spends_nothing():
+    names, stores, cores, _ = chain(2, keys_per_link=0)
+    assert cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0) is None
+    assert not cores["n0"].stats.consumed_bits and cores["n0"].pending == 0
+
+
+def test_forward_waits_for_its_link_key_to_arrive_then_continues():
+    names, stores, cores, _ = chain(2, claim_timeout_s=1.0)
+    stores["n1"].arrived["n0"] = 0  # n1 has not stored the link's first block yet
+    sends = cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0)
+    assert deliver(cores, sends) == [sends[0]]  # only n0's relay_step: n1 waits
+    assert cores["n1"].next_deadline() == pytest.approx(1.0)
+    stores["n1"].arrived["n0"] = 10
+    events = deliver(cores, cores["n1"].retry(0.5), sender="n1")
+    assert [e.kind for e in events] == ["relay_step", "relay_key_stored", "relay_key_delivered"]
+
+
+def test_missing_link_key_times_out_into_a_failed_ack_at_the_origin():
+    names, stores, cores, _ = chain(3, claim_timeout_s=1.0)
+    stores["n2"].arrived["n1"] = 0
+    deliver(cores, cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0))
+    assert deliver(cores, cores["n2"].retry(0.5), sender="n2") == []
+    events = deliver(cores, cores["n2"].retry(1.0), sender="n2")
+    assert [e.kind for e in events] == ["relay_failed", "relay_failed"]  # at n2, at the origin
+    assert events[-1].fields["reason"] == "link_key_missing"
+    assert cores["n0"].pending == 0 and not stores["n0"].deposited and not stores["n3"].deposited
+    assert cores["n0"].stats.failures["link_key_missing"] == 1
+
+
+def test_relay_without_next_link_key_holds_then_fails():
+    names, stores, cores, _ = chain(2, hold_timeout_s=2.0)
+    stores["n1"].arrived["n2"] = stores["n2"].arrived["n1"] = 0
+    deliver(cores, cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0))
+    assert cores["n1"].stats.consumed_bits["n0"] == 8 * KEY_BYTES  # spent the incoming pad
+    events = deliver(cores, cores["n1"].retry(2.0), sender="n1")
+    assert events[-1].fields["reason"] == "no_next_link_key"
+    assert cores["n1"].stats.consumed_bits["n2"] == 0
+
+
+def test_link_key_used_at_the_receiver_fails_the_relay():
+    names, stores, cores, _ = chain(1)
+    stores["n1"].used["n0"].add("n0-n1/0")  # n1 already spent the key n0 will pick
+    events = deliver(cores, cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0))
+    assert events[-1].kind == "relay_failed" and events[-1].fields["reason"] == "link_key_used"
+
+
+def test_origin_times_out_a_relay_that_never_answers_and_counts_a_late_ack():
+    names, stores, cores, _ = chain(1, origin_timeout_s=3.0)
+    actions = cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0)
+    assert cores["n0"].next_deadline() == pytest.approx(3.0)
+    assert [e.fields["reason"] for e in cores["n0"].retry(3.0)] == ["origin_timeout"]
+    deliver(cores, actions)  # the ack arrives after all
+    assert cores["n0"].stats.counts["late_acks"] == 1 and not stores["n0"].deposited
+
+
+def test_bad_frames_are_remote_errors_and_change_nothing():
+    names, stores, cores, secrets = chain(2)
+    forward = RelayForward("r", names, 1, "n0-n1/0", b"\x00" * KEY_BYTES)
+    with pytest.raises(RelayAuthenticationError):
+        cores["n1"].receive("n0", seal(os.urandom(32), forward), 0.0)
+    with pytest.raises(BadRelayMessage):
+        cores["n1"].receive("n0", b"\x93garbage", 0.0)
+    with pytest.raises(BadRelayMessage):  # a neighbour claiming another hop of the path
+        cores["n1"].receive("n2", seal(secrets["n1"]["n2"], forward), 0.0)
+    with pytest.raises(BadRelayMessage):  # not a neighbour at all
+        cores["n1"].receive("n9", seal(secrets["n1"]["n2"], forward), 0.0)
+    assert not stores["n1"].used["n0"] and cores["n1"].stats.failures["relay_bad_mac"] == 1
+
+
+def test_waiting_forwards_are_bounded():
+    names, stores, cores, secrets = chain(1, max_waiting=2)
+    stores["n1"].arrived["n0"] = 0
+    replies = []
+    for i in range(3):
+        forward = RelayForward(f"r{i}", names, 1, f"n0-n1/{i}", b"\x01" * KEY_BYTES)
+        replies.append(cores["n1"].receive("n0", seal(secrets["n0"]["n1"], forward), 0.0))
+    assert replies[:2] == [[], []]
+    assert replies[2][0].fields["reason"] == "relay_busy"
+
+
+def test_originate_rejects_a_path_not_starting_here():
+    names, _, cores, _ = chain(2)
+    with pytest.raises(ValueError):
+        cores["n1"].originate("r", b"k" * KEY_BYTES, names, 0.0)
