@@ -114,12 +114,14 @@ def direction(link: Link) -> Direction:
     )
 
 
-async def _abort(mqtt, state: RunState, children: list[Child]) -> None:
-    """Tell the survivors to abort and wait briefly for their (partial) results and the
-    surviving relays' counters."""
-    alive = [c for c in children if c.process is not None and c.process.returncode is None]
+async def _abort(mqtt, state: RunState, supervisor: Supervisor) -> None:
+    """Tell the survivors to abort, wait briefly for their (partial) results and the
+    surviving relays' counters, then for them to exit (they end on the abort)."""
+    alive = [c for c in state.children if c.process is not None
+             and c.process.returncode is None]
     survivors = [c.name for c in alive if c.role == "node"]
     relays = [c.name.removeprefix("relay-") for c in alive if c.role == "relay"]
+    supervisor.expect_exits()
     with trio.move_on_after(ABORT_RESULTS_S):
         try:
             await mqtt.publish(telemetry.control_stop(state.run_id),
@@ -129,6 +131,8 @@ async def _abort(mqtt, state: RunState, children: list[Child]) -> None:
         while not (all(name in state.node_results for name in survivors)
                    and all(name in state.relay_results for name in relays)):
             await state.got_result.wait()
+    await supervisor.wait_exits([c for c in alive if c.role in ("node", "relay")],
+                                EXIT_LINGER_S)
 
 
 async def _fail_on_child_exit(supervisor: Supervisor, phases: trio.CancelScope) -> None:
@@ -206,7 +210,7 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
                 if state.failure is not None:
                     if state.t_start:  # the apps had started
                         emulated_s = max(0.0, clock.now() - state.t_start)
-                    await _abort(mqtt, state, state.children)
+                    await _abort(mqtt, state, supervisor)
                 background.cancel_scope.cancel()
         except* (ChildFailed, RunFailed, brokers.BrokerError, TimeoutError, MqttError,
                  OSError) as group:
