@@ -1,0 +1,69 @@
+"""The key manager as a node service: the SQLite store run off the event loop, one call at a
+time, and a wake-up for whoever waits for keys still to come.
+
+QKD apps call ``deposit`` with each block's final key bits; the KME allocates, applies and
+claims through ``call``. For a peer this node allocates for (``limited_peers``) the pool holds
+at most ``max_key_count`` available keys; keys dropped beyond it go out on ``dropped`` so the
+KME can tell the peer to discard its copies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import trio
+
+from nodes.services.keys.cutting import cut_block
+from nodes.services.keys.store import Deposit, KeyDB
+
+T = TypeVar("T")
+
+
+class KeyManager:
+    """One node's key store with its cutting rule (``key_size`` bits per key)."""
+
+    def __init__(self, path: str | Path, key_size: int, max_key_count: int,
+                 limited_peers: set[str] | frozenset[str] = frozenset()) -> None:
+        self.db = KeyDB(path)
+        self.key_size = key_size
+        self.max_key_count = max_key_count
+        self.limited_peers = set(limited_peers)
+        self.counters: Counter[str] = Counter()
+        self._limiter = trio.CapacityLimiter(1)
+        self._deposited = trio.Event()
+        self._dropped_send, self.dropped = trio.open_memory_channel[tuple[str, list[str]]](
+            math.inf)
+
+    async def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Run one store method in a worker thread (one at a time; the loop keeps serving)."""
+        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs),
+                                             limiter=self._limiter)
+
+    async def deposit(self, peer: str, link: str, block: int, bits: np.ndarray) -> Deposit:
+        """Cut a block's final key and store it durably (returns once committed)."""
+        cut = cut_block(link, block, bits, self.key_size)
+        limit = self.max_key_count if peer in self.limited_peers else None
+        result = await self.call(self.db.deposit, peer, link, block, cut.keys, limit)
+        self.counters["deposited_blocks"] += 1
+        self.counters["stored_keys"] += result.stored
+        self.counters["dropped_keys"] += len(result.dropped)
+        self.counters["duplicate_keys"] += result.duplicates
+        self.counters["leftover_bits"] += cut.leftover_bits
+        if result.dropped:
+            self._dropped_send.send_nowait((peer, result.dropped))
+        self._deposited.set()
+        self._deposited = trio.Event()
+        return result
+
+    async def wait_deposit(self) -> None:
+        """Return after the next deposit."""
+        await self._deposited.wait()
+
+    def close(self) -> None:
+        self.db.close()
