@@ -7,9 +7,12 @@ the process (output to its own log, a fresh ready file), waits until it is ready
 file was written by that very process, or its ``ready_probe`` passed) and returns. Each child is
 then watched: if it exits while the run still wants it, its restart policy decides between a
 restart (same argv and config, fresh ready file, after a backoff) and ``ChildFailed`` (with the
-log tail), which cancels the run. Leaving the context stops the children tier by tier, highest
-tier first (nodes and relays, then the daemon, then the broker, so nobody loses its broker
-while it shuts down), each with SIGTERM, grace, SIGKILL and a wait.
+log tail), which cancels the context's body (or, with ``raise_failures=False``, is recorded in
+``failures`` and sets ``failed``, so the caller can still collect what the others report).
+Leaving the context stops the children tier by tier, highest tier first (the orchestrator:
+nodes, relays, daemon, broker, so nobody loses what it depends on while it shuts down), each
+with SIGTERM, grace, SIGKILL and a wait. Once ready, a child is stopped only this way: an
+outer cancellation (Ctrl-C) does not reach its watcher, so the order holds then too.
 
 Every child dies with the supervisor process, even on ``kill -9``: it is spawned from the main
 thread with ``PR_SET_PDEATHSIG`` = SIGKILL (Linux; the signal follows the thread that forked
