@@ -106,37 +106,54 @@ def _gaussian_variance_for_shrink(shrink) -> Array:
     return (lo + hi) / 2
 
 
-def drift_walk(times_s, diffusion_rad2_per_s: float, rng: np.random.Generator,
-               walks: int | None = None, max_step: float = 0.1) -> Array:
-    """Sample a fibre's drift U(t) at the non-decreasing ``times_s`` (U(0) = I, the last
-    calibration): shape (len(times), 2, 2), or (walks, len(times), 2, 2) for independent fibres.
-
-    Each step of dt (cut so that D dt <= ``max_step``) left-multiplies an isotropic increment
-    exp(-i eps.sigma/2), eps ~ N(0, s^2 I_3), with s^2 chosen so that ``gaussian_shrink`` equals
-    exp(-D dt/3) exactly (s^2 = D dt/3 + O((D dt)^2), i.e. E theta^2 = D dt). Isotropic means
-    multiply, so E[R(t)] = ``drift_shrink(D, t)`` holds exactly at every sampled time.
+def drift_step(u, dt_s: float, diffusion_rad2_per_s: float, rng: np.random.Generator,
+               max_step: float = 0.1) -> Array:
+    """Advance drift matrices ``u`` (..., 2, 2) by ``dt_s``: what the daemon calls per fibre
+    when a payload crosses. Steps (cut so that D dt <= ``max_step``) left-multiply isotropic
+    increments exp(-i eps.sigma/2), eps ~ N(0, s^2 I_3), with s^2 chosen so that
+    ``gaussian_shrink`` equals exp(-D dt/3) exactly (s^2 = D dt/3 + O((D dt)^2), i.e.
+    E theta^2 = D dt). Isotropic means multiply, so E[R] shrinks by ``drift_shrink(D, dt)``
+    exactly, whatever the step sizes.
     """
     if not 0 < max_step <= 1:
         raise ValueError(f"max_step = {max_step} must be in (0, 1]")
+    if diffusion_rad2_per_s < 0 or dt_s < 0:
+        raise ValueError("the diffusion rate and the time step must be >= 0")
+    u = np.asarray(u)
+    x = diffusion_rad2_per_s * dt_s
+    steps = math.ceil(x / max_step) if x > 0 else 0
+    if steps:
+        s = math.sqrt(float(_gaussian_variance_for_shrink(math.exp(-x / steps / 3))))
+        for _ in range(steps):
+            u = su2(rng.normal(0.0, s, u.shape[:-2] + (3,))) @ u
+    return u
+
+
+def drift_walk(times_s, diffusion_rad2_per_s: float, rng: np.random.Generator,
+               walks: int | None = None, max_step: float = 0.1) -> Array:
+    """Sample a fibre's drift U(t) at the non-decreasing ``times_s`` (U(0) = I, the last
+    calibration) by ``drift_step``: shape (len(times), 2, 2), or (walks, len(times), 2, 2)
+    for independent fibres. E[R(t)] = ``drift_shrink(D, t)`` holds exactly at every time."""
     times = np.asarray(times_s, dtype=np.float64)
     if times.ndim != 1 or np.any(np.diff(times) < 0) or (times.size and times[0] < 0):
         raise ValueError("times must be a 1-d non-decreasing array of t >= 0")
-    if diffusion_rad2_per_s < 0:
-        raise ValueError("the diffusion rate must be >= 0")
     batch = () if walks is None else (walks,)
     u = np.broadcast_to(I2, batch + (2, 2)).copy()
     out = np.empty(batch + (times.size, 2, 2), dtype=complex)
     previous = 0.0
     for k, t in enumerate(times):
-        x = diffusion_rad2_per_s * (t - previous)
-        steps = math.ceil(x / max_step) if x > 0 else 0
-        if steps:
-            s = math.sqrt(float(_gaussian_variance_for_shrink(math.exp(-x / steps / 3))))
-            for _ in range(steps):
-                u = su2(rng.normal(0.0, s, batch + (3,))) @ u
+        u = drift_step(u, t - previous, diffusion_rad2_per_s, rng, max_step)
         out[..., k, :, :] = u
         previous = t
     return out
+
+
+def haar_su2(rng: np.random.Generator, size: int) -> Array:
+    """``size`` Haar-random SU(2) matrices (uniform unit quaternions): an uncalibrated fibre,
+    or the walk's limit as D t -> inf."""
+    q = rng.normal(size=(size, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return q[:, 0, None, None] * I2 - 1j * np.einsum("nk,kij->nij", q[:, 1:], _SIGMA)
 
 
 def bloch_rotation(u) -> Array:

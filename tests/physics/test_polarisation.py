@@ -15,13 +15,6 @@ EXACT = 1e-12
 N_MC = 20_000
 
 
-def haar_su2(rng, n):
-    """Haar-random SU(2): a uniformly random unit quaternion."""
-    q = rng.normal(size=(n, 4))
-    q /= np.linalg.norm(q, axis=1)[:, None]
-    return q[:, 0, None, None] * st.I2 - 1j * np.einsum("nk,kij->nij", q[:, 1:], pol._SIGMA)
-
-
 def within(samples, expected, sigmas=4.0, bias=0.0):
     samples = np.asarray(samples, dtype=float)
     se = samples.std(ddof=1) / math.sqrt(samples.size)
@@ -113,12 +106,18 @@ def test_walk_is_consistent_across_sampling_grids_and_validates_input():
         pol.drift_walk([1.0], -1.0, rng)
     with pytest.raises(ValueError):
         pol.drift_walk([1.0], d, rng, max_step=2.0)
+    # the daemon's incremental form: two steps of 0.5 s give the same law as one of 1 s
+    u = pol.drift_step(pol.drift_step(np.broadcast_to(st.I2, (N_MC, 2, 2)), 0.5, d, rng), 0.5,
+                       d, rng)
+    within(pol.average_fidelity(pol.rotation_angle(u)), expected)
+    with pytest.raises(ValueError):
+        pol.drift_step(st.I2, -1.0, d, rng)
 
 
 @pytest.mark.parametrize("sigma", [0.02, 0.1, 0.4])
 def test_gaussian_compensation_residual(sigma):
     rng = np.random.default_rng(5)
-    u = haar_su2(rng, N_MC)
+    u = pol.haar_su2(rng, N_MC)
     theta = pol.rotation_angle(pol.residual(u, pol.gaussian_estimate(u, sigma, rng)))
     f_avg, f_pair = pol.fidelity_from_shrink(pol.compensated_shrink(sigma))
     within(pol.average_fidelity(theta), f_avg)
@@ -142,7 +141,7 @@ def test_compensation_with_header_to_payload_lag():
 @pytest.mark.parametrize("shots", [100, 1000])
 def test_tomography_residual_first_order(shots):
     rng = np.random.default_rng(7)
-    u = haar_su2(rng, N_MC)
+    u = pol.haar_su2(rng, N_MC)
     theta = pol.rotation_angle(pol.residual(u, pol.tomography_estimate(u, shots, rng)))
     # first order in 1/N: the neglected terms are O(1/N^2)
     bias = 5.0 / shots**2
@@ -169,3 +168,12 @@ def test_rank_two_decay_of_the_walk_and_of_the_gaussian_error():
     theta = np.linalg.norm(rng.normal(0, 0.4, (N_MC, 3)), axis=1)
     within((1 + 2 * np.cos(theta) + 2 * np.cos(2 * theta)) / 5, pol.gaussian_shrink(0.4, 2))
     assert pol.gaussian_shrink(0.3, 1) == pytest.approx((1 + 2 * math.exp(-0.045) * 0.91) / 3)
+
+
+def test_haar_su2_moments():
+    """Haar on SU(2): E|Tr U|^2 = 1 (chi_1/2 is irreducible) and E Tr R = 0."""
+    rng = np.random.default_rng(9)
+    u = pol.haar_su2(rng, N_MC)
+    within(np.abs(np.trace(u, axis1=1, axis2=2)) ** 2, 1.0)
+    within(np.trace(pol.bloch_rotation(u), axis1=1, axis2=2), 0.0)
+    assert np.allclose(u @ np.conj(np.swapaxes(u, 1, 2)), st.I2, atol=1e-12)
