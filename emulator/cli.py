@@ -169,6 +169,9 @@ def sweep(
     except (ChildFailed, RunFailed, brokers.BrokerError, OSError) as exc:
         _error("sweep failed", str(exc))
         raise typer.Exit(EXIT_RUNTIME)
+    except KeyboardInterrupt:  # a point's run was interrupted (click would say "Aborted!", 1)
+        err.print("interrupted: every process has been stopped")
+        raise typer.Exit(EXIT_INTERRUPTED)
     for point in points:
         q = point.qkd
         console.print(f"{param} = {point.value:g}: secret bits/pulse "
