@@ -168,6 +168,35 @@ def fidelity_spread(hops: Sequence[Hop], times_s, eta_det: float = 1.0) -> tuple
     return float(keep * sd_trace / 6), float(keep * sd_trace / 4)
 
 
+class FlowPrediction(msgspec.Struct, frozen=True):
+    """A flow's model for result.json: fractions as in ``PathPrediction``, fidelities averaged
+    over the packets' send times, and the run-to-run spread of their mean (``fidelity_spread``)."""
+
+    delivered: float
+    lost_in_fibre: float
+    late: float
+    fidelity: float
+    pair_fidelity: float
+    fidelity_spread: float
+    pair_fidelity_spread: float
+
+
+def flow_model(hops: Sequence[Hop], times_s, eta_det: float = 1.0,
+               late: Sequence[float] | None = None) -> FlowPrediction:
+    """``path_model`` averaged over the send times ``times_s`` (since calibration) with
+    ``fidelity_spread``: what the orchestrator compares a flow's measured mean fidelity with,
+    using sqrt(spread^2 + the estimator's standard error^2)."""
+    times = np.asarray(times_s, dtype=np.float64)
+    if times.size == 0:
+        raise ValueError("a flow needs at least one send time")
+    models = [path_model(hops, float(t), eta_det, late) for t in times]
+    spread = fidelity_spread(hops, times, eta_det)
+    first = models[0]
+    return FlowPrediction(first.delivered, first.lost_in_fibre, first.late,
+                          float(np.mean([m.fidelity for m in models])),
+                          float(np.mean([m.pair_fidelity for m in models])), *spread)
+
+
 def transit(rho: Array, qubit: int, u, p_depolarise: float = 0.0, u_hat=None) -> Array:
     """Apply one hop to ``qubit`` of a density matrix: the fibre's rotation ``u`` at the
     payload's crossing, then the far end's waveplate ``u_hat^dagger`` if it compensates (no

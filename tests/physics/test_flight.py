@@ -150,13 +150,19 @@ def test_run_to_run_spread_of_the_mean_fidelity():
         (keep / 4, 0.25, flight.fidelity_spread(hops, times)[1], "pair_fidelity"),
     ):
         run_means = offset + scale * trace_r.mean(axis=1)
-        expected = np.mean([getattr(flight.path_model(hops, t), model) for t in times])
+        expected = getattr(flight.flow_model(hops, times), model)
+        assert expected == pytest.approx(
+            np.mean([getattr(flight.path_model(hops, t), model) for t in times]))
         assert abs(run_means.mean() - expected) < 4 * run_means.std() / math.sqrt(runs)
         # standard error of the sample std from the fourth central moment
         dev = run_means - run_means.mean()
         var, m4 = np.mean(dev**2), np.mean(dev**4)
         se_sd = math.sqrt((m4 - var**2) / runs) / (2 * math.sqrt(var))
         assert abs(math.sqrt(var) - sd_model) < 4 * se_sd, (math.sqrt(var), sd_model, se_sd)
+    flow = flight.flow_model(hops, times)
+    assert (flow.fidelity_spread, flow.pair_fidelity_spread) == flight.fidelity_spread(hops, times)
+    with pytest.raises(ValueError):
+        flight.flow_model(hops, [])
     # independent packets would claim a spread ~3 times smaller
     naive = math.sqrt(np.mean([flight.fidelity_spread(hops, [t])[0] ** 2 for t in times])
                       / times.size)
