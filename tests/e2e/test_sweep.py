@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
-from qnet_process import ROOT, run_qnet
+from qnet_process import ROOT, run_qnet, running_qnet
 
 pytestmark = pytest.mark.e2e
 
@@ -52,3 +54,18 @@ def test_a_second_sweep_into_the_same_folder_works(tmp_path: Path) -> None:
     assert stamps[0]["alice"] != stamps[1]["alice"]  # the second run's own processes
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [float(r["value"]) for r in rows] == [25.0]
+
+
+def test_ctrl_c_during_a_sweep_exits_130(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    with running_qnet("sweep", str(ROOT / "scenarios" / "qkd-metro-25km.toml"),
+                      "--param", "links.0.length_km", "--values", "10,20", "--out", str(out),
+                      "--duration", "20") as process:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("runs/*/relay-*.ready.json")) and time.monotonic() < deadline:
+            assert process.poll() is None
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "Aborted" not in err
