@@ -1,0 +1,1 @@
+"""Program tunnels: user programs' TCP connections carried node to node over the links."""
