@@ -94,6 +94,15 @@ def gaussian_shrink(sigma_rad, rank: int = 1):
     return total / (2 * rank + 1)
 
 
+def gaussian_angle_cdf(theta, sigma_rad):
+    """P(|eps| <= theta) for eps ~ N(0, sigma^2 I_3): the residual angle of readout model A is
+    Maxwell-distributed, CDF erf(x/sqrt2) - sqrt(2/pi) x e^(-x^2/2) with x = theta/sigma (the
+    Bloch angle is |eps| folded into [0, pi], the same while sigma << pi)."""
+    x = np.asarray(theta, dtype=np.float64) / sigma_rad
+    erf = np.vectorize(math.erf, otypes=[float])
+    return erf(x / math.sqrt(2)) - math.sqrt(2 / math.pi) * x * np.exp(-x * x / 2)
+
+
 def _gaussian_variance_for_shrink(shrink) -> Array:
     """Inverse of ``gaussian_shrink`` on s^2 in [0, 3] (where it decreases from 1 to 0.036),
     by bisection (vectorised; 60 halvings reach double precision)."""

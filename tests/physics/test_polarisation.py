@@ -123,6 +123,10 @@ def test_gaussian_compensation_residual(sigma):
     within(pol.average_fidelity(theta), f_avg)
     within(pol.pair_fidelity(theta), f_pair)
     within(theta**2, 3 * sigma**2, bias=sigma**4)
+    # the residual angle's distribution: Maxwell, CDF checked at its quartiles
+    for q in (0.25, 0.5, 0.75):
+        x = np.quantile(theta, q)
+        assert abs(pol.gaussian_angle_cdf(x, sigma) - q) < 4 * math.sqrt(q * (1 - q) / N_MC)
 
 
 def test_compensation_with_header_to_payload_lag():
