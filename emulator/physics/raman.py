@@ -55,6 +55,15 @@ def photons_per_gate(power_w, wavelength_nm, gate_s, efficiency):
     return np.asarray(power_w) / energy_j * np.multiply(gate_s, efficiency)
 
 
+def duty_cycle(bytes_sent, seconds: float, line_rate_bps: float):
+    """Share of time the classical transmitter is on, from the link's measured traffic:
+    8 bytes / (line rate * time), at most 1 (light only while a frame is on the line)."""
+    if seconds <= 0 or line_rate_bps <= 0:
+        raise ValueError("the interval and the line rate must be > 0")
+    return np.minimum(8.0 * np.asarray(bytes_sent, dtype=np.float64) / (line_rate_bps * seconds),
+                      1.0)
+
+
 def noise_photons(co_w, counter_w, rho_per_km_nm, bandwidth_nm, length_km, db_per_km,
                   wavelength_nm, gate_s, efficiency, duty_cycle=1.0):
     """Noise photons detected per gate at the quantum receiver from classical light of mean

@@ -116,3 +116,10 @@ def test_depolarising_probability_reproduces_the_double_click_statistics():
     flips = other & (rng.random(m) < 0.5)
     sigma = math.sqrt(p / 2 * (1 - p / 2) / m)
     assert abs(flips.mean() - p / 2) < 4 * sigma
+
+
+def test_duty_cycle_from_measured_traffic():
+    assert raman.duty_cycle(125_000, 1.0, 1e9) == pytest.approx(1e-3)  # 1 Mbit/s on 1 Gbit/s
+    assert raman.duty_cycle(1e12, 1.0, 1e9) == 1.0
+    with pytest.raises(ValueError):
+        raman.duty_cycle(10, 0.0, 1e9)
