@@ -17,6 +17,7 @@ from typing import TypeVar
 import msgspec
 
 from emulator.apps import kind_of
+from emulator.programs import TunnelConfig
 from emulator.scenario import Link, LinkEntanglement, NodeMemory, QuantumLink, Scenario, memory_of
 
 T = TypeVar("T")
@@ -181,6 +182,7 @@ class NodeConfig(msgspec.Struct):
     apps: list[NodeApp] = []
     host: str = "127.0.0.1"
     link_keys: dict[str, str] = {}  # peer -> hex secret of their link (channel hello MACs)
+    tunnel: TunnelConfig | None = None  # carries user programs' connections (emulator/programs)
 
 
 def child_arguments(description: str) -> argparse.Namespace:

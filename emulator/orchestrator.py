@@ -53,6 +53,7 @@ from emulator.collect import (
 )
 from emulator.mqtt import MqttError
 from emulator.outcome import assemble, failure_info, first_leaf, make_run_dir
+from emulator.programs import program_children, tunnel_configs, wait_programs
 from emulator.scenario import Link, Scenario, memory_of
 from emulator.supervise import Child, ChildFailed, Supervisor, open_supervisor
 
@@ -64,7 +65,7 @@ RELAY_RESULT_TIMEOUT_S = 5.0  # wall: relays and daemon answer control/stop at o
 ABORT_RESULTS_S = 3.0  # wall: survivors' partial results after a failure
 EXIT_LINGER_S = 3.0  # wall: nodes and relays exiting on control/stop before we signal them
 # Stop order, highest first: nobody loses what it depends on while it shuts down.
-TIER_BROKER, TIER_DAEMON, TIER_RELAY, TIER_NODE = 0, 1, 2, 3
+TIER_BROKER, TIER_DAEMON, TIER_RELAY, TIER_NODE, TIER_PROGRAM = 0, 1, 2, 3, 4
 
 
 @dataclass
@@ -241,12 +242,14 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
             for link in scenario.links if link.entanglement is not None]), tier=TIER_DAEMON)
     await supervisor.start(daemon, ready_timeout=READY_TIMEOUT_S)
 
-    # 3. nodes
+    # 3. nodes (with tunnels for their programs, if any node runs one)
+    tunnels = tunnel_configs(scenario)
     nodes = [state.child(n.name, "node", "nodes", NodeConfig(
         run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
         name=n.name, token=tokens[n.name], link_keys=link_keys[n.name],
         daemon=DaemonAddress("127.0.0.1", daemon.ready["port"]), mqtt=mqtt_address(telemetry.node_user(n.name)),
-        view=node_view(scenario, n.name), apps=node_apps(scenario, n.name)))
+        view=node_view(scenario, n.name), apps=node_apps(scenario, n.name),
+        tunnel=tunnels.get(n.name)))
         for n in scenario.nodes]
     await supervisor.start_all(nodes, ready_timeout=READY_TIMEOUT_S)
     ready = {c.name: c.ready for c in nodes}  # tcp: one listening port per peer
@@ -276,6 +279,10 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
     await mqtt.publish(telemetry.control_start(state.run_id), telemetry.encode(start),
                        qos=1, retain=True)
     state.events.append({"kind": "start", "t_emu": t_start, "wall": time.time()})
+    programs = program_children(scenario, state.run_dir, tunnels, ready, TIER_PROGRAM)
+    state.children += programs
+    for program in programs:  # [[nodes.run]]: supervised, their exits are not failures
+        await supervisor.start(program, ready_timeout=READY_TIMEOUT_S)
     async with trio.open_nursery() as faults:
         faults.start_soon(inject_faults, mqtt, state, clock, t_start)
         await show_progress(state, clock, t_start, meta.duration_s, console,
@@ -288,6 +295,7 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
                        "node results (" + ", ".join(
                            n for n in names if n not in state.node_results) + ")")
         faults.cancel_scope.cancel()
+    await wait_programs(scenario, programs)
     emulated_s = clock.now() - t_start
     supervisor.expect_exits()
     await mqtt.publish(telemetry.control_stop(state.run_id),

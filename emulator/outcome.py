@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emulator.collect import process_counters
+from emulator.programs import programs_section
 from emulator.results import app_sections, check_expectations
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
                        "counters": process_counters(state, c)} for c in state.children],
         "telemetry_rejected": sum(state.telemetry_rejected.values()),
         "links": links,
+        "programs": programs_section(state.children),
         **sections,
         "events": state.events,
     }

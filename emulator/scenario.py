@@ -21,6 +21,7 @@ from msgspec import Meta, Struct
 
 from emulator.apps import PluginError, kind_of, kinds
 from emulator.physics.channels import fibre_delay
+from emulator.programs import NodeProgram, ProgramError, check_programs
 
 NonNegative = Annotated[float, Meta(ge=0)]
 Positive = Annotated[float, Meta(gt=0)]
@@ -44,6 +45,7 @@ class Meta_(Struct, forbid_unknown_fields=True):
 class Node(Struct, forbid_unknown_fields=True):
     name: Name
     memory: NodeMemory | None = None  # quantum memory (entanglement apps); see below
+    run: list[NodeProgram] = []  # user programs started beside the node (emulator/programs.py)
 
 
 class ClassicalLink(Struct, forbid_unknown_fields=True):
@@ -311,6 +313,10 @@ def _check_references(sc: Scenario) -> None:
         names.add(node.name)
     if not sc.nodes:
         raise ScenarioError("nodes: at least one node is required")
+    try:
+        check_programs(sc.nodes)
+    except ProgramError as exc:
+        raise ScenarioError(str(exc)) from None
     link_ids: set[str] = set()
     for i, link in enumerate(sc.links):
         for end in ("a", "b"):

@@ -26,6 +26,7 @@ from emulator.supervise import watch_parent
 from emulator.telemetry import NodeResult, StartMessage, StopMessage, TelemetryDecoder
 from nodes.daemon_client import open_daemon
 from nodes.sdk import NodeContext, current_app
+from nodes.services.tunnel.service import TunnelService
 from nodes.transport import Transport
 
 log = logging.getLogger("qnet.node")
@@ -58,6 +59,11 @@ async def _run_apps(node: NodeContext, apps: list[NodeApp]) -> list[dict]:
 async def serve(config: NodeConfig, ready_file) -> None:
     transport = Transport.for_node(config, config.view)
     endpoint = await transport.bind()
+    tunnel = None
+    if config.tunnel is not None:  # user programs' connections (nodes/services/tunnel)
+        tunnel = TunnelService(config.name, transport, config.tunnel.routes,
+                               config.tunnel.listen_port, config.host)
+        endpoint["tunnel"] = await tunnel.bind()
     async with (
         telemetry.connect(config.mqtt, f"{config.run_id}-{config.name}") as mqtt,
         open_daemon(config.daemon.host, config.daemon.port, config.name, config.token) as daemon,
@@ -89,6 +95,8 @@ async def serve(config: NodeConfig, ready_file) -> None:
                 return
             result_sent.set()
             counters = {**transport.counters(), "telemetry_rejected": decoder.rejected_total}
+            if tunnel is not None:
+                counters.update(tunnel.counters)
             payload = NodeResult(node=config.name, apps=entries, counters=counters,
                                  partial=partial)
             await mqtt.publish(telemetry.node_result(config.run_id, config.name),
@@ -121,8 +129,14 @@ async def serve(config: NodeConfig, ready_file) -> None:
             await publish_result(entries, partial=False)
             log.info("apps finished, result published")
 
+        async def tunnel_when_started() -> None:
+            await started.wait()
+            await tunnel.serve()
+
         nursery.start_soon(follow_control)
         nursery.start_soon(run_when_started)
+        if tunnel is not None:
+            nursery.start_soon(tunnel_when_started)
         async with trio.open_nursery() as waiters:
             async def first(fn) -> None:
                 await fn()
