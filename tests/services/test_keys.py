@@ -126,7 +126,7 @@ async def test_manager_deposits_off_the_loop_and_wakes_waiters(tmp_path) -> None
     woke = []
 
     async def waiter() -> None:
-        await manager.wait_deposit()
+        await manager.deposit_event().wait()
         woke.append(manager.db.stored_count("bob"))
 
     async with trio.open_nursery() as nursery:

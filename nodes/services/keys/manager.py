@@ -61,9 +61,9 @@ class KeyManager:
         self._deposited = trio.Event()
         return result
 
-    async def wait_deposit(self) -> None:
-        """Return after the next deposit."""
-        await self._deposited.wait()
+    def deposit_event(self) -> trio.Event:
+        """An event set by the next deposit (take it before looking, then wait on it)."""
+        return self._deposited
 
     def close(self) -> None:
         self.db.close()

@@ -195,6 +195,13 @@ class KeyDB:
                            [(DELIVERED, now, kid) for kid in ids])
         return [(kid, bytes(found[kid][0])[:found[kid][4] // 8]) for kid in ids]
 
+    def discard(self, ids: list[str]) -> None:
+        """Take keys out of use for good (an exchange about them failed half-way)."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany("UPDATE keys SET state = ?, material = NULL, changed_at = ? "
+                           "WHERE key_id = ?", [(DISCARDED, now, kid) for kid in ids])
+
     def get(self, ids: list[str]) -> dict[str, StoredKey]:
         out = {}
         for kid in ids:

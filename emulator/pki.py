@@ -1,0 +1,146 @@
+"""The PKI of a run: a CA, a server certificate per KME, a client certificate per SAE.
+
+Written to ``<run>/kms/`` (private keys 0600): ``ca.pem``, ``<node>-kme.pem``/``.key`` (SAN
+127.0.0.1 and localhost), ``<sae>.pem``/``.key`` (the SAE id is the certificate's CN, as the
+KME reads it) and ``README.txt`` with a curl command line per SAE. EC P-256 keys, SHA-256,
+valid for a day: a run's CA is thrown away with the run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+VALID_FOR = datetime.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert: Path
+    key: Path
+
+
+@dataclass
+class RunPki:
+    """Where the run's CA and every certificate are."""
+
+    directory: Path
+    ca: Path
+    kmes: dict[str, Issued] = field(default_factory=dict)  # node -> server cert
+    saes: dict[str, Issued] = field(default_factory=dict)  # SAE id -> client cert
+
+
+def _name(common_name: str, organisation: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+class Authority:
+    """A CA that issues server and client certificates."""
+
+    def __init__(self, organisation: str) -> None:
+        self.organisation = organisation
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        name = _name(f"{organisation} CA", organisation)
+        self.cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALID_FOR)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                         crl_sign=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .sign(self.key, hashes.SHA256()))
+
+    def issue(self, common_name: str, *, server: bool) -> tuple[ec.EllipticCurvePrivateKey,
+                                                                 x509.Certificate]:
+        """A certificate for a KME (``server``: SAN 127.0.0.1, localhost) or an SAE (client)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (
+            x509.CertificateBuilder().subject_name(_name(common_name, self.organisation))
+            .issuer_name(self.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALID_FOR)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                critical=False)
+        return key, builder.sign(self.key, hashes.SHA256())
+
+    def write(self, directory: Path, stem: str, common_name: str, *, server: bool) -> Issued:
+        key, cert = self.issue(common_name, server=server)
+        issued = Issued(directory / f"{stem}.pem", directory / f"{stem}.key")
+        _write_cert(issued.cert, cert)
+        _write_key(issued.key, key)
+        return issued
+
+
+def create_run_pki(directory: Path, kme_nodes: list[str], saes: list[str],
+                   organisation: str = "qnet run") -> RunPki:
+    """Create the CA and every certificate of a run under ``directory`` (mode 0700)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    authority = Authority(organisation)
+    pki = RunPki(directory, directory / "ca.pem")
+    _write_cert(pki.ca, authority.cert)
+    _write_key(directory / "ca.key", authority.key)
+    for node in kme_nodes:
+        pki.kmes[node] = authority.write(directory, f"{node}-kme", f"{node}-kme", server=True)
+    for sae in saes:
+        pki.saes[sae] = authority.write(directory, sae, sae, server=False)
+    return pki
+
+
+def curl_lines(pki: RunPki, kme_urls: dict[str, str], sae_nodes: dict[str, str],
+               partners: dict[str, list[str]]) -> list[str]:
+    """For each SAE: a status and an enc_keys call at its own KME towards each partner SAE,
+    and the dec_keys call the partner makes with the ids it was sent."""
+    lines = []
+    for sae, issued in pki.saes.items():
+        url = kme_urls[sae_nodes[sae]]
+        tls = f"--cert {issued.cert} --key {issued.key} --cacert {pki.ca}"
+        for partner in partners.get(sae, []):
+            lines.append(f"# {sae} (at {sae_nodes[sae]}) with {partner} "
+                         f"(at {sae_nodes[partner]})")
+            lines.append(f"curl {tls} {url}/api/v1/keys/{partner}/status")
+            lines.append(f"curl {tls} '{url}/api/v1/keys/{partner}/enc_keys?number=1&size=256'")
+            other = pki.saes[partner]
+            lines.append(f"curl --cert {other.cert} --key {other.key} --cacert {pki.ca} "
+                         f"'{kme_urls[sae_nodes[partner]]}/api/v1/keys/{sae}/dec_keys"
+                         f"?key_ID=<key_ID from the enc_keys answer>'")
+    return lines
+
+
+def write_readme(pki: RunPki, lines: list[str]) -> Path:
+    path = pki.directory / "README.txt"
+    path.write_text("ETSI GS QKD 014 key service of this run (docs/kms.md).\n"
+                    "Each SAE's certificate is <sae>.pem/.key, the CA is ca.pem.\n\n"
+                    + "\n".join(lines) + "\n")
+    return path
