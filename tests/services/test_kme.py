@@ -217,3 +217,19 @@ async def test_pool_limit_discards_reach_the_peer(tmp_path) -> None:
         assert pair.managers["alice"].db.stored_count("bob") == 5
         status = await call(pair.client("sae-a").status, "sae-b")
         assert status["stored_key_count"] == 5 and status["max_key_count"] == 5
+
+
+async def test_served_openapi_document_equals_the_file_in_the_repo(tmp_path) -> None:
+    from pathlib import Path
+
+    kept = json.loads((Path(__file__).parents[2] / "docs" / "etsi014-openapi.json").read_text())
+    async with kms_pair(tmp_path, OPTIONS) as pair:
+        status, served = await call(pair.client("sae-a").request, "GET", "/api/v1/openapi.json")
+    assert status == 200 and served == kept
+    assert set(kept["paths"]) == {"/api/v1/keys/{slave_SAE_ID}/status",
+                                  "/api/v1/keys/{slave_SAE_ID}/enc_keys",
+                                  "/api/v1/keys/{master_SAE_ID}/dec_keys"}
+    status_fields = set(kept["components"]["schemas"]["Status"]["properties"])
+    assert {"source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID", "key_size",
+            "stored_key_count", "max_key_count", "max_key_per_request", "max_key_size",
+            "min_key_size", "max_SAE_ID_count"} <= status_fields

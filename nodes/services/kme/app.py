@@ -9,7 +9,6 @@ fail another client's request. ``GET /api/v1/openapi.json`` serves the OpenAPI d
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import msgspec
 from starlette.applications import Starlette
@@ -80,8 +79,8 @@ async def _body(request: Request, kind: type):
         raise KmeError(400, "malformed JSON", reason=str(exc)) from None
 
 
-def create_app(kme: Kme, openapi: Callable[[], bytes] | None = None) -> Starlette:
-    """The ASGI app of ``kme`` (``openapi`` returns the document served at openapi.json)."""
+def create_app(kme: Kme) -> Starlette:
+    """The ASGI app of ``kme``."""
 
     def handler(fn):
         async def endpoint(request: Request) -> Response:
@@ -130,7 +129,9 @@ def create_app(kme: Kme, openapi: Callable[[], bytes] | None = None) -> Starlett
         return _json(200, container)
 
     async def get_openapi(request: Request) -> Response:
-        return Response(openapi() if openapi else b"{}", media_type="application/json")
+        from nodes.services.kme.openapi import document_bytes  # built from ROUTES, above
+
+        return Response(document_bytes(), media_type="application/json")
 
     operations = {"get_status": get_status, "get_key": get_key,
                   "get_key_with_key_ids": get_key_with_key_ids}
