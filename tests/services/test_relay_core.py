@@ -34,6 +34,7 @@ class Keys:
         self.links: dict[str, Link] = {}
         self.arrived: dict[str, int] = {}  # peer -> how many of the link's keys arrived here
         self.used: dict[str, set[str]] = {}
+        self.marked: set[str] = set()  # claimed before their bits arrived
         self.deposited: dict[tuple[str, str], bytes] = {}
 
     def add(self, peer: str, link: Link, arrived: int | None = None) -> None:
@@ -51,11 +52,13 @@ class Keys:
 
     def claim(self, peer, key_id):
         link = self.links[peer]
-        if key_id in self.used[peer]:
+        if key_id in self.used[peer] and key_id not in self.marked:
             raise LinkKeyUsed(key_id)
-        if key_id not in link.order[: self.arrived[peer]]:
-            return None
         self.used[peer].add(key_id)
+        self.marked.add(key_id)
+        if key_id not in link.order[: self.arrived[peer]]:
+            return None  # marked: nobody else takes it, its bits come later
+        self.marked.discard(key_id)
         return link.keys[key_id]
 
     def deposit(self, peer, key_id, key):
@@ -63,8 +66,8 @@ class Keys:
         self.deposited[(peer, key_id)] = key
 
 
-def chain(n_links: int, keys_per_link: int = 10, **options):
-    names = [f"n{i}" for i in range(n_links + 1)]
+def chain(n_links: int, keys_per_link: int = 10, names=None, **options):
+    names = names or [f"n{i}" for i in range(n_links + 1)]
     stores = {name: Keys() for name in names}
     secrets = {name: {} for name in names}
     for a, b in zip(names, names[1:]):
@@ -127,10 +130,55 @@ def test_ciphertext_on_each_link_is_the_key_padded_with_that_links_key():
     assert forward.ciphertext == xor(key, link_key) != key
 
 
-def test_originate_without_link_key_spends_nothing():
-    names, stores, cores, _ = chain(2, keys_per_link=0)
-    assert cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0) is None
+def test_origin_without_link_key_waits_then_gives_up_having_spent_nothing():
+    names, stores, cores, _ = chain(2, keys_per_link=0, hold_timeout_s=1.0)
+    assert cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0) == []
+    assert cores["n0"].retry(0.5) == [] and cores["n0"].pending == 1
+    events = cores["n0"].retry(1.0)
+    assert [e.fields["reason"] for e in events] == ["no_next_link_key"]
     assert not cores["n0"].stats.consumed_bits and cores["n0"].pending == 0
+
+
+def test_origin_takes_its_link_key_once_it_arrives():
+    names, stores, cores, _ = chain(1, hold_timeout_s=1.0)
+    stores["n0"].arrived["n1"] = 0
+    assert cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0) == []
+    stores["n0"].arrived["n1"] = 10
+    events = deliver(cores, cores["n0"].retry(0.5))
+    assert [e.kind for e in events] == ["relay_step", "relay_key_stored", "relay_key_delivered"]
+
+
+@pytest.mark.parametrize("names", [
+    ["g", "f", "e", "d", "c", "b", "a"],  # every sender asks its receiver for the pad
+    ["a", "x", "b", "y", "c", "z", "d"],  # every other one does
+])
+def test_senders_that_are_not_the_links_allocator_pad_with_the_key_it_picks(names):
+    _, stores, cores, _ = chain(6, names=names)
+    keys = {f"r{i}": os.urandom(KEY_BYTES) for i in range(4)}
+    for relay_id, key in keys.items():
+        events = deliver(cores, cores[names[0]].originate(relay_id, key, names, 0.0),
+                         sender=names[0])
+        assert [e.kind for e in events].count("relay_step") == 6
+        assert events[-1].kind == "relay_key_delivered"
+    for relay_id, key in keys.items():
+        assert stores[names[0]].deposited[(names[-1], relay_id)] == key
+        assert stores[names[-1]].deposited[(names[0], relay_id)] == key
+    for a, b in zip(names, names[1:]):
+        assert cores[a].stats.consumed_bits[b] == cores[b].stats.consumed_bits[a] == \
+            4 * 8 * KEY_BYTES
+        assert stores[a].used[b] == stores[b].used[a]
+
+
+def test_allocator_without_a_key_to_grant_fails_the_relay_after_the_hold_time():
+    names = ["b", "a"]
+    _, stores, cores, _ = chain(1, names=names, hold_timeout_s=1.0)
+    stores["a"].arrived["b"] = 0
+    assert deliver(cores, cores["b"].originate("r", os.urandom(KEY_BYTES), names, 0.0),
+                   sender="b") == []
+    assert cores["a"].waiting == 1
+    events = deliver(cores, cores["a"].retry(1.0), sender="a")
+    assert [e.kind for e in events] == ["relay_failed", "relay_failed"]
+    assert events[-1].fields["reason"] == "no_next_link_key" and cores["b"].pending == 0
 
 
 def test_forward_waits_for_its_link_key_to_arrive_then_continues():
@@ -193,6 +241,9 @@ def test_bad_frames_are_remote_errors_and_change_nothing():
         cores["n1"].receive("n2", seal(secrets["n1"]["n2"], forward), 0.0)
     with pytest.raises(BadRelayMessage):  # not a neighbour at all
         cores["n1"].receive("n9", seal(secrets["n1"]["n2"], forward), 0.0)
+    with pytest.raises(BadRelayMessage):  # a forward with a link key the allocator did not pick
+        cores["n0"].receive("n1", seal(secrets["n1"]["n0"],
+                                       RelayForward("r", ["n1", "n0"], 1, "x", b"k")), 0.0)
     assert not stores["n1"].used["n0"] and cores["n1"].stats.failures["relay_bad_mac"] == 1
 
 

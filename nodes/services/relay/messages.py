@@ -3,7 +3,9 @@
 A ``RelayForward`` carries one end-to-end key across one link, one-time-padded with one link
 key of that link (named by its id, so the receiver takes the same bits from its own key
 manager); a ``RelayAck`` travels back along the path and tells the origin whether the target
-stored the key. Both carry an HMAC-SHA256 tag under the link's channel secret over every
+stored the key. Only a link's allocator (the end with the smaller name, as for the KMEs)
+picks its keys: a sender that is not asks with ``RelayPadRequest`` and is told the key id in
+``RelayPad``. Both carry an HMAC-SHA256 tag under the link's channel secret over every
 other field, so a relay step cannot be forged or altered on the wire. Layout:
 docs/protocol.md, "Trusted key relay".
 """
@@ -50,7 +52,29 @@ class RelayAck(msgspec.Struct, tag="relay_ack", forbid_unknown_fields=True):
     mac: bytes = b""
 
 
-RelayMessage = RelayForward | RelayAck
+class RelayPadRequest(msgspec.Struct, tag="relay_pad_request", forbid_unknown_fields=True):
+    """``path[hop - 1]`` has key ``relay_id`` to send but is not the allocator of its link
+    to ``path[hop]``: it asks that node to pick the link key (never both ends pick)."""
+
+    relay_id: KeyId
+    path: Path
+    hop: Annotated[int, msgspec.Meta(ge=1, le=63)]
+    size: Annotated[int, msgspec.Meta(ge=1, le=MAX_KEY_BYTES)]  # bytes of key to pad
+    mac: bytes = b""
+
+
+class RelayPad(msgspec.Struct, tag="relay_pad", forbid_unknown_fields=True):
+    """The allocator's answer: pad the key for ``path[hop + 1]`` with link key
+    ``link_key_id``; ``hop`` is the receiver's index."""
+
+    relay_id: KeyId
+    path: Path
+    hop: Annotated[int, msgspec.Meta(ge=0, le=62)]
+    link_key_id: KeyId
+    mac: bytes = b""
+
+
+RelayMessage = RelayForward | RelayAck | RelayPadRequest | RelayPad
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(RelayMessage)
