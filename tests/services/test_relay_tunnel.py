@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import trio
 
+from nodes.errors import RemoteProtocolError
 from nodes.services.tunnel import router
 from nodes.services.tunnel.router import CLOSE, DATA, OPEN, TunnelFrame
 from nodes.services.tunnel.service import TunnelService
@@ -128,10 +130,37 @@ def test_decide_delivers_forwards_and_drops():
 
 
 def test_malformed_tunnel_frames_raise_a_remote_error():
-    import pytest
-
-    from nodes.errors import RemoteProtocolError
-
     for payload in (b"", b"\x01", router.encode(TunnelFrame("a", 1, "c", DATA, 5))[:-1]):
         with pytest.raises(RemoteProtocolError):
             router.decode(payload, "b")
+
+
+async def test_node_services_exchange_whole_frames_across_hops_and_see_the_close():
+    network = FakeNetwork()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            a = TunnelService("a", network.transport("a"), {"b": "b", "c": "b"}, None)
+            b = TunnelService("b", network.transport("b"), {"a": "a", "c": "c"}, None)
+            c = TunnelService("c", network.transport("c"), {"a": "b", "b": "b"}, None)
+            for service in (a, b, c):
+                await service.bind()
+                nursery.start_soon(service.serve)
+            dialled = await a.connect_frames("c", "kme")
+            accepted = await c.accept_frames("a", "kme")
+            messages = [bytes([i]) * (i * 1000 + 1) for i in range(20)]
+            for message in messages:
+                await dialled.send(message)
+            assert [await accepted.receive() for _ in messages] == messages
+            await accepted.send(b"answer")
+            assert await dialled.receive() == b"answer"
+            await accepted.aclose()
+            with pytest.raises(ConnectionError):
+                await dialled.receive()
+            stranger = await a.connect_frames("c", "nobody-accepts-this")  # backlog, bounded
+            await stranger.send(b"x")
+            for _ in range(100):  # the open crosses b first
+                if c.counters["tunnel_service_channels"] == 2:
+                    break
+                await trio.sleep(0.01)
+            assert c.counters["tunnel_service_channels"] == 2
+            nursery.cancel_scope.cancel()

@@ -39,6 +39,41 @@ class _Local:
         self.cancel = trio.CancelScope()
 
 
+SERVICE_PREFIX = b"svc:"  # an OPEN frame's data naming a node service instead of the program
+MAX_SERVICE_BACKLOG = 4  # channels opened to a service before it accepts them
+MAX_SERVICES = 64  # (node, service name) pairs with a backlog
+
+
+class FramedTunnel:
+    """A node service's message channel to another node's service over the tunnels (each
+    ``send`` one frame of at most ``router.MAX_DATA`` bytes, delivered whole and in order);
+    the ``FrameChannel`` of nodes/services/kme/peer_link.py."""
+
+    def __init__(self, service: TunnelService, key: tuple[str, int], local: _Local) -> None:
+        self._service, self._key, self._local = service, key, local
+
+    async def send(self, payload: bytes) -> None:
+        if self._key not in self._service._locals:
+            raise ConnectionError(f"tunnel to {self._local.far} closed")
+        self._service._route(TunnelFrame(self._key[0], self._key[1], self._local.far, DATA,
+                                         router.DEFAULT_TTL, payload))
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> bytes:
+        try:
+            data = await self._local.queue_out.receive()
+        except trio.EndOfChannel:
+            data = None
+        if data is None:
+            self._service._locals.pop(self._key, None)
+            raise ConnectionError(f"tunnel to {self._local.far} closed by the far end")
+        return data
+
+    async def aclose(self) -> None:
+        self._service._close(self._key)
+        await trio.lowlevel.checkpoint()
+
+
 class TunnelService:
     """Program tunnels of node ``node`` over ``transport`` (``routes``: destination -> next
     hop, static)."""
@@ -56,6 +91,7 @@ class TunnelService:
                         for hop in set(self.routes.values())}
         self._locals: dict[tuple[str, int], _Local] = {}
         self._ids = itertools.count()
+        self._services: dict[tuple[str, str], tuple] = {}  # (far node, name) -> backlog
         self._nursery: trio.Nursery | None = None
 
     async def bind(self) -> dict[str, int]:
@@ -122,6 +158,9 @@ class TunnelService:
             return
         key = (frame.origin, frame.conn)
         local = self._locals.get(key)
+        if frame.kind == OPEN and frame.data.startswith(SERVICE_PREFIX) and local is None:
+            self._service_opened(key, frame.data[len(SERVICE_PREFIX):].decode(errors="replace"))
+            return
         if frame.kind == OPEN and not decision.originated and local is None:
             if self.listen_port is None or len(self._locals) >= MAX_CONNECTIONS:
                 self.counters["tunnel_refused"] += 1
@@ -140,6 +179,44 @@ class TunnelService:
         except trio.WouldBlock:
             self.counters["tunnel_overflow"] += 1
             self._close(key)
+
+    def _backlog(self, far: str, name: str) -> tuple:
+        if (far, name) not in self._services:
+            self._services[(far, name)] = trio.open_memory_channel[FramedTunnel](
+                MAX_SERVICE_BACKLOG)
+        return self._services[(far, name)]
+
+    def _service_opened(self, key: tuple[str, int], name: str) -> None:
+        """Node ``key[0]``'s service ``name`` opened a channel to ours (``accept_frames``)."""
+        known = (key[0], name) in self._services
+        backlog = self._backlog(key[0], name) if known or len(
+            self._services) < MAX_SERVICES else None
+        local = _Local(key[0])
+        channel = FramedTunnel(self, key, local)
+        self._locals[key] = local
+        try:
+            if backlog is None:
+                raise trio.WouldBlock
+            backlog[0].send_nowait(channel)
+            self.counters["tunnel_service_channels"] += 1
+        except trio.WouldBlock:
+            self.counters["tunnel_refused"] += 1
+            self._close(key)
+
+    async def connect_frames(self, far: str, name: str) -> FramedTunnel:
+        """Open a message channel to service ``name`` of node ``far``."""
+        if far not in self.routes:
+            raise ConnectionError(f"no route from {self.node} to {far}")
+        key = (self.node, next(self._ids))
+        local = self._locals[key] = _Local(far)
+        self._route(TunnelFrame(self.node, key[1], far, OPEN, router.DEFAULT_TTL,
+                                SERVICE_PREFIX + name.encode()))
+        await trio.lowlevel.checkpoint()
+        return FramedTunnel(self, key, local)
+
+    async def accept_frames(self, far: str, name: str) -> FramedTunnel:
+        """Wait for node ``far``'s service ``name`` to open a channel to ours."""
+        return await self._backlog(far, name)[1].receive()
 
     async def _accept(self, peer: str, listener: trio.SocketListener) -> None:
         """Connections of this node's programs to ``peer``."""
