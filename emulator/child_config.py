@@ -18,7 +18,15 @@ import msgspec
 
 from emulator.apps import kind_of
 from emulator.programs import TunnelConfig
-from emulator.scenario import Link, LinkEntanglement, NodeMemory, QuantumLink, Scenario, memory_of
+from emulator.scenario import (
+    Kms,
+    Link,
+    LinkEntanglement,
+    NodeMemory,
+    QuantumLink,
+    Scenario,
+    memory_of,
+)
 
 T = TypeVar("T")
 
@@ -166,6 +174,19 @@ def node_apps(sc: Scenario, name: str) -> list[NodeApp]:
             for i, app in enumerate(sc.apps) if name in kind_of(app).nodes(app)]
 
 
+class NodeKms(msgspec.Struct):
+    """The node's key service (docs/kms.md): its KME's port and certificate, the run's CA,
+    its key database, every SAE of the run with its node, and the scenario's ``[kms]``."""
+
+    port: int
+    cert: str
+    key: str
+    ca: str
+    database: str
+    saes: dict[str, str]
+    settings: Kms
+
+
 class NodeConfig(msgspec.Struct):
     """A node process: its identity, where the daemon and broker are, its apps and its view
     of the scenario (never the whole scenario: other links' physics stay out)."""
@@ -183,6 +204,7 @@ class NodeConfig(msgspec.Struct):
     host: str = "127.0.0.1"
     link_keys: dict[str, str] = {}  # peer -> hex secret of their link (channel hello MACs)
     tunnel: TunnelConfig | None = None  # carries user programs' connections (emulator/programs)
+    kms: NodeKms | None = None  # the key service, when the scenario declares SAEs
 
 
 def child_arguments(description: str) -> argparse.Namespace:

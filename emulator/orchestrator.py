@@ -53,6 +53,7 @@ from emulator.collect import (
 )
 from emulator.mqtt import MqttError
 from emulator.outcome import assemble, failure_info, first_leaf, make_run_dir
+from emulator.pki import kms_setup
 from emulator.programs import program_children, tunnel_configs, wait_programs
 from emulator.scenario import Link, Scenario, memory_of
 from emulator.supervise import Child, ChildFailed, Supervisor, open_supervisor
@@ -244,12 +245,18 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
 
     # 3. nodes (with tunnels for their programs, if any node runs one)
     tunnels = tunnel_configs(scenario)
+    kms = kms_setup(scenario, state.run_dir, brokers.free_port)  # PKI + KMEs, if any SAE
+    if kms is not None:
+        console.print(f"key service: ETSI GS QKD 014 KMEs (certificates and these lines in "
+                      f"{kms.pki.directory}/README.txt)", markup=False, highlight=False)
+        for line in kms.lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     nodes = [state.child(n.name, "node", "nodes", NodeConfig(
         run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
         name=n.name, token=tokens[n.name], link_keys=link_keys[n.name],
         daemon=DaemonAddress("127.0.0.1", daemon.ready["port"]), mqtt=mqtt_address(telemetry.node_user(n.name)),
         view=node_view(scenario, n.name), apps=node_apps(scenario, n.name),
-        tunnel=tunnels.get(n.name)))
+        tunnel=tunnels.get(n.name), kms=kms.nodes[n.name] if kms is not None else None))
         for n in scenario.nodes]
     await supervisor.start_all(nodes, ready_timeout=READY_TIMEOUT_S)
     ready = {c.name: c.ready for c in nodes}  # tcp: one listening port per peer

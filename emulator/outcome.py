@@ -92,6 +92,7 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
         "links": links,
         "programs": programs_section(state.children),
         **sections,
+        **kms_section(state.node_results),
         "events": state.events,
     }
     if state.failure is not None:
@@ -101,3 +102,10 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
     result["expectations"] = check_expectations(result, scenario.expect)
     result["ok"] = all(e["ok"] for e in result["expectations"])
     return result
+
+
+def kms_section(node_results: dict[str, dict]) -> dict:
+    """``kms``: each node's key service report (nodes/services/kme), when the run had one."""
+    reports = [r["services"]["kms"] for r in node_results.values()
+               if r.get("services", {}).get("kms")]
+    return {"kms": reports} if reports else {}

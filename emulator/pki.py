@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from emulator.child_config import NodeKms
+from emulator.scenario import Scenario
 
 VALID_FOR = datetime.timedelta(days=1)
 
@@ -144,3 +148,49 @@ def write_readme(pki: RunPki, lines: list[str]) -> Path:
                     "Each SAE's certificate is <sae>.pem/.key, the CA is ca.pem.\n\n"
                     + "\n".join(lines) + "\n")
     return path
+
+
+@dataclass
+class KmsSetup:
+    """The key service of a run: the PKI, each node's ``NodeKms``, each KME's URL, the curl
+    lines (also in ``kms/README.txt``)."""
+
+    pki: RunPki
+    nodes: dict[str, NodeKms]
+    urls: dict[str, str]
+    saes: dict[str, str]
+    lines: list[str]
+
+    def environment(self, sae: str) -> dict[str, str]:
+        """What a program acting as SAE ``sae`` needs to reach its KME."""
+        issued = self.pki.saes[sae]
+        return {"QNET_KME_URL": self.urls[self.saes[sae]], "QNET_SAE_ID": sae,
+                "QNET_SAE_CERT": str(issued.cert), "QNET_SAE_KEY": str(issued.key),
+                "QNET_CA": str(self.pki.ca)}
+
+
+def kms_setup(scenario: Scenario, run_dir: Path, free_port: Callable[[], int]) -> KmsSetup | None:
+    """The run's PKI and every node's key service config; None when no node declares an SAE.
+
+    Every node runs a KME (relays need key managers too); ports are chosen here so the
+    curl lines can be printed before the nodes start and stay valid across a node restart."""
+    saes = scenario.saes()
+    if not saes:
+        return None
+    names = [n.name for n in scenario.nodes]
+    for stale in (run_dir / "kms").glob("*.keys.sqlite*"):  # a reused --run-dir: fresh keys
+        stale.unlink()
+    pki = create_run_pki(run_dir / "kms", names, list(saes))
+    ports = {name: free_port() for name in names}
+    urls = {name: f"https://127.0.0.1:{ports[name]}" for name in names}
+    nodes = {name: NodeKms(port=ports[name], cert=str(pki.kmes[name].cert),
+                           key=str(pki.kmes[name].key), ca=str(pki.ca),
+                           database=str(run_dir / "kms" / f"{name}.keys.sqlite"), saes=saes,
+                           settings=scenario.kms)
+             for name in names}
+    partners = {sae: [other for other, node in saes.items()
+                      if node != saes[sae] and scenario.link_between(node, saes[sae])]
+                for sae in saes}
+    lines = curl_lines(pki, urls, saes, partners)
+    write_readme(pki, lines)
+    return KmsSetup(pki, nodes, urls, saes, lines)

@@ -42,10 +42,26 @@ class Meta_(Struct, forbid_unknown_fields=True):
     time_scale: Positive = 1.0
 
 
+class Sae(Struct, forbid_unknown_fields=True):
+    """A secure application entity that takes keys from its node's KME (ETSI GS QKD 014)."""
+
+    id: Name
+
+
+class Kms(Struct, forbid_unknown_fields=True):
+    """The key service of every node (runs when any node declares an SAE); sizes in bits."""
+
+    key_size: Annotated[int, Meta(ge=8, le=65536, multiple_of=8)] = 256
+    max_key_count: Annotated[int, Meta(ge=1)] = 100_000
+    max_key_per_request: Annotated[int, Meta(ge=1, le=10_000)] = 128
+    min_key_size: Annotated[int, Meta(ge=8, multiple_of=8)] = 64
+
+
 class Node(Struct, forbid_unknown_fields=True):
     name: Name
     memory: NodeMemory | None = None  # quantum memory (entanglement apps); see below
     run: list[NodeProgram] = []  # user programs started beside the node (emulator/programs.py)
+    sae: list[Sae] = []  # SAEs attached to this node's KME (docs/kms.md)
 
 
 class ClassicalLink(Struct, forbid_unknown_fields=True):
@@ -222,6 +238,11 @@ class Scenario(Struct, forbid_unknown_fields=True):
     apps: list[Any] = []  # tables until parse_scenario converts them with the registered specs
     faults: list[Fault] = []
     expect: list[Expect] = []
+    kms: Kms = msgspec.field(default_factory=Kms)
+
+    def saes(self) -> dict[str, str]:
+        """Every declared SAE id and the node it is attached to."""
+        return {sae.id: node.name for node in self.nodes for sae in node.sae}
 
     def link(self, name: str) -> Link:
         for link in self.links:
@@ -317,6 +338,14 @@ def _check_references(sc: Scenario) -> None:
         check_programs(sc.nodes)
     except ProgramError as exc:
         raise ScenarioError(str(exc)) from None
+    saes: set[str] = set()
+    for i, node in enumerate(sc.nodes):
+        for j, sae in enumerate(node.sae):
+            if sae.id in saes:
+                raise ScenarioError(f"nodes[{i}].sae[{j}].id: duplicate SAE {sae.id!r}")
+            saes.add(sae.id)
+    if sc.kms.min_key_size > sc.kms.key_size:
+        raise ScenarioError("kms.min_key_size: larger than kms.key_size")
     link_ids: set[str] = set()
     for i, link in enumerate(sc.links):
         for end in ("a", "b"):

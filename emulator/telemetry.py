@@ -93,6 +93,7 @@ class NodeResult(_Payload):
     apps: list[dict[str, Any]]
     counters: dict[str, int] = {}
     partial: bool = False  # published on abort: what the apps had recorded so far
+    services: dict[str, Any] = {}  # node services' reports, e.g. "kms" (nodes/services)
 
 
 class NodeMetrics(_Payload):

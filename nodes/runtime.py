@@ -26,6 +26,7 @@ from emulator.supervise import watch_parent
 from emulator.telemetry import NodeResult, StartMessage, StopMessage, TelemetryDecoder
 from nodes.daemon_client import open_daemon
 from nodes.sdk import NodeContext, current_app
+from nodes.services.kme.node import KeyService
 from nodes.services.tunnel.service import TunnelService
 from nodes.transport import Transport
 
@@ -64,6 +65,10 @@ async def serve(config: NodeConfig, ready_file) -> None:
         tunnel = TunnelService(config.name, transport, config.tunnel.routes,
                                config.tunnel.listen_port, config.host)
         endpoint["tunnel"] = await tunnel.bind()
+    keys = None
+    if config.kms is not None:  # key manager + ETSI 014 KME (nodes/services, docs/kms.md)
+        keys = KeyService(config.name, config.kms, config.view, transport, config.link_keys,
+                          config.host, config.time_scale)
     async with (
         telemetry.connect(config.mqtt, f"{config.run_id}-{config.name}") as mqtt,
         open_daemon(config.daemon.host, config.daemon.port, config.name, config.token) as daemon,
@@ -71,10 +76,13 @@ async def serve(config: NodeConfig, ready_file) -> None:
     ):
         await mqtt.subscribe(telemetry.control_filter(config.run_id), qos=1)
         nursery.start_soon(transport.serve)
+        if keys is not None:
+            endpoint["kme"] = await keys.bind(nursery)
         node = NodeContext(
             name=config.name, run_id=config.run_id, seed=config.seed,
             clock=EmulatedClock(config.t0, config.time_scale), view=config.view,
             daemon=daemon, transport=transport, mqtt=mqtt,
+            keys=keys.keys if keys is not None else None,
         )
 
         async def report_transport_faults() -> None:  # the first of each kind, as an event
@@ -97,8 +105,9 @@ async def serve(config: NodeConfig, ready_file) -> None:
             counters = {**transport.counters(), "telemetry_rejected": decoder.rejected_total}
             if tunnel is not None:
                 counters.update(tunnel.counters)
+            services = {"kms": await keys.report()} if keys is not None else {}
             payload = NodeResult(node=config.name, apps=entries, counters=counters,
-                                 partial=partial)
+                                 partial=partial, services=services)
             await mqtt.publish(telemetry.node_result(config.run_id, config.name),
                                telemetry.encode(payload), qos=1, retain=True)
 
@@ -137,6 +146,12 @@ async def serve(config: NodeConfig, ready_file) -> None:
         nursery.start_soon(run_when_started)
         if tunnel is not None:
             nursery.start_soon(tunnel_when_started)
+        if keys is not None:
+            async def keys_when_started() -> None:
+                await started.wait()
+                await keys.serve_peers()
+
+            nursery.start_soon(keys_when_started)
         async with trio.open_nursery() as waiters:
             async def first(fn) -> None:
                 await fn()

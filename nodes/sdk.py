@@ -23,6 +23,7 @@ from emulator.clock import EmulatedClock
 from emulator.mqtt import MqttClient
 from emulator.telemetry import NodeEvent, NodeMetrics, Scalar
 from nodes.daemon_client import DaemonClient
+from nodes.services.keys import KeyManager
 from nodes.transport import Transport
 
 _METRIC_FIELDS = frozenset(NodeMetrics.__struct_fields__) - {"node", "t_emu", "extra"}
@@ -41,6 +42,7 @@ class NodeContext:
     daemon: DaemonClient
     transport: Transport
     mqtt: MqttClient
+    keys: KeyManager | None = None  # the node's key manager (nodes/services/keys), if any
     t_start: float = 0.0  # emulated time at which apps start
     t_end: float = 0.0  # emulated time at which sources stop
     _rngs: dict[str, np.random.Generator] = field(default_factory=dict)

@@ -26,6 +26,8 @@ async def deliver_blocks(node: NodeContext, link: str, protocol: str, store: Key
         if block.status == "ok":
             secure.link.auth.replenish(block.auth_material)
             store.add(f"{link}/{block.block}", block.final_key)
+            if node.keys is not None:  # the node's durable key manager (nodes/services/keys)
+                await node.keys.deposit(store.peer, link, block.block, block.final_key)
             await node.event("key_produced", link=link, block=block.block,
                              bits=len(block.final_key), protocol=protocol)
         else:

@@ -14,6 +14,7 @@ the deposit fills the material in, keeping the state the instruction set.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ class KeyDB:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # key material: 0600
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # the WAL is fsynced at every commit

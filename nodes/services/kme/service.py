@@ -18,8 +18,16 @@ from collections import Counter
 import msgspec
 import trio
 
-from nodes.services.keys import DELIVERED, DISCARDED, RESERVED, KeyManager, NotEnoughKeys
-from nodes.services.keys.store import NotReleased
+from nodes.services.keys import (
+    AVAILABLE,
+    DELIVERED,
+    DISCARDED,
+    RESERVED,
+    KeyManager,
+    NotEnoughKeys,
+    NotReleased,
+)
+from nodes.services.keys.store import STATES
 from nodes.services.kme.models import Key, KeyContainer, KeyRequest, Status
 from nodes.services.kme.peer_link import PeerLink, PeerUnavailable
 from nodes.services.kme.peering import (
@@ -256,11 +264,19 @@ class Kme:
         return None
 
     async def report(self) -> dict:
-        """What result.json shows of this KME: keys per peer and state, requests, errors."""
+        """This KME in result.json's ``kms``: keys by state (all peers, and per peer), ETSI
+        requests and error answers, store commits, peer channel counters."""
         counts = await self.keys.call(self.keys.db.counts)
-        return {"node": self.node, "kme": kme_id(self.node), "peers": counts,
-                "counters": dict(self.counters), "store": dict(self.keys.counters),
-                "commits": self.keys.db.commits,
+        total = {state: sum(c[state] for c in counts.values()) for state in STATES}
+        c = self.counters
+        return {"node": self.node, "kme": kme_id(self.node),
+                "stored": total[AVAILABLE], "reserved": total[RESERVED],
+                "delivered": total[DELIVERED], "discarded": total[DISCARDED],
+                "enc_requests": c["enc_requests"], "dec_requests": c["dec_requests"],
+                "keys_served": c["enc_keys_delivered"] + c["dec_keys_delivered"],
+                "http_400": c["http_400"], "http_401": c["http_401"], "http_503": c["http_503"],
+                "peers": counts, "commits": self.keys.db.commits,
+                "store": dict(self.keys.counters), "counters": dict(c),
                 "peer_links": {p: dict(link.counters) for p, link in self.peers.items()}}
 
 
