@@ -8,7 +8,7 @@ from collections import deque
 import msgspec
 import pytest
 
-from nodes.services.relay.core import Event, LinkKeyUsed, RelayCore, Send, xor
+from nodes.services.relay.core import Deposit, Event, LinkKeyUsed, RelayCore, Send, xor
 from nodes.services.relay.messages import (
     BadRelayMessage,
     RelayAuthenticationError,
@@ -61,9 +61,6 @@ class Keys:
         self.marked.discard(key_id)
         return link.keys[key_id]
 
-    def deposit(self, peer, key_id, key):
-        assert (peer, key_id) not in self.deposited
-        self.deposited[(peer, key_id)] = key
 
 
 def chain(n_links: int, keys_per_link: int = 10, names=None, **options):
@@ -80,7 +77,7 @@ def chain(n_links: int, keys_per_link: int = 10, names=None, **options):
 
 
 def deliver(cores, actions, now=0.0, sender="n0"):
-    """Run frames to quiescence; returns the events by kind, in order."""
+    """Run frames to quiescence (deposits into the node's key store); returns the events."""
     events: list[Event] = []
     queue = deque((sender, a) for a in actions)
     for _ in range(10_000):
@@ -89,6 +86,11 @@ def deliver(cores, actions, now=0.0, sender="n0"):
         source, action = queue.popleft()
         if isinstance(action, Event):
             events.append(action)
+            continue
+        if isinstance(action, Deposit):
+            store = cores[source].keys
+            assert (action.peer, action.relay_id) not in store.deposited
+            store.deposited[(action.peer, action.relay_id)] = action.key
             continue
         assert isinstance(action, Send)
         queue.extend((action.peer, a) for a in cores[action.peer].receive(source, action.frame,
@@ -102,7 +104,7 @@ def test_six_link_chain_delivers_same_key_to_both_ends_and_spends_one_for_one():
     for i in range(5):
         key = os.urandom(KEY_BYTES)
         keys[f"r{i}"] = key
-        events = deliver(cores, cores["n0"].originate(f"r{i}", key, names, 0.0))
+        events = deliver(cores, cores["n0"].originate(f"r{i}", i, key, names, 0.0))
         kinds = [e.kind for e in events]
         assert kinds.count("relay_step") == 6  # one per link
         assert kinds.count("relay_key_stored") == 1 and kinds.count("relay_key_delivered") == 1
@@ -123,7 +125,7 @@ def test_six_link_chain_delivers_same_key_to_both_ends_and_spends_one_for_one():
 def test_ciphertext_on_each_link_is_the_key_padded_with_that_links_key():
     names, stores, cores, secrets = chain(2)
     key = os.urandom(KEY_BYTES)
-    actions = cores["n0"].originate("r", key, names, 0.0)
+    actions = cores["n0"].originate("r", 0, key, names, 0.0)
     send = next(a for a in actions if isinstance(a, Send))
     forward = msgspec.msgpack.decode(send.frame, type=RelayForward)
     link_key = stores["n0"].links["n1"].keys[forward.link_key_id]
@@ -132,7 +134,7 @@ def test_ciphertext_on_each_link_is_the_key_padded_with_that_links_key():
 
 def test_origin_without_link_key_waits_then_gives_up_having_spent_nothing():
     names, stores, cores, _ = chain(2, keys_per_link=0, hold_timeout_s=1.0)
-    assert cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0) == []
+    assert cores["n0"].originate("r", 0, os.urandom(KEY_BYTES), names, 0.0) == []
     assert cores["n0"].retry(0.5) == [] and cores["n0"].pending == 1
     events = cores["n0"].retry(1.0)
     assert [e.fields["reason"] for e in events] == ["no_next_link_key"]
@@ -142,7 +144,7 @@ def test_origin_without_link_key_waits_then_gives_up_having_spent_nothing():
 def test_origin_takes_its_link_key_once_it_arrives():
     names, stores, cores, _ = chain(1, hold_timeout_s=1.0)
     stores["n0"].arrived["n1"] = 0
-    assert cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0) == []
+    assert cores["n0"].originate("r", 0, os.urandom(KEY_BYTES), names, 0.0) == []
     stores["n0"].arrived["n1"] = 10
     events = deliver(cores, cores["n0"].retry(0.5))
     assert [e.kind for e in events] == ["relay_step", "relay_key_stored", "relay_key_delivered"]
@@ -156,7 +158,7 @@ def test_senders_that_are_not_the_links_allocator_pad_with_the_key_it_picks(name
     _, stores, cores, _ = chain(6, names=names)
     keys = {f"r{i}": os.urandom(KEY_BYTES) for i in range(4)}
     for relay_id, key in keys.items():
-        events = deliver(cores, cores[names[0]].originate(relay_id, key, names, 0.0),
+        events = deliver(cores, cores[names[0]].originate(relay_id, 0, key, names, 0.0),
                          sender=names[0])
         assert [e.kind for e in events].count("relay_step") == 6
         assert events[-1].kind == "relay_key_delivered"
@@ -173,7 +175,7 @@ def test_allocator_without_a_key_to_grant_fails_the_relay_after_the_hold_time():
     names = ["b", "a"]
     _, stores, cores, _ = chain(1, names=names, hold_timeout_s=1.0)
     stores["a"].arrived["b"] = 0
-    assert deliver(cores, cores["b"].originate("r", os.urandom(KEY_BYTES), names, 0.0),
+    assert deliver(cores, cores["b"].originate("r", 0, os.urandom(KEY_BYTES), names, 0.0),
                    sender="b") == []
     assert cores["a"].waiting == 1
     events = deliver(cores, cores["a"].retry(1.0), sender="a")
@@ -184,7 +186,7 @@ def test_allocator_without_a_key_to_grant_fails_the_relay_after_the_hold_time():
 def test_forward_waits_for_its_link_key_to_arrive_then_continues():
     names, stores, cores, _ = chain(2, claim_timeout_s=1.0)
     stores["n1"].arrived["n0"] = 0  # n1 has not stored the link's first block yet
-    sends = cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0)
+    sends = cores["n0"].originate("r", 0, os.urandom(KEY_BYTES), names, 0.0)
     assert deliver(cores, sends) == [sends[0]]  # only n0's relay_step: n1 waits
     assert cores["n1"].next_deadline() == pytest.approx(1.0)
     stores["n1"].arrived["n0"] = 10
@@ -195,7 +197,7 @@ def test_forward_waits_for_its_link_key_to_arrive_then_continues():
 def test_missing_link_key_times_out_into_a_failed_ack_at_the_origin():
     names, stores, cores, _ = chain(3, claim_timeout_s=1.0)
     stores["n2"].arrived["n1"] = 0
-    deliver(cores, cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0))
+    deliver(cores, cores["n0"].originate("r", 0, os.urandom(KEY_BYTES), names, 0.0))
     assert deliver(cores, cores["n2"].retry(0.5), sender="n2") == []
     events = deliver(cores, cores["n2"].retry(1.0), sender="n2")
     assert [e.kind for e in events] == ["relay_failed", "relay_failed"]  # at n2, at the origin
@@ -207,7 +209,7 @@ def test_missing_link_key_times_out_into_a_failed_ack_at_the_origin():
 def test_relay_without_next_link_key_holds_then_fails():
     names, stores, cores, _ = chain(2, hold_timeout_s=2.0)
     stores["n1"].arrived["n2"] = stores["n2"].arrived["n1"] = 0
-    deliver(cores, cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0))
+    deliver(cores, cores["n0"].originate("r", 0, os.urandom(KEY_BYTES), names, 0.0))
     assert cores["n1"].stats.consumed_bits["n0"] == 8 * KEY_BYTES  # spent the incoming pad
     events = deliver(cores, cores["n1"].retry(2.0), sender="n1")
     assert events[-1].fields["reason"] == "no_next_link_key"
@@ -217,13 +219,13 @@ def test_relay_without_next_link_key_holds_then_fails():
 def test_link_key_used_at_the_receiver_fails_the_relay():
     names, stores, cores, _ = chain(1)
     stores["n1"].used["n0"].add("n0-n1/0")  # n1 already spent the key n0 will pick
-    events = deliver(cores, cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0))
+    events = deliver(cores, cores["n0"].originate("r", 0, os.urandom(KEY_BYTES), names, 0.0))
     assert events[-1].kind == "relay_failed" and events[-1].fields["reason"] == "link_key_used"
 
 
 def test_origin_times_out_a_relay_that_never_answers_and_counts_a_late_ack():
     names, stores, cores, _ = chain(1, origin_timeout_s=3.0)
-    actions = cores["n0"].originate("r", os.urandom(KEY_BYTES), names, 0.0)
+    actions = cores["n0"].originate("r", 0, os.urandom(KEY_BYTES), names, 0.0)
     assert cores["n0"].next_deadline() == pytest.approx(3.0)
     assert [e.fields["reason"] for e in cores["n0"].retry(3.0)] == ["origin_timeout"]
     deliver(cores, actions)  # the ack arrives after all
@@ -232,7 +234,7 @@ def test_origin_times_out_a_relay_that_never_answers_and_counts_a_late_ack():
 
 def test_bad_frames_are_remote_errors_and_change_nothing():
     names, stores, cores, secrets = chain(2)
-    forward = RelayForward("r", names, 1, "n0-n1/0", b"\x00" * KEY_BYTES)
+    forward = RelayForward("r", 0, names, 1, "n0-n1/0", b"\x00" * KEY_BYTES)
     with pytest.raises(RelayAuthenticationError):
         cores["n1"].receive("n0", seal(os.urandom(32), forward), 0.0)
     with pytest.raises(BadRelayMessage):
@@ -243,7 +245,7 @@ def test_bad_frames_are_remote_errors_and_change_nothing():
         cores["n1"].receive("n9", seal(secrets["n1"]["n2"], forward), 0.0)
     with pytest.raises(BadRelayMessage):  # a forward with a link key the allocator did not pick
         cores["n0"].receive("n1", seal(secrets["n1"]["n0"],
-                                       RelayForward("r", ["n1", "n0"], 1, "x", b"k")), 0.0)
+                                       RelayForward("r", 0, ["n1", "n0"], 1, "x", b"k")), 0.0)
     assert not stores["n1"].used["n0"] and cores["n1"].stats.failures["relay_bad_mac"] == 1
 
 
@@ -252,7 +254,7 @@ def test_waiting_forwards_are_bounded():
     stores["n1"].arrived["n0"] = 0
     replies = []
     for i in range(3):
-        forward = RelayForward(f"r{i}", names, 1, f"n0-n1/{i}", b"\x01" * KEY_BYTES)
+        forward = RelayForward(f"r{i}", i, names, 1, f"n0-n1/{i}", b"\x01" * KEY_BYTES)
         replies.append(cores["n1"].receive("n0", seal(secrets["n0"]["n1"], forward), 0.0))
     assert replies[:2] == [[], []]
     assert replies[2][0].fields["reason"] == "relay_busy"
@@ -261,4 +263,4 @@ def test_waiting_forwards_are_bounded():
 def test_originate_rejects_a_path_not_starting_here():
     names, _, cores, _ = chain(2)
     with pytest.raises(ValueError):
-        cores["n1"].originate("r", b"k" * KEY_BYTES, names, 0.0)
+        cores["n1"].originate("r", 0, b"k" * KEY_BYTES, names, 0.0)

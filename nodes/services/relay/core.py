@@ -5,7 +5,7 @@ one key of that link from its key manager; every relay ``path[i]`` takes the sam
 id from its own key manager, recovers K (a trusted relay sees the key), pads it with a key of
 its next link and forwards it; the target stores K for the origin and answers with an ack
 that travels back, on which the origin stores K too, so both ends' key managers hold K under
-the same id like a direct key. Every link spends exactly ``len(K)`` bits of link key per
+the same id like a direct key (``Deposit`` actions: the shell stores them). Every link spends exactly ``len(K)`` bits of link key per
 relayed key, at each of its ends (``stats.consumed_bits``).
 
 Only a link's allocator (the end whose name sorts first, the KMEs' rule) picks that link's
@@ -60,9 +60,6 @@ class LinkKeys(Protocol):
         """Remove the key ``key_id`` shared with ``peer`` (the allocator picked it); None
         while its bits have not arrived (it stays marked), ``LinkKeyUsed`` if already used."""
 
-    def deposit(self, peer: str, key_id: str, key: bytes) -> None:
-        """Store an end-to-end key shared with ``peer`` (the far end of a relay path)."""
-
 
 def allocator(a: str, b: str) -> str:
     """The end of link (a, b) that picks its keys (nodes.services.kme.peering's rule)."""
@@ -81,7 +78,17 @@ class Event:
     fields: dict
 
 
-Action = Send | Event
+@dataclass(frozen=True)
+class Deposit:
+    """Store end-to-end key ``key`` (number ``seq`` of its path) for ``peer``, the far end."""
+
+    peer: str
+    relay_id: str
+    seq: int
+    key: bytes
+
+
+Action = Send | Event | Deposit
 
 
 def xor(a: bytes, b: bytes) -> bytes:
@@ -93,6 +100,7 @@ class _Step:
     """This node's part of relaying one key: ``stage`` says what it waits for."""
 
     relay_id: str
+    seq: int
     path: list[str]
     hop: int  # this node's index in path
     stage: str  # claim (incoming pad bits), take (a key of the next link), granting, pad
@@ -144,7 +152,7 @@ class RelayCore:
         self.max_waiting = max_waiting
         self._steps: dict[str, _Step] = {}
         self._grants: dict[str, _Grant] = {}
-        self._pending: dict[str, tuple[bytes, str, float]] = {}  # origin: id -> K, target, dl
+        self._pending: dict[str, tuple[bytes, int, float]] = {}  # origin: id -> K, seq, dl
         self.stats = RelayStats()
 
     @property
@@ -164,15 +172,16 @@ class RelayCore:
 
     # -- origin ------------------------------------------------------------------------------
 
-    def originate(self, relay_id: str, key: bytes, path: list[str], now: float) -> list[Action]:
-        """Start relaying ``key`` along ``path`` (this node first)."""
+    def originate(self, relay_id: str, seq: int, key: bytes, path: list[str],
+                  now: float) -> list[Action]:
+        """Start relaying ``key``, number ``seq`` of ``path`` (this node first)."""
         if path[0] != self.name or len(path) < 2 or len(set(path)) != len(path):
             raise ValueError(f"{self.name}: cannot originate on path {path}")
         if relay_id in self._pending:
             raise ValueError(f"relay id {relay_id} is already on its way")
         self.stats.counts["originated"] += 1
-        self._pending[relay_id] = (key, path[-1], now + self.origin_timeout_s)
-        step = _Step(relay_id, list(path), 0, "take", now + self.hold_timeout_s, key=key)
+        self._pending[relay_id] = (key, seq, now + self.origin_timeout_s)
+        step = _Step(relay_id, seq, list(path), 0, "take", now + self.hold_timeout_s, key=key)
         return self._send_on(step, now)
 
     # -- frames from peers -------------------------------------------------------------------
@@ -208,7 +217,7 @@ class RelayCore:
 
     def _on_forward(self, peer: str, message: RelayForward, now: float) -> list[Action]:
         grant = self._grants.pop(message.relay_id, None)
-        step = _Step(message.relay_id, list(message.path), message.hop, "claim",
+        step = _Step(message.relay_id, message.seq, list(message.path), message.hop, "claim",
                      now + self.claim_timeout_s, message.ciphertext, message.link_key_id)
         if grant is not None:  # we picked this link key for the sender
             if grant.pad is None or grant.key_id != message.link_key_id:
@@ -256,14 +265,15 @@ class RelayCore:
         if pending is None:  # timed out here already
             self.stats.counts["late_acks"] += 1
             return []
-        key, target, _ = pending
+        key, seq, _ = pending
+        target = ack.path[-1]
         if not ack.ok:
             self.stats.failures[ack.reason or "failed"] += 1
             return [Event("relay_failed", {"relay_id": ack.relay_id, "target": target,
                                            "reason": ack.reason})]
-        self.keys.deposit(target, ack.relay_id, key)
         self.stats.counts["delivered"] += 1
-        return [Event("relay_key_delivered", {"relay_id": ack.relay_id, "peer": target,
+        return [Deposit(target, ack.relay_id, seq, key),
+                Event("relay_key_delivered", {"relay_id": ack.relay_id, "peer": target,
                                               "bits": 8 * len(key), "hops": len(ack.path) - 1})]
 
     # -- waiting for link keys ---------------------------------------------------------------
@@ -294,11 +304,11 @@ class RelayCore:
                                                "no_next_link_key")
                 else:
                     self.stats.failures["grant_unused"] += 1
-        for relay_id, (_, target, deadline) in list(self._pending.items()):
+        for relay_id, (_, seq, deadline) in list(self._pending.items()):
             if now >= deadline:
                 del self._pending[relay_id]
                 self.stats.failures["origin_timeout"] += 1
-                actions.append(Event("relay_failed", {"relay_id": relay_id, "target": target,
+                actions.append(Event("relay_failed", {"relay_id": relay_id, "seq": seq,
                                                       "reason": "origin_timeout"}))
         return actions
 
@@ -350,10 +360,10 @@ class RelayCore:
         path = step.path
         if step.hop == len(path) - 1:
             self._steps.pop(step.relay_id, None)
-            self.keys.deposit(path[0], step.relay_id, step.key)
             self.stats.counts["stored"] += 1
             ack = RelayAck(step.relay_id, path, step.hop - 1, True)
-            return [Event("relay_key_stored", {"relay_id": step.relay_id, "peer": path[0],
+            return [Deposit(path[0], step.relay_id, step.seq, step.key),
+                    Event("relay_key_stored", {"relay_id": step.relay_id, "peer": path[0],
                                                "bits": 8 * len(step.key),
                                                "hops": len(path) - 1}),
                     Send(path[-2], seal(self._secrets[path[-2]], ack))]
@@ -384,7 +394,7 @@ class RelayCore:
         if step.hop > 0:
             self.stats.counts["forwarded"] += 1
         peer = step.path[step.hop + 1]
-        forward = RelayForward(step.relay_id, step.path, step.hop + 1, link_key_id,
+        forward = RelayForward(step.relay_id, step.seq, step.path, step.hop + 1, link_key_id,
                                xor(step.key, pad))
         return [Event("relay_step", {"relay_id": step.relay_id, "hop": step.hop + 1,
                                      "to": peer, "link_key_id": link_key_id,

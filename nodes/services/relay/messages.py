@@ -33,6 +33,7 @@ class RelayForward(msgspec.Struct, tag="relay_forward", forbid_unknown_fields=Tr
     ``path`` of the receiver, ``link_key_id`` the link key the ciphertext is padded with."""
 
     relay_id: KeyId
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # the key's number on its path
     path: Path
     hop: Annotated[int, msgspec.Meta(ge=1, le=63)]
     link_key_id: KeyId
