@@ -1,12 +1,16 @@
-"""BBM92 sifting (nodes/entanglement/bbm92.py) without processes: both ends build the same
-post-processing records from the two wire messages, and the QKD cores then agree on the key."""
+"""BBM92 sifting (nodes/qkd/bbm92/sifting.py) without processes: both ends build the same
+post-processing records from the two wire messages, and the QKD cores then agree on the key;
+the Announcer/Answerer cores say when sifting is over and whose fault a bad message is."""
 
 from __future__ import annotations
 
 import math
 
+import msgspec
 import numpy as np
+import pytest
 
+from nodes.errors import MalformedMessage, UnexpectedMessage
 from nodes.qkd import messages as m
 from nodes.qkd.bbm92 import sifting as bbm92
 from nodes.qkd.postprocessing import (
@@ -107,3 +111,29 @@ def test_message_tags_do_not_clash_with_the_qkd_messages() -> None:
     theirs = {t.__struct_config__.tag for t in m.Message.__args__}
     assert not ours & theirs
     assert isinstance(bbm92.decoder.decode(m.encoder.encode(bbm92.Done(3))), bbm92.Done)
+
+
+def test_announcer_and_answerer_cores_end_sifting_and_blame_the_peer() -> None:
+    rng = np.random.default_rng(9)
+    announcer, answerer = bbm92.Announcer(30, 0.2, rng), bbm92.Answerer()
+    b_measured = {k: (int(rng.integers(0, 4)), int(rng.integers(0, 2))) for k in range(20)}
+    a_measured = {k: (int(rng.integers(0, 2)), int(rng.integers(0, 2))) for k in range(20)}
+    first = announcer.announce(b_measured, past_deadline=False)  # 20 of 30: not the last
+    assert not first.last and not announcer.sent_last and b_measured == {}
+    answer, record = answerer.answer(first, a_measured)
+    assert a_measured == {} and answerer.answered == 20
+    done = announcer.on_answer(bbm92.decoder.decode(m.encoder.encode(answer)))
+    assert len(done.sifted.settings) == 20 and not announcer.answered_last
+    with pytest.raises(UnexpectedMessage):  # answered already
+        announcer.on_answer(answer)
+    last = announcer.announce({}, past_deadline=True)
+    assert last.last and announcer.sent_last and not announcer.answered_last
+    bad = msgspec.structs.replace(answerer.answer(last, {})[0], bases=b"\x00")
+    with pytest.raises(MalformedMessage):  # one basis for zero pairs
+        announcer.on_answer(bad)
+    with pytest.raises(UnexpectedMessage):  # a's side: nothing after the last announce
+        answerer.answer(last, {})
+    with pytest.raises(MalformedMessage):  # settings beyond 0..3
+        bbm92.decode_announce(msgspec.structs.replace(first, settings=b"\x07" * 20))
+    with pytest.raises(MalformedMessage):  # pair ids not 8-byte words
+        bbm92.decode_announce(msgspec.structs.replace(first, pairs=first.pairs[:-1]))
