@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from nodes.qkd.blocks import Block
 from nodes.qkd.keystore import KeyStore
-from nodes.qkd.postprocessing import Block
 from nodes.qkd.secure_channel import SecureChannel
 from nodes.sdk import NodeContext
 

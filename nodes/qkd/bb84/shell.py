@@ -23,14 +23,10 @@ from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
 from nodes.qkd.bb84.receiver import ReceiverRun
 from nodes.qkd.bb84.spec import BB84App, link_of
+from nodes.qkd.blocks import PostprocessingConfig, decoy_estimate
 from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
-from nodes.qkd.postprocessing import (
-    PostprocessingConfig,
-    ReceiverPostprocessing,
-    SenderPostprocessing,
-    decoy_estimate,
-)
+from nodes.qkd.postprocessing import ReceiverPostprocessing, SenderPostprocessing
 from nodes.qkd.secure_channel import SecureChannel
 from nodes.qkd.sifting import SIGNAL, SiftReceiver, SiftSender
 from nodes.sdk import NodeContext

@@ -37,13 +37,10 @@ from nodes.qkd.bbm92.sifting import (
     decoder,
 )
 from nodes.qkd.bbm92.spec import BBM92App
+from nodes.qkd.blocks import PostprocessingConfig
 from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
-from nodes.qkd.postprocessing import (
-    PostprocessingConfig,
-    ReceiverPostprocessing,
-    SenderPostprocessing,
-)
+from nodes.qkd.postprocessing import ReceiverPostprocessing, SenderPostprocessing
 from nodes.qkd.secure_channel import SecureChannel
 from nodes.sdk import NodeContext
 
