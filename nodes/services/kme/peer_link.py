@@ -75,10 +75,10 @@ class PeerLink:
                 self.counters["channels_opened"] += 1
                 backoff = RECONNECT_S
                 await self._serve(channel)
-            except (ConnectionError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-                    PeerAuthError, trio.TooSlowError) as exc:
+            except* (ConnectionError, OSError, trio.BrokenResourceError,
+                     trio.ClosedResourceError, PeerAuthError, trio.TooSlowError) as group:
                 self.counters["channel_failures"] += 1
-                log.warning("KME channel to %s: %s", self.peer, exc)
+                log.warning("KME channel to %s: %s", self.peer, group.exceptions[0])
             finally:
                 self._outbox = None
                 self._up = trio.Event()
