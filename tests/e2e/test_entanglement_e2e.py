@@ -89,6 +89,7 @@ def test_repeater_chain_decoherence_in_flight(tmp_path: Path) -> None:
         # repeaters only Bell-measure: one measurement per swap
         assert [r["node"] for r in entry["repeaters"]] == ["r1", "r2", "r3"]
         assert all(r["measurements"] == r["swaps"] > 0 for r in entry["repeaters"])
+        assert all(r["remote_errors"] == 0 for r in entry["repeaters"])
     # the outcome messages take 50 ms per hop: the ends' halves wait >= 100 ms for them
     assert slow["swap_latency_ms_median"] > 100
     assert fast["swap_latency_ms_median"] < 20

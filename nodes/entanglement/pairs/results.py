@@ -16,7 +16,7 @@ from nodes.entanglement.pairs import model
 def merge(scenario: Any, app: Any, entries: list[dict]) -> list[dict]:
     """Join the ends' entries of ``app`` and list its repeaters' counters."""
     name = app.name or f"{app.a}-{app.b}"
-    repeaters = [{k: e[k] for k in ("node", "swaps", "measurements") if k in e}
+    repeaters = [{k: e[k] for k in ("node", "swaps", "measurements", "remote_errors") if k in e}
                  for e in entries if e.get("section") == "repeater"]
     ends = [e for e in entries if e.get("section") != "repeater"]
     if not ends and not repeaters:
