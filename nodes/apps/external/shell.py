@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import trio
 
+from emulator.supervise import Child, running
 from nodes.app_socket import AppSocket
 from nodes.apps.external.spec import ExternalApp
 from nodes.sdk import NodeContext
@@ -25,12 +28,19 @@ async def run(node: NodeContext, app: ExternalApp) -> list[dict]:
         port = await nursery.start(sock.serve)
         env["QNET_APP_SOCKET"] = f"127.0.0.1:{port}"
         await node.clock.sleep_until(node.t_start)
-        # trio.run_process: on cancel SIGTERM, then SIGKILL after a grace period; always waits
-        done = await trio.run_process(command, env=env, capture_stdout=True, check=False)
+        with tempfile.TemporaryDirectory(prefix="qnet-external-") as tmp:
+            # spawned like every child of a run (own session, dies with this node, SIGTERM,
+            # grace, SIGKILL on cancel, always reaped); its output is read back from the file
+            child = Child(name=f"{node.name}-external", role="external", argv=command,
+                          log_path=Path(tmp) / "output", env=env)
+            async with running(child) as started:
+                assert started.process is not None
+                code = await started.process.wait()
+            output = child.log_path.read_text(errors="replace")
         nursery.cancel_scope.cancel()
-    out = done.stdout.decode(errors="replace").strip().splitlines()
+    out = output.strip().splitlines()
     entry: dict = {"section": "external", "name": f"{node.name}:{app.command[-1]}",
-                   "exit_code": done.returncode}
+                   "exit_code": code}
     if out:
         try:
             last = json.loads(out[-1])
