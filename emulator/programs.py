@@ -21,6 +21,7 @@ import msgspec
 import trio
 from msgspec import Meta, Struct
 
+from emulator.apps import kind_of
 from emulator.supervise import Child
 
 ProgramName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -142,8 +143,10 @@ def programs_section(children: list) -> list[dict]:
 
 
 def tunnel_configs(scenario) -> dict[str, TunnelConfig]:
-    """Per node, its tunnel config; empty when no node runs a program (no tunnels at all)."""
-    if not any(node.run for node in scenario.nodes):
+    """Per node, its tunnel config; empty when no node runs a program and no app kind asks
+    for tunnels (``AppKind.extra["tunnels"]``, e.g. kms.relay's KME peering)."""
+    if not any(node.run for node in scenario.nodes) and not any(
+            kind_of(app).extra.get("tunnels") for app in scenario.apps):
         return {}
     routes = next_hops([n.name for n in scenario.nodes],
                        [(link.a, link.b) for link in scenario.links])

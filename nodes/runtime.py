@@ -83,6 +83,7 @@ async def serve(config: NodeConfig, ready_file) -> None:
             clock=EmulatedClock(config.t0, config.time_scale), view=config.view,
             daemon=daemon, transport=transport, mqtt=mqtt,
             keys=keys.keys if keys is not None else None,
+            kme=keys.kme if keys is not None else None, tunnel=tunnel, services=nursery,
         )
 
         async def report_transport_faults() -> None:  # the first of each kind, as an event

@@ -13,9 +13,11 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import numpy as np
+import trio
 
 from emulator import telemetry
 from emulator.child_config import NodeView
@@ -43,6 +45,9 @@ class NodeContext:
     transport: Transport
     mqtt: MqttClient
     keys: KeyManager | None = None  # the node's key manager (nodes/services/keys), if any
+    kme: Any = None  # the node's ETSI 014 KME (nodes/services/kme/service.Kme), if any
+    tunnel: Any = None  # the node's program tunnels (nodes/services/tunnel), if any
+    services: trio.Nursery | None = None  # tasks that live as long as the node, not the app
     t_start: float = 0.0  # emulated time at which apps start
     t_end: float = 0.0  # emulated time at which sources stop
     _rngs: dict[str, np.random.Generator] = field(default_factory=dict)

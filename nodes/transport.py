@@ -216,6 +216,11 @@ class Transport:
         return cls(config.name, config.host, run_id=config.run_id, link_keys=config.link_keys,
                    hello_timeout_s=timeouts)
 
+    def link_key(self, peer: str) -> bytes:
+        """The secret of the link to ``peer`` (services that authenticate their own frames
+        derive from it, e.g. the key relay's tags); KeyError without a link."""
+        return self._keys[peer]
+
     def counters(self) -> dict[str, int]:
         """What this transport saw: connections, channels, and every rejection by kind."""
         return dict(self._counters)

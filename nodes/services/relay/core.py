@@ -391,6 +391,7 @@ class RelayCore:
     def _forward(self, step: _Step, link_key_id: str, pad: bytes) -> list[Action]:
         self._steps.pop(step.relay_id, None)
         assert step.key is not None
+        self.stats.counts["steps_sent"] += 1
         if step.hop > 0:
             self.stats.counts["forwarded"] += 1
         peer = step.path[step.hop + 1]
