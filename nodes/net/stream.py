@@ -53,7 +53,7 @@ class StreamSender:
         self.srtt: float | None = None
         self.rttvar: float | None = None
         self.stats = {"sent": 0, "transmissions": 0, "retransmitted": 0, "timeouts": 0,
-                      "fast_retransmits": 0, "window_probes": 0, "acked": 0}
+                      "fast_retransmits": 0, "window_probes": 0, "reroutes": 0, "acked": 0}
         self._queue: deque[bytes] = deque()  # written, never sent; seqs from _next_new on
         self._flight: dict[int, _InFlight] = {}  # sent, not cumulatively acked: [_una, _next_new)
         self._retx: set[int] = set()
@@ -142,6 +142,18 @@ class StreamSender:
             self.stats["window_probes"] += 1
             self._probe = True
         self._timer = now + self.rto
+
+    def reroute(self, now: float) -> None:
+        """The route to the peer changed: what was in flight on the old path is presumed lost,
+        so resend it now with the backoff undone (instead of waiting out a backed-off RTO)."""
+        c = self.config
+        if self.srtt is not None and self.rttvar is not None:
+            self.rto = min(max(self.srtt + max(c.granularity, 4 * self.rttvar), c.min_rto),
+                           c.max_rto)
+        self._retx.update(s for s, seg in self._flight.items() if not seg.sacked)
+        self.stats["reroutes"] += 1
+        if self._flight or self._queue:
+            self._timer = now + self.rto
 
     def _rtt_sample(self, r: float) -> None:
         """RFC 6298 section 2: first sample, then alpha = 1/8, beta = 1/4."""

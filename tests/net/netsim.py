@@ -1,7 +1,9 @@
 """In-memory network of routing cores: per-link delay, cuts, a virtual clock (discrete events).
 
 Every message crosses the wire format (``encode``/``decode``), so the cores see only what a
-socket would carry. Bounded: ``run_until`` stops at its time limit or after ``max_events``.
+socket would carry. Each router also has a ``Forwarder``; ``endpoints`` (apps at a node) send
+and receive routed frames through them. Bounded: ``run_until`` stops at its time limit or after
+``max_events``.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from nodes.net.forwarding import Deliver, Drop, Forward, Forwarder
 from nodes.net.linkstate import (
     LinkConfig,
     LinkStateRouter,
@@ -20,7 +25,16 @@ from nodes.net.linkstate import (
     RoutingConfig,
     Send,
 )
-from nodes.net.messages import decode, encode
+from nodes.net.messages import RoutedFrame, decode, encode
+
+
+class Endpoint(Protocol):
+    """An app at a node: frames in, (dst, proto, payload) out, with its own deadline."""
+
+    def on_frame(self, frame: RoutedFrame, now: float) -> None: ...
+    def on_routes(self, routes: dict, now: float) -> None: ...
+    def poll(self, now: float) -> list[tuple[str, str, bytes]]: ...
+    def next_deadline(self) -> float | None: ...
 
 
 @dataclass
@@ -50,6 +64,10 @@ class NetSim:
     crashed: set[str] = field(default_factory=set)
     rng: random.Random = field(default_factory=lambda: random.Random(1))
     dropped: int = 0
+    forwarders: dict[str, Forwarder] = field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    frame_drops: Counter = field(default_factory=Counter)
+    _app_timer_at: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: RoutingConfig, links: dict[str, SimLink], *, start: float = 0.0,
@@ -68,6 +86,7 @@ class NetSim:
     def stop_router(self, name: str) -> None:
         """Crash: the router vanishes; messages to it are lost."""
         self.routers.pop(name, None)
+        self.forwarders.pop(name, None)
         self.crashed.add(name)
         self._timer_at.pop(name, None)
 
@@ -78,21 +97,49 @@ class NetSim:
         return {ln: LinkConfig(link.length_km, link.loss_db) for ln, link in self.links.items()
                 if name in (link.a, link.b)}
 
+    def _transmit(self, name: str, link_name: str, message) -> None:
+        link = self.links[link_name]
+        if link.cut:
+            return
+        if link.drop and self.rng.random() < link.drop:
+            self.dropped += 1
+            return
+        peer = link.b if name == link.a else link.a
+        self.messages += 1
+        self._push(self.now + link.delay, "deliver", peer, link_name, encode(message))
+
+    def _route_frame(self, name: str, decision, frame: RoutedFrame) -> None:
+        if isinstance(decision, Forward):
+            self._transmit(name, decision.link, frame)
+        elif isinstance(decision, Deliver) and name in self.endpoints:
+            self.endpoints[name].on_frame(frame, self.now)
+        elif isinstance(decision, Drop):
+            self.frame_drops[decision.reason] += 1
+
+    def _service(self, name: str) -> None:
+        """Let the endpoint at ``name`` send, and arm its timer."""
+        endpoint = self.endpoints.get(name)
+        if endpoint is None or name not in self.routers:
+            return
+        for dst, proto, payload in endpoint.poll(self.now):
+            self._route_frame(name, *self.forwarders[name].originate(dst, proto, payload))
+        at = endpoint.next_deadline()
+        if at is not None:
+            at = max(at, self.now)
+            if self._app_timer_at.get(name) != at:
+                self._app_timer_at[name] = at
+                self._push(at, "app_timer", name)
+
     def _apply(self, name: str, actions: list) -> None:
         for action in actions:
             if isinstance(action, Send):
-                link = self.links[action.link]
-                if link.cut:
-                    continue
-                if link.drop and self.rng.random() < link.drop:
-                    self.dropped += 1
-                    continue
-                peer = link.b if name == link.a else link.a
-                self.messages += 1
-                self._push(self.now + link.delay, "deliver", peer, action.link,
-                           encode(action.message))
+                self._transmit(name, action.link, action.message)
             elif isinstance(action, RoutesChanged | NeighbourUp | NeighbourDown):
                 self.log.append((self.now, name, action))
+                if isinstance(action, RoutesChanged) and name in self.forwarders:
+                    self.forwarders[name].set_routes(action.routes)
+                    if name in self.endpoints:
+                        self.endpoints[name].on_routes(dict(action.routes), self.now)
         router = self.routers.get(name)
         if router is not None:
             at = max(router.next_deadline(), self.now)
@@ -110,8 +157,10 @@ class NetSim:
             name = args[0]
             if kind == "start":
                 self.routers[name] = LinkStateRouter(name, self._mine(name), self.config, self.now)
+                self.forwarders[name] = Forwarder(name)
                 self._timer_at.pop(name, None)
                 self._apply(name, self.routers[name].handle_timer(self.now))
+                self._service(name)
                 continue
             router = self.routers.get(name)
             if router is None:
@@ -120,9 +169,18 @@ class NetSim:
                 if self._timer_at.get(name) != at:
                     continue  # superseded by a later arming
                 self._apply(name, router.handle_timer(self.now))
+            elif kind == "app_timer":
+                if self._app_timer_at.get(name) != at:
+                    continue
+                self._app_timer_at.pop(name)
             else:
                 _, link, data = args
-                self._apply(name, router.receive(link, decode(data), self.now))
+                message = decode(data)
+                if isinstance(message, RoutedFrame):
+                    self._route_frame(name, *self.forwarders[name].handle(message, link))
+                else:
+                    self._apply(name, router.receive(link, message, self.now))
+            self._service(name)
         raise AssertionError(f"more than {max_events} events before t={t_end}")
 
     def cut(self, link: str, *, notify: bool = False) -> None:
@@ -160,6 +218,16 @@ class NetSim:
                 adverts[x].append(LinkAdvert(y, ln, link.length_km, link.loss_db, rtt))
         lsdb = {n: Lsa(n, 1, 0.0, tuple(a)) for n, a in adverts.items()}
         return shortest_paths(root, lsdb, self.config.metric)
+
+    def run_until_down(self, since: float, t_limit: float, step: float = 0.001) -> float:
+        """Advance in ``step``s until some router reports a neighbour down after ``since``;
+        returns the earliest such report's time (or fails at ``t_limit``)."""
+        while self.now < t_limit:
+            self.run_until(self.now + step)
+            times = [t for t, _, a in self.log if isinstance(a, NeighbourDown) and t >= since]
+            if times:
+                return min(times)
+        raise AssertionError(f"no neighbour down by t={t_limit}")
 
     def run_until_converged(self, t_limit: float, step: float = 0.01) -> float:
         """Advance in ``step``s until converged (returns the time) or fail at ``t_limit``."""

@@ -220,9 +220,8 @@ def test_mesh_reconverges_within_50ms_of_detecting_a_cut():
     first = route.path[1]
     link = next(n for n, ln in sim.links.items() if {ln.a, ln.b} == {"r00", first})
     sim.cut(link)
-    sim.run_until(6.0 + CFG.dead_interval + 0.01)  # + what was already in flight
-    detected = max(t for t, _, _ in downs(sim, 6.0))
-    assert detected - 6.0 <= CFG.dead_interval + 0.005
+    detected = sim.run_until_down(6.0, 6.0 + CFG.dead_interval + 0.01)
+    assert detected - 6.0 <= CFG.dead_interval + 0.005  # + the hello already in flight
     converged = sim.run_until_converged(detected + 1.0, step=0.001)
     assert converged - detected < 0.05
     assert sim.routers["r00"].routes["r15"].path[1] != first

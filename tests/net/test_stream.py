@@ -130,3 +130,23 @@ def test_peer_errors_are_typed():
         StreamReceiver(1).receive_segment(StreamSegment(2, 0, b""))
     with pytest.raises(ValueError):
         StreamConfig(min_rto=2.0, initial_rto=1.0)
+
+
+def test_reroute_resends_what_was_in_flight_and_undoes_the_backoff():
+    s = StreamSender(1, StreamConfig(min_rto=0.05, initial_rto=1.0))
+    s.send(b"a")
+    s.segments_to_send(0.0)
+    s.receive_ack(StreamAck(1, 1, 64), 0.02)  # srtt 0.02 -> rto 0.06
+    for i in range(3):
+        s.send(bytes([i]))
+    s.segments_to_send(1.0)
+    s.receive_ack(StreamAck(1, 1, 64, ((2, 3),)), 1.02)  # sample 0.02 -> rto 0.05
+    assert s.rto == pytest.approx(0.05)
+    s.handle_timer(1.06)  # armed at 1.0 + 0.06
+    s.segments_to_send(1.06)
+    s.handle_timer(1.18)
+    assert s.rto == pytest.approx(0.2)  # backed off twice
+    s.reroute(1.2)
+    assert s.rto == pytest.approx(0.05)
+    assert [seg.seq for seg in s.segments_to_send(1.2)] == [1, 3]  # 2 is SACKed
+    assert s.next_deadline() == pytest.approx(1.25)
