@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from netsim import NetSim, mesh, ring
 
-from nodes.net.forwarding import Deliver, Drop, Forward, Forwarder
+from nodes.net.forwarding import Deliver, Drop, Forward, Forwarder, HeaderForwarder
+from nodes.net.header import HeaderCodec, HybridHeader
 from nodes.net.linkstate import Route, RoutingConfig
 from nodes.net.messages import RoutedFrame
 
@@ -87,3 +89,26 @@ def test_no_frame_loops_while_a_ring_reconverges():
     assert set(outcomes) <= {"delivered", "lost", "loop", "no_route"}
     assert outcomes["delivered"] > 0 and outcomes["lost"] > 0  # lost: before detection
     assert walk(sim, "r00", "r01")[0] == "delivered"
+
+
+def test_hybrid_headers_are_verified_decided_and_re_maced():
+    keys = {"l-z": b"z" * 16, "l-b": b"b" * 16}
+    hf = HeaderForwarder(Forwarder("a", ROUTES), keys)
+    z, b = HeaderCodec(keys["l-z"]), HeaderCodec(keys["l-b"])
+    h = HybridHeader("z", "c", flow=1, seq=5, ttl=4, timestamp_ns=10)
+    decision, header, out = hf.handle(z.encode(h), "l-z")
+    assert decision == Forward("l-b", "b", 3) and header.ttl == 3
+    assert b.decode(out) == msgspec.structs.replace(h, ttl=3)  # under the next link's key
+    assert hf.handle(b.encode(h), "l-z")[0] == Drop("bad_mac")  # wrong link's key
+    assert hf.handle(z.encode(h)[:-1], "l-z")[0] == Drop("malformed")
+    assert hf.handle(z.encode(h), "l-q")[0] == Drop("unknown_link")
+    for bad, reason in ((msgspec.structs.replace(h, ttl=0), "ttl_expired"),
+                        (msgspec.structs.replace(h, ttl=1), "ttl_expired"),
+                        (msgspec.structs.replace(h, dst="q"), "no_route")):
+        decision, header, out = hf.handle(z.encode(bad), "l-z")
+        assert decision == Drop(reason) and out is None
+    decision, header, out = hf.handle(z.encode(msgspec.structs.replace(h, dst="a")), "l-z")
+    assert decision == Deliver() and header.dst == "a" and out is None
+    assert hf.counters == {"forwarded": 1, "delivered": 1, "dropped_bad_mac": 1,
+                           "dropped_malformed": 1, "dropped_unknown_link": 1,
+                           "dropped_ttl_expired": 2, "dropped_no_route": 1}
