@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import msgspec
 
 from nodes.net.header import HeaderAuthenticationError, HeaderCodec, HybridHeader, MalformedHeader
-from nodes.net.linkstate import Route
 from nodes.net.messages import RoutedFrame
+from nodes.net.spf import Route
 
 DEFAULT_TTL = 32
 DROP_REASONS = ("ttl_expired", "no_route", "loop", "own_frame", "malformed", "bad_mac",
