@@ -37,3 +37,10 @@ class PeerAuthenticationError(RemoteProtocolError):
     """A channel hello or frame that fails authentication (the connection is dropped)."""
 
     scope = "frame"
+
+
+class PeerClosed(RemoteProtocolError, ConnectionError):
+    """The peer closed or reset the channel in the middle of a session (it died, or quit).
+
+    Also a ``ConnectionError``, so code that only cares that the channel is gone still works;
+    as a remote error it ends the session and the app returns its result so far."""

@@ -32,7 +32,7 @@ from nodes.channel_hello import (
     TooManyPending,
     make_hello,
 )
-from nodes.errors import MalformedMessage, RemoteProtocolError
+from nodes.errors import MalformedMessage, PeerClosed, RemoteProtocolError
 
 log = logging.getLogger("qnet.transport")
 
@@ -120,9 +120,15 @@ class Channel:
         self._outbox_drained = trio.Event()
 
     async def send(self, payload: bytes) -> None:
+        """Send one payload; ``PeerClosed`` when the peer has reset the connection."""
         self.bytes_sent += len(payload)
         self.messages_sent += 1
-        await self.framed.send(payload)
+        try:
+            await self.framed.send(payload)
+        except trio.BrokenResourceError as exc:
+            self._closed("channel_errors")
+            raise PeerClosed(f"channel {self.name!r} to {self.peer} broken: {exc}",
+                             peer=self.peer) from None
 
     def post(self, payload: bytes) -> None:
         """Queue ``payload`` for ``run_writer`` without blocking.
@@ -145,8 +151,8 @@ class Channel:
         await self._outbox_drained.wait()
 
     async def receive(self) -> bytes:
-        """Next payload; ``ConnectionError`` when the peer closed or reset the connection,
-        ``ChannelFramingError`` (a ``RemoteProtocolError``) when its bytes are not frames."""
+        """Next payload; ``PeerClosed`` when the peer closed or reset the connection,
+        ``ChannelFramingError`` when its bytes are not frames (both ``RemoteProtocolError``)."""
         try:
             payload = await self.framed.receive()
         except FrameTooLarge as exc:
@@ -154,10 +160,12 @@ class Channel:
             raise ChannelFramingError(f"channel {self.name!r}: {exc}", peer=self.peer) from None
         except trio.BrokenResourceError as exc:
             self._closed("channel_errors")
-            raise ConnectionError(f"channel {self.name!r} to {self.peer} broken: {exc}") from None
+            raise PeerClosed(f"channel {self.name!r} to {self.peer} broken: {exc}",
+                             peer=self.peer) from None
         if payload is None:
             self._closed(None)
-            raise ConnectionError(f"channel {self.name!r} to {self.peer} closed by the peer")
+            raise PeerClosed(f"channel {self.name!r} to {self.peer} closed by the peer",
+                             peer=self.peer)
         return payload
 
     def _closed(self, fault: str | None) -> None:
