@@ -189,8 +189,10 @@ class StreamReceiver:
     _buffer: dict[int, bytes] = field(default_factory=dict)
     _ready: deque[bytes] = field(default_factory=deque)
     _advertised: int = -1  # the window of the last ack returned
+    max_gap: float = 0.0  # longest time between two in-order deliveries (needs ``now``)
+    _last_delivery: float | None = None
 
-    def receive_segment(self, seg: StreamSegment) -> StreamAck:
+    def receive_segment(self, seg: StreamSegment, now: float | None = None) -> StreamAck:
         """Buffer or deliver one segment; duplicates and segments past the window (which counts
         delivered messages the app has not taken yet) are dropped."""
         if seg.stream != self.stream:
@@ -205,6 +207,10 @@ class StreamReceiver:
             if seg.seq > self._cum:
                 s["out_of_order"] += 1
             self._buffer[seg.seq] = seg.data
+            if self._cum in self._buffer and now is not None:
+                if self._last_delivery is not None:
+                    self.max_gap = max(self.max_gap, now - self._last_delivery)
+                self._last_delivery = now
             while self._cum in self._buffer:
                 self._ready.append(self._buffer.pop(self._cum))
                 self._cum += 1

@@ -81,7 +81,7 @@ class StreamRun:
                 self._take(now)
                 self._push(now + self.take_every, "take")
             elif kind == "seg":
-                ack = self.receiver.receive_segment(decode_stream(data))
+                ack = self.receiver.receive_segment(decode_stream(data), now)
                 if not self.take_every:
                     self._take(now)
                 for t in self.backward.arrivals(now, self._rng):
@@ -113,5 +113,6 @@ class StreamRun:
                 "duplicates_delivered": len(self.delivered) - len(set(self.delivered)),
                 "duplicates_suppressed": self.receiver.stats["duplicates"],
                 "out_of_order_arrivals": self.receiver.stats["out_of_order"],
-                "max_gap_s": max(gaps, default=0.0), "finished_at": now,
+                "max_gap_s": max(gaps, default=0.0), "core_max_gap_s": self.receiver.max_gap,
+                "finished_at": now,
                 **{f"sender_{k}": v for k, v in self.sender.stats.items()}}

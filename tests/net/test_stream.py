@@ -34,6 +34,7 @@ def test_survives_loss_duplication_reordering_and_a_reroute():
     assert r["sender_timeouts"] >= 1  # the blackout
     # Longest pause: the 0.3 s blackout plus the backed-off RTO that first gets through.
     assert 0.3 <= r["max_gap_s"] < 1.0
+    assert r["core_max_gap_s"] == r["max_gap_s"]  # the receiver core measures it too
     assert run.sender.srtt == pytest.approx(0.084, abs=0.02)  # 2 x 40 ms + jitter after reroute
 
 
