@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SCENARIO ?= scenarios/quickstart.toml
 ARGS ?=
 
-.PHONY: install run-scenario test bench lint clean
+.PHONY: install run-scenario test bench fuzz lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+fuzz: $(STAMP)
+	$(BIN)/python -m bench fuzz_daemon fuzz_transport
 
 lint: $(STAMP)
 	$(BIN)/ruff check emulator nodes tests bench

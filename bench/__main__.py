@@ -1,4 +1,6 @@
-"""Run every benchmark (or those named on the command line) and print their JSON summaries."""
+"""Run every benchmark (or those named on the command line) and print their JSON summaries.
+
+Fuzz campaigns (``fuzz_*``) are long and not figures: ``make fuzz`` runs them by name."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import bench
 
 def main() -> int:
     names = sys.argv[1:] or sorted(
-        m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+        m.name for m in pkgutil.iter_modules(bench.__path__)
+        if not m.name.startswith(("_", "fuzz_")))
     failed = []
     for name in names:
         print(f"== bench {name}", flush=True)
