@@ -310,9 +310,9 @@ class LinkStateRouter:
         if current is not None and lsa.seq < current.lsa.seq:
             out.append(self._send_lsa(link, nb, current, now))  # teach the sender the newer one
             return out
-        if current is not None and lsa.seq == current.lsa.seq:
+        if current is not None and lsa.seq == current.lsa.seq and lsa.age < self.config.max_age:
             return out
-        if lsa.age >= self.config.max_age:  # a flush: forget the older instance, pass it on
+        if lsa.age >= self.config.max_age:  # a flush: forget this or an older instance
             self.counters["lsa_flushed"] += 1
             if current is None:
                 return out

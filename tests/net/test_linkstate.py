@@ -225,3 +225,16 @@ def test_mesh_reconverges_within_50ms_of_detecting_a_cut():
     converged = sim.run_until_converged(detected + 1.0, step=0.001)
     assert converged - detected < 0.05
     assert sim.routers["r00"].routes["r15"].path[1] != first
+
+
+def test_a_max_age_copy_flushes_the_instance_until_its_origin_refreshes():
+    sim = NetSim.build(CFG, line(3))
+    sim.run_until_converged(5.0)
+    sim.run_until(5.0)
+    r0 = sim.routers["r00"]
+    held = r0.lsdb["r02"].lsa
+    sim._apply("r00", r0.receive("l0", Lsa("r02", held.seq, CFG.max_age, held.links), sim.now))
+    assert "r02" not in r0.lsdb and "r02" not in r0.routes
+    assert r0.counters["lsa_flushed"] == 1
+    sim.run_until(5.0 + CFG.refresh_interval + 0.5)
+    assert "r02" in r0.routes and sim.converged()
