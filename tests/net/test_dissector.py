@@ -45,6 +45,11 @@ def capture(tmp_path: Path) -> Path:
     frames = [CODEC.encode(h) for h in HEADERS]
     frames.append(CODEC.encode(HEADERS[0])[:-5])  # cut inside the MAC: malformed
     frames.append(b"just some other UDP traffic")
+    good = CODEC.encode(HEADERS[0])
+    frames += [  # odd but heuristic-matching datagrams: flagged, never a Lua error
+        b"QH\x01\x00\x01\x01", good + b"\x00", good[:6] + b"\x02\x00\x00" + good[6:],
+        good[:6] + b"\x42\x00\x01?" + good[6:], good[:6] + b"\x04\x00\x01\x07" + good[6:],
+        good[:6] + b"\x90\x00\x03ext" + good[6:], b"QH\x01\x00\x01\x01\x06"]
     with path.open("wb") as fh:
         writer = dpkt.pcapng.Writer(fh)
         for i, frame in enumerate(frames):
@@ -79,7 +84,8 @@ def test_fields_are_decoded(capture, tmp_path):
 def test_verbose_tree_and_malformed_packet(capture, tmp_path):
     out = _tshark(tmp_path, "-r", str(capture), "-V")
     packets = out.split("\nFrame ")
-    assert len(packets) == 4
+    assert len(packets) == 11
+    assert "Lua Error" not in out
     first = packets[0]
     for text in ("qnet hybrid-packet header", "Source node: alice", "Destination node: bob",
                  "Flow: 7", "TTL: 8", "Payload kind: half of an entangled pair (2)",
@@ -89,6 +95,10 @@ def test_verbose_tree_and_malformed_packet(capture, tmp_path):
     assert "TLV type 255 runs past the end" in packets[2]
     assert "Group: Malformed" in packets[2]
     assert "qnet hybrid" not in packets[3]
+    for i, text in ((4, "no MAC TLV"), (5, "bytes after the MAC"), (7, "unknown TLV type 66"),
+                    (8, "duplicate TLV type 4"), (10, "truncated TLV")):
+        assert text in packets[i], (i, packets[i])
+    assert "Extension value: 657874" in packets[9] and "Group: Malformed" not in packets[9]
 
 
 def test_info_column(capture, tmp_path):
