@@ -54,7 +54,7 @@ from emulator.collect import (
 from emulator.mqtt import MqttError
 from emulator.outcome import assemble, failure_info, first_leaf, make_run_dir
 from emulator.pki import kms_setup
-from emulator.programs import program_children, tunnel_configs, wait_programs
+from emulator.programs import kms_environment, program_children, tunnel_configs, wait_programs
 from emulator.scenario import Link, Scenario, memory_of
 from emulator.supervise import Child, ChildFailed, Supervisor, open_supervisor
 
@@ -286,7 +286,8 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
     await mqtt.publish(telemetry.control_start(state.run_id), telemetry.encode(start),
                        qos=1, retain=True)
     state.events.append({"kind": "start", "t_emu": t_start, "wall": time.time()})
-    programs = program_children(scenario, state.run_dir, tunnels, ready, TIER_PROGRAM)
+    programs = program_children(scenario, state.run_dir, tunnels, ready, TIER_PROGRAM,
+                                kms_environment(kms, scenario))
     state.children += programs
     for program in programs:  # [[nodes.run]]: supervised, their exits are not failures
         await supervisor.start(program, ready_timeout=READY_TIMEOUT_S)

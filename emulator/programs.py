@@ -60,6 +60,9 @@ def check_programs(nodes: list) -> None:
                 raise ProgramError(f"nodes[{i}].run[{k}].name: duplicate program "
                                    f"{program.label!r} on {node.name}")
             seen.add(program.label)
+            if program.sae is not None and program.sae not in {s.id for s in node.sae}:
+                raise ProgramError(f"nodes[{i}].run[{k}].sae: {program.sae!r} is not an SAE "
+                                   f"of {node.name} ([[nodes.sae]])")
             listening += program.listen
             if listening > 1:
                 raise ProgramError(f"nodes[{i}].run[{k}].listen: only one program per node "
@@ -154,6 +157,25 @@ def tunnel_configs(scenario) -> dict[str, TunnelConfig]:
                                     listen_port=free_port() if any(p.listen for p in node.run)
                                     else None)
             for node in scenario.nodes}
+
+
+def kms_environment(kms, scenario):
+    """``kms_env`` for ``program_children`` from the run's ``emulator.pki.KmsSetup`` (None
+    without a key service): the KME variables of the program's SAE (``sae``, else its node's
+    first) and ``QNET_PEER_SAE_<NODE>``, the first SAE id of every other node that has one."""
+    if kms is None:
+        return None
+    first = {n.name: n.sae[0].id for n in scenario.nodes if n.sae}
+
+    def env(node: str, program: NodeProgram) -> dict[str, str]:
+        out = {env_name(other).replace("QNET_PEER_", "QNET_PEER_SAE_", 1): sae
+               for other, sae in first.items() if other != node}
+        sae = program.sae or first.get(node)
+        if sae is not None:
+            out.update(kms.environment(sae))
+        return out
+
+    return env
 
 
 def program_children(scenario, run_dir, tunnels: dict[str, TunnelConfig],

@@ -264,3 +264,11 @@ def test_originate_rejects_a_path_not_starting_here():
     names, _, cores, _ = chain(2)
     with pytest.raises(ValueError):
         cores["n1"].originate("r", 0, b"k" * KEY_BYTES, names, 0.0)
+
+
+def test_done_travels_down_the_path_and_marks_every_node():
+    names, _, cores, _ = chain(3)
+    deliver(cores, cores["n0"].originate("r", 1, os.urandom(KEY_BYTES), names, 0.0))
+    assert cores["n0"].pending == 0
+    deliver(cores, cores["n0"].finish(names))
+    assert all(core.done for core in cores.values())

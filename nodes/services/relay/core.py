@@ -31,6 +31,7 @@ from nodes.errors import RemoteProtocolError
 from nodes.services.relay.messages import (
     BadRelayMessage,
     RelayAck,
+    RelayDone,
     RelayForward,
     RelayMessage,
     RelayPad,
@@ -154,6 +155,7 @@ class RelayCore:
         self._grants: dict[str, _Grant] = {}
         self._pending: dict[str, tuple[bytes, int, float]] = {}  # origin: id -> K, seq, dl
         self.stats = RelayStats()
+        self.done = False  # the origin said it is finished (or, at the origin, finish() ran)
 
     @property
     def pending(self) -> int:
@@ -200,6 +202,8 @@ class RelayCore:
                 return self._on_pad_request(peer, message, now)
             if isinstance(message, RelayPad):
                 return self._on_pad(message, now)
+            if isinstance(message, RelayDone):
+                return self._on_done(message)
             return self._on_ack(message)
         except RemoteProtocolError as exc:
             self.stats.failures[getattr(exc, "counter", "relay_remote_error")] += 1
@@ -275,6 +279,18 @@ class RelayCore:
         return [Deposit(target, ack.relay_id, seq, key),
                 Event("relay_key_delivered", {"relay_id": ack.relay_id, "peer": target,
                                               "bits": 8 * len(key), "hops": len(ack.path) - 1})]
+
+    def finish(self, path: list[str]) -> list[Action]:
+        """Origin: no more keys on ``path``; tell the path (call once nothing is pending)."""
+        self.done = True
+        return [Send(path[1], seal(self._secrets[path[1]], RelayDone(path, 1)))]
+
+    def _on_done(self, message: RelayDone) -> list[Action]:
+        self.done = True
+        if message.hop + 1 < len(message.path):
+            nxt = message.path[message.hop + 1]
+            return [Send(nxt, seal(self._secrets[nxt], RelayDone(message.path, message.hop + 1)))]
+        return []
 
     # -- waiting for link keys ---------------------------------------------------------------
 

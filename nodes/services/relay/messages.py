@@ -75,7 +75,16 @@ class RelayPad(msgspec.Struct, tag="relay_pad", forbid_unknown_fields=True):
     mac: bytes = b""
 
 
-RelayMessage = RelayForward | RelayAck | RelayPadRequest | RelayPad
+class RelayDone(msgspec.Struct, tag="relay_done", forbid_unknown_fields=True):
+    """The origin starts no more keys and none is on its way: the path's nodes may stop
+    (sent down the path; ``hop`` is the receiver's index)."""
+
+    path: Path
+    hop: Annotated[int, msgspec.Meta(ge=1, le=63)]
+    mac: bytes = b""
+
+
+RelayMessage = RelayForward | RelayAck | RelayPadRequest | RelayPad | RelayDone
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(RelayMessage)

@@ -5,10 +5,10 @@ sorts first dials) and feeds the core frames, wake-ups after deposits into its k
 and its deadlines; every core call runs in the key manager's worker thread (``KeyManager.call``,
 one at a time), so the core's synchronous ``LinkKeys`` calls go straight to SQLite. The
 origin keeps ``window`` keys in flight while its first link has keys; after the run's end
-each node goes on until ``quiet_s`` pass without a deposit or a frame (QKD post-processing
-lags the sources), at most ``after_end_s``; then the origin's keys in flight get at most
-the claim and hold timeouts to land. A relay short of keys on its next link costs the origin
-at most ``window`` keys' worth of the earlier links per hold timeout.
+the origin goes on until ``quiet_s`` pass without a deposit or a frame (QKD post-processing
+lags the sources), at most ``after_end_s``; then its keys in flight land or time out and a
+``RelayDone`` down the path ends every node's part. A relay short of keys on its next link
+costs the origin at most ``window`` keys' worth of the earlier links per hold timeout.
 
 Key ``seq`` 0 of a path is not served: the two ends use it as the secret of their KMEs'
 peer channel (over the program tunnels), so the KME of ``a`` can release relayed keys to the
@@ -90,9 +90,13 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
     channels: dict = {}
     connected = {peer: trio.Event() for peer in neighbours}
     stopping = False
+    done = trio.Event()  # the origin's RelayDone came
     activity = [trio.Event()]  # set (and replaced) whenever a deposit or a frame came
     auth = trio.Event()
-    auth_key: list[bytes] = []
+    auth_key: list[bytes] = []  # key 0 of the path; the latest one the far end stored wins
+    auth_id = key_id(relay_link(app), 0, 0)
+    auth_retry = [False]  # the origin's key 0 failed on its way: send a new one
+    peering: list[PeerLink] = []
     far = path[-1] if me == 0 else path[0] if me == len(path) - 1 else None
     deposits = {"deposited": 0, "dropped": 0}
 
@@ -101,6 +105,9 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
             if isinstance(action, Send):
                 channels[action.peer].post(action.frame)
             elif isinstance(action, Event):
+                if action.kind == "relay_failed" and action.fields.get("relay_id") == auth_id \
+                        and me == 0:
+                    auth_retry[0] = True
                 await node.event(action.kind, **{k: v for k, v in action.fields.items()},
                                  relay=app.label)
             elif isinstance(action, Deposit):
@@ -115,6 +122,8 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
             return
         if action.seq == 0:
             auth_key.append(action.key)
+            for peer_link in peering:  # a repeated key 0 (its first ack was lost): the
+                peer_link._link_key = action.key  # next (re)connection uses the new one
             auth.set()
             return
         bits = np.unpackbits(np.frombuffer(action.key, dtype=np.uint8))
@@ -144,11 +153,12 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
             if min(node.name, path[1]) == node.name:  # we pick the first link's keys
                 if await keys.call(keys.db.stored_count, path[1]) == 0:
                     return
-            relay_id = key_id(relay_link(app), seq[0], 0)
+            number = 0 if auth_retry[0] else seq[0]
+            auth_retry[0] = False
             key = os.urandom(keys.key_size // 8)
-            await act(await keys.call(core.originate, relay_id, seq[0], key, path,
-                                      trio.current_time()))
-            seq[0] += 1
+            await act(await keys.call(core.originate, key_id(relay_link(app), number, 0),
+                                      number, key, path, trio.current_time()))
+            seq[0] += number == seq[0]
 
     async def serve() -> None:
         seq = [0]
@@ -179,6 +189,8 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
             if got or deposited.is_set():
                 activity[0].set()
                 activity[0] = trio.Event()
+            if core.done:
+                done.set()
 
     async def kme_peering() -> None:
         """The ends' KMEs talk over the tunnels, authenticated by key 0 of the path."""
@@ -195,9 +207,10 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
         async def handle(message):
             return await kme.on_peer(far, message)
 
-        peer_link = PeerLink(node.name, far, auth_key[0], open_channel, handle,
+        peer_link = PeerLink(node.name, far, auth_key[-1], open_channel, handle,
                              kme.options.peer_timeout_s)
         kme.add_peer(far, peer_link)
+        peering.append(peer_link)
         await node.event("relay_kme_peering", peer=far, relay=app.label)
         await peer_link.run()
 
@@ -215,16 +228,24 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
         if far is not None:
             nursery.start_soon(serve_peering)
         await node.clock.sleep_until(node.t_end)
-        with trio.move_on_after(app.after_end_s):
-            while True:  # until quiet: no deposit and no frame for quiet_s
-                with trio.move_on_after(app.quiet_s) as quiet:
+        if me == 0:
+            with trio.move_on_after(app.after_end_s):
+                while True:  # until quiet: no deposit and no frame for quiet_s
+                    with trio.move_on_after(app.quiet_s) as quiet:
+                        await activity[0].wait()
+                    if quiet.cancelled_caught:
+                        break
+            stopping = True
+            with trio.move_on_after(core.origin_timeout_s):
+                while core.pending:  # the last keys land or time out
                     await activity[0].wait()
-                if quiet.cancelled_caught:
-                    break
-        stopping = True
-        with trio.move_on_after(app.claim_timeout_s + app.hold_timeout_s):
-            while core.pending:  # the origin's last keys land or time out
-                await activity[0].wait()
+            await act(core.finish(path))
+        else:  # until the origin says it is done (it knows when nothing is on its way)
+            with trio.move_on_after(app.after_end_s + core.origin_timeout_s + app.quiet_s):
+                await done.wait()
+        if me + 1 < len(path):
+            with trio.move_on_after(app.quiet_s):  # RelayDone leaves before the channel
+                await channels[path[me + 1]].drain()
         nursery.cancel_scope.cancel()
     stats = core.stats.as_dict()
     return [{"node": node.name, "role": "origin" if me == 0 else "target" if far else "relay",

@@ -22,17 +22,18 @@ class RelayApp(Struct, tag="kms.relay", tag_field="kind", forbid_unknown_fields=
     between, in order; empty = fewest hops over QKD links). ``window`` keys are in flight at
     once; ``max_keys`` stops the origin after that many (default: as many as link keys allow).
     After the run's end the relay goes on while QKD blocks still arrive (post-processing lags
-    the sources): it stops once no key arrived and no relay frame came for ``quiet_s`` (at most
-    ``after_end_s`` after the end), then lets the keys in flight land. Timeouts are wall seconds."""
+    the sources): the origin stops once no key arrived and no relay frame came for ``quiet_s``
+    (at most ``after_end_s`` after the end), lets the keys in flight land and tells the path
+    it is done. Timeouts are wall seconds."""
 
     a: Name
     b: Name
     path: list[Name] = []
     window: Annotated[int, Meta(ge=1, le=256)] = 8
     max_keys: Annotated[int, Meta(ge=1)] | None = None
-    claim_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 5.0
-    hold_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 5.0
-    quiet_s: Annotated[float, Meta(gt=0, le=600)] = 1.5  # see below
+    claim_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
+    hold_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
+    quiet_s: Annotated[float, Meta(gt=0, le=600)] = 3.0  # see below
     after_end_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
     name: Name | None = None
 
