@@ -68,7 +68,13 @@ def _start_kmes(tmp: Path) -> tuple[list[subprocess.Popen], dict[str, int], obje
     return processes, ports, pki
 
 
-def _load(url: str, context, clients: int, total: int) -> dict:
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load(url: str, context, clients: int, total: int, servers: dict[str, int]) -> dict:
     latencies: list[float] = []
     lock = threading.Lock()
     errors = []
@@ -97,14 +103,18 @@ def _load(url: str, context, clients: int, total: int) -> dict:
         thread.start()
     start_gate.wait()
     t0 = time.perf_counter()
+    cpu0 = {name: _cpu_s(pid) for name, pid in servers.items()} | {"clients": time.process_time()}
     for thread in threads:
         thread.join(timeout=300)
     wall = time.perf_counter() - t0
+    cpu1 = {name: _cpu_s(pid) for name, pid in servers.items()} | {"clients": time.process_time()}
     latencies.sort()
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return {"clients": clients, "requests": len(latencies), "errors": errors[:3],
             "requests_per_s": len(latencies) / wall, "p50_ms": 1000 * q[49],
-            "p99_ms": 1000 * q[98]}
+            "p99_ms": 1000 * q[98],
+            "cpu_ms_per_request": {name: 1000 * (cpu1[name] - cpu0[name]) / max(1, len(latencies))
+                                   for name in cpu0}}
 
 
 def _store_commits(tmp: Path) -> dict:
@@ -137,7 +147,9 @@ def main() -> dict:
             issued = pki.saes["sae-a"]
             context = client_context(issued.cert, issued.key, pki.ca)
             url = f"https://127.0.0.1:{ports['alice']}"
-            runs = [_load(url, context, clients, REQUESTS[clients]) for clients in (1, 8)]
+            servers = {"alice": processes[0].pid, "bob": processes[1].pid}
+            runs = [_load(url, context, clients, REQUESTS[clients], servers)
+                    for clients in (1, 8)]
         finally:
             for process in processes:
                 process.terminate()

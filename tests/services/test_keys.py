@@ -139,3 +139,39 @@ async def test_manager_deposits_off_the_loop_and_wakes_waiters(tmp_path) -> None
     assert manager.counters["leftover_bits"] == 10
     assert manager.db.counts()["bob"][AVAILABLE] == 3
     manager.close()
+
+
+def test_a_failing_call_in_a_batch_undoes_only_itself(tmp_path) -> None:
+    db = KeyDB(tmp_path / "k.sqlite")
+    db.deposit("bob", "l", 0, cut_block("l", 0, bits(256 * 4), 256).keys)
+    with db.batch():
+        first = db.allocate("bob", 1, DELIVERED, "m", "s", 256)
+        with pytest.raises(NotEnoughKeys):
+            db.allocate("bob", 9, DELIVERED, "m", "s", 256)
+        second = db.allocate("bob", 2, DELIVERED, "m", "s", 256)
+    assert db.commits == 2 and db.stored_count("bob") == 1  # the deposit, then one batch
+    assert not {k for k, _ in first} & {k for k, _ in second}
+    reopened = KeyDB(tmp_path / "k.sqlite")
+    assert reopened.counts()["bob"][DELIVERED] == 3
+
+
+async def test_concurrent_calls_share_commits_and_each_gets_its_own_answer(tmp_path) -> None:
+    manager = KeyManager(tmp_path / "k.sqlite", key_size=256, max_key_count=10_000)
+    await manager.deposit("bob", "l", 0, bits(256 * 100))
+    got: list = []
+
+    async def take(n: int) -> None:
+        try:
+            got.append(await manager.call(manager.db.allocate, "bob", n, DELIVERED, "m", "s",
+                                          256))
+        except NotEnoughKeys as exc:
+            got.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(take, 200 if i == 7 else 2)
+    ids = [k for r in got if isinstance(r, list) for k, _ in r]
+    assert len(ids) == len(set(ids)) == 78 and sum(isinstance(r, NotEnoughKeys) for r in got) == 1
+    assert manager.db.commits < 41  # grouped: fewer commits than calls
+    assert manager.counters["batches"] == manager.db.commits  # the deposit was one too
+    manager.close()

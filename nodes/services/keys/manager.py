@@ -1,5 +1,5 @@
-"""The key manager as a node service: the SQLite store run off the event loop, one call at a
-time, and a wake-up for whoever waits for keys still to come.
+"""The key manager as a node service: the SQLite store run off the event loop, concurrent
+calls committed together (group commit), and a wake-up for whoever waits for keys to come.
 
 QKD apps call ``deposit`` with each block's final key bits; the KME allocates, applies and
 claims through ``call``. For a peer this node allocates for (``limited_peers``) the pool holds
@@ -25,6 +25,18 @@ from nodes.services.keys.store import Deposit, KeyDB
 T = TypeVar("T")
 
 
+class _Op:
+    """One store call waiting for (or done in) a batch."""
+
+    __slots__ = ("fn", "result", "error", "finished")
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.result = None
+        self.error: Exception | None = None
+        self.finished = False
+
+
 class KeyManager:
     """One node's key store with its cutting rule (``key_size`` bits per key)."""
 
@@ -36,14 +48,49 @@ class KeyManager:
         self.limited_peers = set(limited_peers)
         self.counters: Counter[str] = Counter()
         self._limiter = trio.CapacityLimiter(1)
+        self._queue: list[_Op] = []
+        self._running = False
+        self._batch_done = trio.Event()
         self._deposited = trio.Event()
         self._dropped_send, self.dropped = trio.open_memory_channel[tuple[str, list[str]]](
             math.inf)
 
     async def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Run one store method in a worker thread (one at a time; the loop keeps serving)."""
-        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs),
-                                             limiter=self._limiter)
+        """Run one store method in a worker thread and return once it is committed.
+
+        Calls that arrive while a batch runs wait and then go together in the next one: one
+        transaction, one fsync (group commit), each call in its own savepoint."""
+        op = _Op(partial(fn, *args, **kwargs))
+        self._queue.append(op)
+        while not op.finished:
+            if self._running:
+                await self._batch_done.wait()
+                continue
+            batch, self._queue = self._queue, []
+            self._running = True
+            try:
+                await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
+            except Exception as exc:  # the commit failed: nothing of the batch holds
+                for item in batch:
+                    item.error, item.finished = exc, True
+            finally:
+                self._running = False
+                self._batch_done.set()
+                self._batch_done = trio.Event()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def _run_batch(self, batch: list[_Op]) -> None:
+        self.counters["batches"] += 1
+        with self.db.batch():
+            for op in batch:
+                try:
+                    op.result = op.fn()
+                except Exception as exc:  # this call's savepoint was rolled back
+                    op.error = exc
+        for op in batch:
+            op.finished = True
 
     async def deposit(self, peer: str, link: str, block: int, bits: np.ndarray) -> Deposit:
         """Cut a block's final key and store it durably (returns once committed)."""

@@ -87,8 +87,8 @@ class Deposit:
 
 
 class KeyDB:
-    """The SQLite layer; every method is one committed transaction (call from one thread at
-    a time: ``KeyManager`` serialises them)."""
+    """The SQLite layer; every method is one transaction, committed on return or, inside
+    ``batch``, with the batch (call from one thread at a time: ``KeyManager`` does)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -97,13 +97,19 @@ class KeyDB:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # the WAL is fsynced at every commit
         self.db.executescript(_SCHEMA)
-        self.commits = 0
+        self.commits = 0  # durable commits (fsyncs)
+        self.transactions = 0  # calls that changed the store (several per commit in a batch)
+        self.in_batch = False
 
     def close(self) -> None:
         self.db.close()
 
     def _tx(self):
         return _Transaction(self)
+
+    def batch(self):
+        """``with db.batch():`` the calls inside commit together, once, at the end."""
+        return _Batch(self)
 
     def deposit(self, peer: str, link: str, block: int, keys: list[tuple[str, int, bytes]],
                 limit: int | None = None) -> Deposit:
@@ -230,16 +236,42 @@ class KeyDB:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception)."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception); inside ``batch`` a
+    savepoint instead, so one call's failure undoes only that call."""
 
     def __init__(self, store: KeyDB) -> None:
         self.store = store
 
     def __enter__(self) -> sqlite3.Connection:
-        self.store.db.execute("BEGIN IMMEDIATE")
+        self.store.transactions += 1
+        self.store.db.execute("SAVEPOINT call" if self.store.in_batch else "BEGIN IMMEDIATE")
         return self.store.db
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        db = self.store.db
+        if self.store.in_batch:
+            if exc_type is not None:
+                db.execute("ROLLBACK TO call")
+            db.execute("RELEASE call")
+        elif exc_type is None:
+            db.execute("COMMIT")
+            self.store.commits += 1
+        else:
+            db.execute("ROLLBACK")
+
+
+class _Batch:
+    """Several calls in one transaction: one commit (one fsync) for all of them."""
+
+    def __init__(self, store: KeyDB) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        self.store.db.execute("BEGIN IMMEDIATE")
+        self.store.in_batch = True
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.store.in_batch = False
         if exc_type is None:
             self.store.db.execute("COMMIT")
             self.store.commits += 1
