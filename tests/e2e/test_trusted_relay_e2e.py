@@ -1,0 +1,220 @@
+"""End to end over trusted relays (issue 12): keys between nodes that share no QKD link.
+
+1. a-b-c-d, BB84 on each link, ``kms.relay`` a -> d: secure_echo round-trips 1000 AES-256-GCM
+   messages from a to d (3 hops) keyed by enc_keys at a and dec_keys at d with zero decryption
+   failures; both key databases hold the same bytes under every relayed id; every link's two
+   ends spent exactly the relayed key bits that crossed it.
+2. a-b-c over QKD plus a classical-only a-c link (so the KMEs keep talking): cutting b-c stops
+   its QKD and the relay, a client taking keys at a drains the relayed pool and gets 503s, and
+   keys flow again after the restore; events and result.json show it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from qnet_process import alive, run_qnet
+
+pytestmark = pytest.mark.e2e
+
+QKD_LINK = """
+[[links]]
+a = "{a}"
+b = "{b}"
+length_km = 5
+[links.quantum.source]
+rate_hz = 1e7
+
+[[apps]]
+kind = "qkd.bb84"
+a = "{a}"
+b = "{b}"
+block_bits = 100000
+min_block_bits = 20000
+sift_interval_s = 0.2
+psk = "trusted relay test secret {a}{b}"
+"""
+
+ECHO = """
+[scenario]
+name = "relay-echo"
+duration_s = 4
+seed = 3
+
+[[nodes]]
+name = "a"
+[[nodes.sae]]
+id = "sae-a"
+[[nodes.run]]
+name = "echo"
+command = ["python", "-m", "nodes.apps.secure_echo", "client", "--peer", "d",
+           "--messages", "1000", "--rekey", "50", "--wait", "90"]
+wait = true
+[[nodes]]
+name = "b"
+[[nodes]]
+name = "c"
+[[nodes]]
+name = "d"
+[[nodes.sae]]
+id = "sae-d"
+[[nodes.run]]
+name = "echo"
+command = ["python", "-m", "nodes.apps.secure_echo", "server"]
+listen = true
+
+[[apps]]
+kind = "kms.relay"
+a = "a"
+b = "d"
+
+[[expect]]
+metric = "programs.a:echo.exit_code"
+le = 0
+ge = 0
+""" + "".join(QKD_LINK.format(a=a, b=b) for a, b in (("a", "b"), ("b", "c"), ("c", "d")))
+
+
+def relayed_keys(database: Path) -> dict[str, tuple[bytes, str]]:
+    with sqlite3.connect(database) as db:
+        return {kid: (bytes(material), state) for kid, material, state in db.execute(
+            "SELECT key_id, material, state FROM keys WHERE link LIKE 'relay:%'")}
+
+
+def test_secure_echo_over_three_relayed_hops(tmp_path: Path) -> None:
+    scenario = tmp_path / "relay-echo.toml"
+    scenario.write_text(ECHO)
+    run_dir = tmp_path / "run"
+    done = run_qnet("run", str(scenario), "--run-dir", str(run_dir), "--no-progress",
+                    timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    echo = json.loads((run_dir / "a.echo.log").read_text().strip().splitlines()[-1])
+    assert echo["echoed"] == echo["messages"] == 1000
+    assert echo["decrypt_failures"] == echo["mismatches"] == 0 and echo["keys"] == 20
+    server = (run_dir / "d.echo.log").read_text()
+    assert '"decrypt_failures": 0' in server and '"messages": 1000' in server
+
+    (relay,) = result["relay"]
+    assert relay["path"] == ["a", "b", "c", "d"] and relay["consumption_ok"]
+    assert relay["keys_delivered"] >= 21  # key 0 (the KMEs' peering secret) and 20 for echo
+    for link in relay["links"]:  # one link key per forward at each end, 256 bits each
+        assert link["bits_consumed_a"] == link["bits_consumed_b"] > 0
+        assert link["bits_consumed_a"] % 256 == 0
+    assert relay["links"][-1]["bits_consumed_a"] >= relay["relayed_bits"]
+    for node in relay["relays"]:
+        assert node["bits_consumed"] >= 2 * relay["relayed_bits"]
+
+    # the same bytes under the same id at both ends; what SAEs took is delivered at both
+    at_a = relayed_keys(run_dir / "kms" / "a.keys.sqlite")
+    at_d = relayed_keys(run_dir / "kms" / "d.keys.sqlite")
+    assert set(at_a) == set(at_d) and len(at_a) == relay["keys_delivered"] - 1
+    assert all(at_a[kid][0] == at_d[kid][0] for kid in at_a)
+    delivered = {kid for kid, (_, state) in at_a.items() if state == "delivered"}
+    assert len(delivered) == 20
+    assert delivered == {kid for kid, (_, state) in at_d.items() if state == "delivered"}
+    for relay_node in ("b", "c"):  # relays store no end-to-end key
+        assert not relayed_keys(run_dir / "kms" / f"{relay_node}.keys.sqlite")
+
+    steps = [e for e in result["events"] if e["kind"] == "relay_step"]
+    assert {e["node"] for e in steps} == {"a", "b", "c"}
+    kms = {k["node"]: k for k in result["kms"]}
+    assert kms["a"]["enc_requests"] >= 20 and kms["d"]["dec_requests"] >= 20
+    assert not [p["pid"] for p in result["processes"] if p["pid"] and alive(p["pid"])]
+
+
+CUT = """
+[scenario]
+name = "relay-cut"
+duration_s = 6
+seed = 5
+
+[[nodes]]
+name = "a"
+[[nodes.sae]]
+id = "sae-a"
+[[nodes.run]]
+name = "taker"
+command = ["python", "{taker}"]
+wait = true
+[[nodes]]
+name = "b"
+[[nodes]]
+name = "c"
+[[nodes.sae]]
+id = "sae-c"
+
+[[links]]  # classical only: the KMEs' channel does not cross the cut
+a = "a"
+b = "c"
+length_km = 10
+
+[[apps]]
+kind = "kms.relay"
+a = "a"
+b = "c"
+
+[[faults]]
+at_s = 2.0
+action = "cut"
+link = "b-c"
+for_s = 3.0
+""" + "".join(QKD_LINK.format(a=a, b=b) for a, b in (("a", "b"), ("b", "c")))
+
+TAKER = """
+import json, sys, time
+from nodes.apps.secure_echo.etsi014 import Etsi014Client, KmeRefused
+kme = Etsi014Client.from_environment()
+runs = []  # [status, count, first wall time, last wall time]
+deadline = time.time() + 60
+while time.time() < deadline:
+    try:
+        kme.enc_keys("sae-c", number=2, size=256)
+        status = 200
+    except KmeRefused as exc:
+        status = exc.status
+    now = time.time()
+    if runs and runs[-1][0] == status:
+        runs[-1][1] += 1
+        runs[-1][3] = now
+    else:
+        runs.append([status, 1, now, now])
+    statuses = [r[0] for r in runs]
+    if 503 in statuses and statuses[-1] == 200 and runs[-1][1] >= 5 \\
+            and 200 in statuses[:statuses.index(503)]:
+        break
+    time.sleep(0.02)
+print(json.dumps(runs), flush=True)
+"""
+
+
+def test_cut_drains_the_relayed_pool_into_503s_and_delivery_resumes(tmp_path: Path) -> None:
+    (tmp_path / "taker.py").write_text(TAKER)
+    scenario = tmp_path / "relay-cut.toml"
+    scenario.write_text(CUT.format(taker=tmp_path / "taker.py"))
+    run_dir = tmp_path / "run"
+    done = run_qnet("run", str(scenario), "--run-dir", str(run_dir), "--no-progress",
+                    timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    runs = json.loads((run_dir / "a.taker.log").read_text().strip().splitlines()[-1])
+    faults = {e["action"]: e["wall"] for e in result["events"] if e["kind"] == "fault"}
+    statuses = [r[0] for r in runs]
+    assert set(statuses) <= {200, 400, 503}  # 400 only before the KMEs peered
+    first_503 = statuses.index(503)
+    assert 200 in statuses[:first_503], runs  # keys came before the cut...
+    assert runs[first_503][2] > faults["cut"]  # ...the pool ran dry after it...
+    resumed = [r for r in runs[first_503:] if r[0] == 200]
+    assert resumed and resumed[0][2] > faults["restore"], runs  # ...and refilled after restore
+    assert sum(r[1] for r in resumed) >= 5
+
+    kms = {k["node"]: k for k in result["kms"]}
+    assert kms["a"]["http_503"] >= 1 and kms["a"]["enc_requests"] >= 10
+    (relay,) = result["relay"]
+    assert relay["consumption_ok"]
+    steps = [e for e in result["events"] if e["kind"] == "relay_step" and e["node"] == "b"]
+    assert any(e["wall"] > faults["restore"] for e in steps)  # relaying resumed at b
+    assert not [p["pid"] for p in result["processes"] if p["pid"] and alive(p["pid"])]
