@@ -150,7 +150,7 @@ async def serve(config: NodeConfig, ready_file) -> None:
         if keys is not None:
             async def keys_when_started() -> None:
                 await started.wait()
-                await keys.serve_peers()
+                await keys.serve_peers(node.event)
 
             nursery.start_soon(keys_when_started)
         async with trio.open_nursery() as waiters:

@@ -233,3 +233,24 @@ async def test_served_openapi_document_equals_the_file_in_the_repo(tmp_path) -> 
     assert {"source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID", "key_size",
             "stored_key_count", "max_key_count", "max_key_per_request", "max_key_size",
             "min_key_size", "max_SAE_ID_count"} <= status_fields
+
+
+async def test_pool_events_are_edge_triggered(tmp_path) -> None:
+    async with kms_pair(tmp_path, OPTIONS) as pair:
+        kme = pair.kmes["alice"]
+        kind, fields = await kme.events.receive()
+        assert kind == "kms_peer_up" and fields == {"peer": "bob"}
+        await pair.deposit(256 * 2)
+        a = pair.client("sae-a")
+        await call(a.enc_keys, "sae-b", number=2)
+        for _ in range(2):
+            with pytest.raises(KmeHttpError):
+                await call(a.enc_keys, "sae-b", number=1)
+        await pair.deposit(256 * 2)
+        await call(a.enc_keys, "sae-b", number=1)
+        got = [kme.events.receive_nowait() for _ in range(2)]
+        assert [k for k, _ in got] == ["kms_exhausted", "kms_resumed"]  # one each, not two
+        assert got[0][1] == {"master_sae": "sae-a", "slave_sae": "sae-b", "stored_key_count": 0}
+        with pytest.raises(trio.WouldBlock):
+            kme.events.receive_nowait()
+        a.close()

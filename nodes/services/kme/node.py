@@ -7,6 +7,7 @@ addresses are known then): one authenticated channel per direct neighbour, named
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -66,9 +67,16 @@ class KeyService:
         return await nursery.start(serve_kme, create_app(self.kme), context, self.host,
                                    self.config.port)
 
-    async def serve_peers(self) -> None:
+    async def serve_peers(self, publish: Callable[..., Awaitable[None]]) -> None:
+        """Run the peer channels; ``publish(kind, **fields)`` sends the KME's events (the
+        node's ``event``)."""
+        async def events() -> None:
+            async for kind, fields in self.kme.events:
+                await publish(kind, **fields)
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.kme.run_discards)
+            nursery.start_soon(events)
             for link in self.kme.peers.values():
                 nursery.start_soon(link.run)
 

@@ -65,6 +65,7 @@ class PeerLink:
         self._up = trio.Event()
         self._discards: list[Discard] = []
         self._inflight: set[int] = set()
+        self.on_change: Callable[[bool], None] | None = None  # channel up (True) / down
 
     async def run(self) -> None:
         """Keep a channel to the peer open for as long as the node runs."""
@@ -80,6 +81,8 @@ class PeerLink:
                 self.counters["channel_failures"] += 1
                 log.warning("KME channel to %s: %s", self.peer, group.exceptions[0])
             finally:
+                if self._up.is_set() and self.on_change is not None:
+                    self.on_change(False)
                 self._outbox = None
                 self._up = trio.Event()
                 for req in self._inflight:  # sent on that channel: no answer can come now
@@ -114,6 +117,8 @@ class PeerLink:
                 self._discards.clear()
                 self._up.set()
                 log.info("KME channel to %s up", self.peer)
+                if self.on_change is not None:
+                    self.on_change(True)
                 while True:
                     message = session.open(await channel.receive())
                     self.counters["received"] += 1

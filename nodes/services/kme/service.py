@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import uuid
 from collections import Counter
 
@@ -84,9 +85,28 @@ class Kme:
         self.options = options
         self.peers: dict[str, PeerLink] = {}
         self.counters: Counter[str] = Counter()
+        # (kind, fields) for the node's MQTT events: a pool that runs dry or serves again
+        self._events_send, self.events = trio.open_memory_channel[tuple[str, dict]](math.inf)
+        self._exhausted: set[tuple[str, str]] = set()  # (master, slave) pairs last refused
+
+    def _pool_event(self, master: str, slave: str, served: bool, stored: int) -> None:
+        """Edge-triggered events: ``kms_exhausted`` at the first 503 for lack of keys after
+        keys were served (or at the start), ``kms_resumed`` when that pair is served again."""
+        pair = (master, slave)
+        if served and pair in self._exhausted:
+            self._exhausted.discard(pair)
+            self._events_send.send_nowait(("kms_resumed", {"master_sae": master,
+                                                           "slave_sae": slave}))
+        elif not served and pair not in self._exhausted:
+            self._exhausted.add(pair)
+            self._events_send.send_nowait(("kms_exhausted", {"master_sae": master,
+                                                             "slave_sae": slave,
+                                                             "stored_key_count": stored}))
 
     def add_peer(self, peer: str, link: PeerLink) -> None:
         self.peers[peer] = link
+        link.on_change = lambda up: self._events_send.send_nowait(
+            ("kms_peer_up" if up else "kms_peer_down", {"peer": peer}))
         if allocator_of(self.node, peer) == self.node:
             self.keys.limited_peers.add(peer)
 
@@ -153,6 +173,7 @@ class Kme:
                 got = await self.keys.call(self.keys.db.allocate, peer, number, DELIVERED,
                                            caller, slave, size)
             except NotEnoughKeys as exc:
+                self._pool_event(caller, slave, False, exc.have)
                 raise KmeError(503, "not enough keys stored", stored_key_count=exc.have,
                                number=number) from None
             ids = [kid for kid, _ in got]
@@ -172,6 +193,7 @@ class Kme:
             except PeerUnavailable as exc:
                 raise KmeError(503, "the slave's KME did not answer", reason=str(exc)) from None
             if isinstance(reply, Refused):
+                self._pool_event(caller, slave, False, reply.have)
                 raise KmeError(503, "not enough keys stored", stored_key_count=reply.have,
                                number=number)
             if not isinstance(reply, Allocated) or len(reply.ids) != number:
@@ -184,6 +206,7 @@ class Kme:
                 raise KmeError(503, "keys allocated by the peer KME are not available here")
             got = await self._materials(ids, size)
         self.counters["enc_keys_delivered"] += len(got)
+        self._pool_event(caller, slave, True, 0)
         return _container(got)
 
     async def _materials(self, ids: list[str], size: int) -> list[tuple[str, bytes]]:
