@@ -94,3 +94,5 @@ def test_kms_etsi014_with_curl_and_python(tmp_path) -> None:
     assert by_node["bob"]["delivered"] == 5 + 4
     assert by_node["alice"]["http_400"] == 1 and by_node["alice"]["http_401"] == 1
     assert by_node["alice"]["stored"] > 0 and by_node["alice"]["commits"] > 0
+    ups = {e["node"] for e in result["events"] if e["kind"] == "kms_peer_up"}
+    assert ups == {"alice", "bob"}  # the KME channel through the relay, as node events
