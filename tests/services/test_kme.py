@@ -254,3 +254,23 @@ async def test_pool_events_are_edge_triggered(tmp_path) -> None:
         with pytest.raises(trio.WouldBlock):
             kme.events.receive_nowait()
         a.close()
+
+
+async def test_peer_instructions_that_do_not_fit_the_pair_are_refused(tmp_path) -> None:
+    from nodes.services.kme.peering import Ack, Allocate, Refused, Release
+
+    async with kms_pair(tmp_path, OPTIONS) as pair:
+        await pair.deposit(256 * 4)
+        alice, bob = pair.kmes["alice"], pair.kmes["bob"]
+        ids = [k for k, _ in pair.managers["bob"].db.db.execute("SELECT key_id, 1 FROM keys")]
+        # bob is not the allocator: a Release from bob to alice reserves nothing
+        assert await alice.on_peer("bob", Release(1, ids[:1], "sae-b", "sae-a", 256)) == \
+            Ack(1, ids[:1])
+        # a Release naming a slave that is not at bob, or a master not at alice
+        assert (await bob.on_peer("alice", Release(2, ids[:1], "sae-a", "sae-a", 256))).conflicts
+        assert (await bob.on_peer("alice", Release(3, ids[:1], "sae-c", "sae-b", 256))).conflicts
+        # Allocate asking alice to reserve for an SAE that is not hers
+        assert isinstance(await alice.on_peer("bob", Allocate(4, 1, 256, "sae-b", "sae-c")),
+                          Refused)
+        assert pair.managers["alice"].db.stored_count("bob") == 4
+        assert pair.managers["bob"].db.stored_count("alice") == 4

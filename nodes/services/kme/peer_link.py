@@ -106,7 +106,13 @@ class PeerLink:
                         await channel.send(session.seal(message))
 
                 async def answer(message: PeerMessage) -> None:
-                    reply = await self._handle(message)
+                    try:
+                        reply = await self._handle(message)
+                    except Exception:  # our bug or our disk: the peer's request times out
+                        self.counters["handler_errors"] += 1
+                        log.exception("KME %s: handling %s from %s failed", self.me,
+                                      type(message).__name__, self.peer)
+                        return
                     if reply is not None and self._outbox is send:
                         send.send_nowait(reply)
 
@@ -141,8 +147,8 @@ class PeerLink:
         event, replies = self._waiting[req] = (trio.Event(), [])
         try:
             with trio.move_on_after(self.timeout_s):
-                await self._up.wait()
-                assert self._outbox is not None
+                while self._outbox is None:  # (re-read: a channel may break meanwhile)
+                    await self._up.wait()
                 self._outbox.send_nowait(build(req))
                 self._inflight.add(req)
                 await event.wait()

@@ -262,6 +262,10 @@ class Kme:
     async def on_peer(self, peer: str, message: PeerMessage) -> PeerMessage | None:
         """Answer a peer KME's instruction (its keys, this node's copies)."""
         if isinstance(message, Release):
+            if allocator_of(self.node, peer) != peer or self.saes.get(message.slave_sae) != \
+                    self.node or self.saes.get(message.master_sae) != peer:
+                self.counters["peer_requests_refused"] += 1
+                return Ack(message.req, list(message.ids))  # all in conflict: nothing reserved
             conflicts = await self.keys.call(self.keys.db.apply, peer, message.ids, RESERVED,
                                              message.master_sae, message.slave_sae, message.size)
             self.counters["released_by_peer"] += len(message.ids) - len(conflicts)
