@@ -175,3 +175,25 @@ async def test_concurrent_calls_share_commits_and_each_gets_its_own_answer(tmp_p
     assert manager.db.commits < 41  # grouped: fewer commits than calls
     assert manager.counters["batches"] == manager.db.commits  # the deposit was one too
     manager.close()
+
+
+def test_pool_count_follows_every_state_change(tmp_path) -> None:
+    db = KeyDB(tmp_path / "k.sqlite")
+    keys = cut_block("l", 0, bits(256 * 10), 256).keys
+
+    def counted() -> int:
+        return db.db.execute("SELECT count(*) FROM keys WHERE peer = 'bob' AND state = ?",
+                             (AVAILABLE,)).fetchone()[0]
+
+    db.deposit("bob", "l", 0, keys[:6])
+    db.apply("bob", [keys[6][0]], RESERVED, "m", "s", 256)  # placeholder, not available
+    db.deposit("bob", "l", 0, keys[6:])
+    db.allocate("bob", 2, DELIVERED, "m", "s", 256)
+    db.apply("bob", [keys[3][0], keys[4][0]], RESERVED, "m", "s", 256)
+    db.discard([keys[5][0]])
+    with db.batch():
+        db.allocate("bob", 1, DELIVERED, "m", "s", 256)
+        with pytest.raises(NotEnoughKeys):
+            db.allocate("bob", 50, DELIVERED, "m", "s", 256)
+    assert db.stored_count("bob") == counted() == 3
+    assert KeyDB(tmp_path / "k.sqlite").stored_count("bob") == 3 and db.stored_count("x") == 0

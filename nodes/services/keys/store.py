@@ -9,7 +9,9 @@ disk: a process killed at any point finds every key it had stored and serves non
 
 An instruction from the peer's KME may arrive before this node stored the key (the two ends
 finish a block at slightly different times): it is recorded on a row without material, and
-the deposit fills the material in, keeping the state the instruction set.
+the deposit fills the material in, keeping the state the instruction set. Such a row is never
+``available``, so an ``available`` key always has its material (the pool queries rely on it:
+they read the ``(peer, state, seq)`` index only).
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ CREATE TABLE IF NOT EXISTS keys (
     changed_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS keys_pool ON keys (peer, state, seq);
+-- available keys per peer, kept by triggers in the same transactions (status reads one row)
+CREATE TABLE IF NOT EXISTS pool (peer TEXT PRIMARY KEY, available INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS pool_insert AFTER INSERT ON keys WHEN new.state = 'available'
+BEGIN
+    INSERT INTO pool (peer, available) VALUES (new.peer, 1)
+    ON CONFLICT (peer) DO UPDATE SET available = available + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS pool_update AFTER UPDATE OF state ON keys
+WHEN (old.state = 'available') != (new.state = 'available')
+BEGIN
+    INSERT INTO pool (peer, available)
+    VALUES (new.peer, CASE WHEN new.state = 'available' THEN 1 ELSE -1 END)
+    ON CONFLICT (peer) DO UPDATE SET available = available + excluded.available;
+END;
 """
 
 
@@ -119,9 +135,7 @@ class KeyDB:
         stored = duplicates = 0
         dropped: list[str] = []
         with self._tx() as db:
-            (available,) = db.execute(
-                "SELECT count(*) FROM keys WHERE peer = ? AND state = ? AND material IS NOT NULL",
-                (peer, AVAILABLE)).fetchone()
+            available = self._available(peer)
             for kid, offset, material in keys:
                 row = db.execute("SELECT material, state FROM keys WHERE key_id = ?",
                                  (kid,)).fetchone()
@@ -150,8 +164,8 @@ class KeyDB:
         delivered) for the SAE pair; all or nothing (``NotEnoughKeys``)."""
         with self._tx() as db:
             rows = db.execute(
-                "SELECT key_id, material FROM keys WHERE peer = ? AND state = ? AND material IS "
-                "NOT NULL ORDER BY seq LIMIT ?", (peer, AVAILABLE, number)).fetchall()
+                "SELECT key_id, material FROM keys WHERE peer = ? AND state = ? ORDER BY seq "
+                "LIMIT ?", (peer, AVAILABLE, number)).fetchall()
             if len(rows) < number:
                 raise NotEnoughKeys(peer, len(rows), number)
             now = time.time()
@@ -220,11 +234,13 @@ class KeyDB:
                 out[kid] = StoredKey(row[0], row[1], material, *row[3:])
         return out
 
+    def _available(self, peer: str) -> int:
+        row = self.db.execute("SELECT available FROM pool WHERE peer = ?", (peer,)).fetchone()
+        return row[0] if row else 0
+
     def stored_count(self, peer: str) -> int:
         """Keys of ``peer`` in the pool (available, material stored)."""
-        return self.db.execute(
-            "SELECT count(*) FROM keys WHERE peer = ? AND state = ? AND material IS NOT NULL",
-            (peer, AVAILABLE)).fetchone()[0]
+        return self._available(peer)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Keys per peer and state (material stored or not)."""

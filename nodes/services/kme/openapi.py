@@ -73,6 +73,7 @@ def document() -> dict:
     }
 
 
+@cache
 def document_bytes() -> bytes:
     return (json.dumps(document(), indent=2, sort_keys=True) + "\n").encode()
 
