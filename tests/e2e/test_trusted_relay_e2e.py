@@ -26,7 +26,7 @@ a = "{a}"
 b = "{b}"
 length_km = 5
 [links.quantum.source]
-rate_hz = 1e7
+rate_hz = 2e7
 
 [[apps]]
 kind = "qkd.bb84"
@@ -34,7 +34,7 @@ a = "{a}"
 b = "{b}"
 block_bits = 100000
 min_block_bits = 20000
-sift_interval_s = 0.2
+sift_interval_s = 0.5
 psk = "trusted relay test secret {a}{b}"
 """
 
@@ -129,7 +129,7 @@ def test_secure_echo_over_three_relayed_hops(tmp_path: Path) -> None:
 CUT = """
 [scenario]
 name = "relay-cut"
-duration_s = 6
+duration_s = 9
 seed = 5
 
 [[nodes]]
@@ -158,10 +158,10 @@ a = "a"
 b = "c"
 
 [[faults]]
-at_s = 2.0
+at_s = 5.0
 action = "cut"
 link = "b-c"
-for_s = 3.0
+for_s = 2.5
 """ + "".join(QKD_LINK.format(a=a, b=b) for a, b in (("a", "b"), ("b", "c")))
 
 TAKER = """
@@ -170,9 +170,9 @@ from nodes.apps.secure_echo.etsi014 import Etsi014Client, KmeRefused
 kme = Etsi014Client.from_environment()
 runs = []  # [status, count, first wall time, last wall time]
 deadline = time.time() + 60
-while time.time() < deadline:
+while time.time() < deadline:  # greedy: the relayed pool is empty whenever it answers 503
     try:
-        kme.enc_keys("sae-c", number=2, size=256)
+        kme.enc_keys("sae-c", number=1, size=256)
         status = 200
     except KmeRefused as exc:
         status = exc.status
@@ -182,10 +182,10 @@ while time.time() < deadline:
         runs[-1][3] = now
     else:
         runs.append([status, 1, now, now])
-    statuses = [r[0] for r in runs]
-    if 503 in statuses and statuses[-1] == 200 and runs[-1][1] >= 5 \\
-            and 200 in statuses[:statuses.index(503)]:
-        break
+    gaps = [k for k, r in enumerate(runs) if r[0] != 200 and r[3] - r[2] > 1.5
+            and any(p[0] == 200 for p in runs[:k])]
+    if gaps and sum(r[1] for r in runs[gaps[-1]:] if r[0] == 200) >= 5:
+        break  # keys, a dry spell of 1.5 s, keys again
     time.sleep(0.02)
 print(json.dumps(runs), flush=True)
 """
@@ -201,15 +201,17 @@ def test_cut_drains_the_relayed_pool_into_503s_and_delivery_resumes(tmp_path: Pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((run_dir / "result.json").read_text())
     runs = json.loads((run_dir / "a.taker.log").read_text().strip().splitlines()[-1])
-    faults = {e["action"]: e["wall"] for e in result["events"] if e["kind"] == "fault"}
-    statuses = [r[0] for r in runs]
-    assert set(statuses) <= {200, 400, 503}  # 400 only before the KMEs peered
-    first_503 = statuses.index(503)
-    assert 200 in statuses[:first_503], runs  # keys came before the cut...
-    assert runs[first_503][2] > faults["cut"]  # ...the pool ran dry after it...
-    resumed = [r for r in runs[first_503:] if r[0] == 200]
-    assert resumed and resumed[0][2] > faults["restore"], runs  # ...and refilled after restore
-    assert sum(r[1] for r in resumed) >= 5
+    (start,) = [e for e in result["events"] if e["kind"] == "start"]
+    faults = {e["action"]: start["wall"] + (e["t_emu"] - start["t_emu"]) / result["time_scale"]
+              for e in result["events"] if e["kind"] == "fault"}  # wall clock, as the taker's
+    assert {r[0] for r in runs} <= {200, 503}, runs
+    ok = [(r[2], r[3]) for r in runs if r[0] == 200]
+    assert any(first < faults["cut"] for first, _ in ok), runs  # keys came before the cut
+    # while b-c was cut (its QKD and the relay's frames stalled) the pool stayed dry: no
+    # key after the relayed ones already at a were taken (a second to be generous)...
+    assert not [t for t in ok if faults["cut"] + 1.0 < t[0] < faults["restore"]], runs
+    # ...and keys came again after the restore
+    assert sum(r[1] for r in runs if r[0] == 200 and r[2] > faults["restore"]) >= 5, runs
 
     kms = {k["node"]: k for k in result["kms"]}
     assert kms["a"]["http_503"] >= 1 and kms["a"]["enc_requests"] >= 10

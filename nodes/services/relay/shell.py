@@ -198,6 +198,8 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
         if kme is None or tunnel is None:
             log.warning("no KME or tunnel on %s: relayed keys are not served", node.name)
             return
+        if far in kme.peers:  # a direct link: the KMEs already talk over it
+            return
         dial = min(node.name, far) == node.name
 
         async def open_channel():
