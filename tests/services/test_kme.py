@@ -274,3 +274,26 @@ async def test_peer_instructions_that_do_not_fit_the_pair_are_refused(tmp_path) 
                           Refused)
         assert pair.managers["alice"].db.stored_count("bob") == 4
         assert pair.managers["bob"].db.stored_count("alice") == 4
+
+
+async def test_an_unanswering_peer_costs_one_request_of_keys_not_the_pool(tmp_path) -> None:
+    options = KmeOptions(key_size=256, peer_timeout_s=0.3, max_key_per_request=16)
+    async with kms_pair(tmp_path, options) as pair:
+        await pair.deposit(256 * 10)
+        a, link = pair.client("sae-a"), pair.links["bob"]
+        answer = link._handle
+
+        async def silent(message):  # as over a cut link: nothing comes back
+            await trio.sleep_forever()
+
+        link._handle = silent
+        for _ in range(4):
+            with pytest.raises(KmeHttpError) as down:
+                await call(a.enc_keys, "sae-b", number=2)
+            assert down.value.status == 503
+        assert pair.managers["alice"].db.stored_count("bob") == 8  # only the first 2 spent
+        assert pair.links["alice"].stalled
+        link._handle = answer  # restored: a Pong, then keys again
+        keys = await call(a.enc_keys, "sae-b", number=2)
+        assert not pair.links["alice"].stalled
+        assert await call(pair.client("sae-b").dec_keys, "sae-a", [k for k, _ in keys]) == keys

@@ -24,6 +24,7 @@ from nodes.services.kme.peering import (
     PeerAuthError,
     PeerMessage,
     PeerSession,
+    Pong,
     Refused,
     allocator_of,
 )
@@ -66,6 +67,7 @@ class PeerLink:
         self._discards: list[Discard] = []
         self._inflight: set[int] = set()
         self.on_change: Callable[[bool], None] | None = None  # channel up (True) / down
+        self.stalled = False  # a request went unanswered; cleared by anything from the peer
 
     async def run(self) -> None:
         """Keep a channel to the peer open for as long as the node runs."""
@@ -128,7 +130,8 @@ class PeerLink:
                 while True:
                     message = session.open(await channel.receive())
                     self.counters["received"] += 1
-                    if isinstance(message, Ack | Allocated | Refused):
+                    self.stalled = False
+                    if isinstance(message, Ack | Allocated | Refused | Pong):
                         waiting = self._waiting.get(message.req)
                         if waiting is not None:
                             waiting[1].append(message)
@@ -154,6 +157,7 @@ class PeerLink:
                 await event.wait()
             if not replies:
                 self.counters["requests_unanswered"] += 1
+                self.stalled = True
                 raise PeerUnavailable(f"no answer from the KME of {self.peer} "
                                       f"within {self.timeout_s:g} s")
             return replies[0]

@@ -5,7 +5,8 @@ alone picks keys from the pool, so two masters at the two ends never take the sa
 A master at the allocator takes keys there and sends ``Release`` (the peer reserves them for
 the slave SAE, answers ``Ack``); a master at the other end asks with ``Allocate`` (the
 allocator reserves keys for its local slave, answers ``Allocated`` or ``Refused``); keys the
-allocator dropped (pool full) go out in ``Discard``.
+allocator dropped (pool full) go out in ``Discard``. After a request went unanswered, a
+``Ping``/``Pong`` checks the peer answers again before more keys are put at stake.
 
 Each channel starts with a ``hello`` nonce from each side; the session key is
 HMAC-SHA256(link key, label | dialler nonce | acceptor nonce | names), and every frame is
@@ -67,7 +68,17 @@ class Discard(msgspec.Struct, tag=True):
     ids: list[str]
 
 
-PeerMessage = Release | Ack | Allocate | Allocated | Refused | Discard
+class Ping(msgspec.Struct, tag=True):
+    """Is the peer KME answering? (sent before touching keys after a request went unanswered)"""
+
+    req: int
+
+
+class Pong(msgspec.Struct, tag=True):
+    req: int
+
+
+PeerMessage = Release | Ack | Allocate | Allocated | Refused | Discard | Ping | Pong
 encoder = msgspec.msgpack.Encoder()
 decoder = msgspec.msgpack.Decoder(PeerMessage)
 

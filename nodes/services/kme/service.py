@@ -37,6 +37,8 @@ from nodes.services.kme.peering import (
     Allocated,
     Discard,
     PeerMessage,
+    Ping,
+    Pong,
     Refused,
     Release,
     allocator_of,
@@ -168,6 +170,11 @@ class Kme:
         number, size = self._check_request(request)
         self.counters["enc_requests"] += 1
         link = self.peers[peer]
+        if link.stalled:  # the last request went unanswered: put no keys at stake blindly
+            try:
+                await link.request(Ping)
+            except PeerUnavailable as exc:
+                raise KmeError(503, "the slave's KME is unreachable", reason=str(exc)) from None
         if link.dialler:  # this node allocates
             try:
                 got = await self.keys.call(self.keys.db.allocate, peer, number, DELIVERED,
@@ -283,6 +290,8 @@ class Kme:
                 return Refused(message.req, exc.have)
             self.counters["allocated_for_peer"] += len(got)
             return Allocated(message.req, [kid for kid, _ in got])
+        if isinstance(message, Ping):
+            return Pong(message.req)
         if isinstance(message, Discard):
             await self.keys.call(self.keys.db.apply, peer, message.ids, DISCARDED)
             self.counters["discarded_by_peer"] += len(message.ids)
