@@ -96,3 +96,51 @@ def test_kms_etsi014_with_curl_and_python(tmp_path) -> None:
     assert by_node["alice"]["stored"] > 0 and by_node["alice"]["commits"] > 0
     ups = {e["node"] for e in result["events"] if e["kind"] == "kms_peer_up"}
     assert ups == {"alice", "bob"}  # the KME channel through the relay, as node events
+
+
+def test_a_cut_link_gives_503_then_keys_again_after_restore(tmp_path) -> None:
+    scenario = tmp_path / "cut.toml"
+    scenario.write_text((ROOT / "scenarios/kms-etsi014.toml").read_text() + """
+[[faults]]
+at_s = 4
+action = "cut"
+link = "alice-bob"
+for_s = 5
+""")
+    run_dir = tmp_path / "run"
+    kms = run_dir / "kms"
+    statuses: list[int] = []
+    with running_qnet("run", str(scenario), "--duration", "14", "--run-dir", str(run_dir),
+                      "--json", str(tmp_path / "r.json")) as qnet:
+        deadline = time.monotonic() + 90
+        config = run_dir / "alice.config.json"
+        while not config.exists():
+            assert qnet.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        url = f"https://127.0.0.1:{json.loads(config.read_text())['kms']['port']}"
+        client = KmeClient(url, client_context(kms / "sae-alice.pem", kms / "sae-alice.key",
+                                               kms / "ca.pem"), timeout=15)
+        while qnet.poll() is None and time.monotonic() < deadline:
+            try:
+                client.enc_keys("sae-bob", number=1)
+                statuses.append(200)
+            except KmeHttpError as exc:
+                statuses.append(exc.status)
+            except OSError:  # the KME is not up yet
+                pass
+            text = "".join("x" if s != 200 else "." for s in statuses)
+            if re.search(r"\.x+\.", text):  # served, refused during the cut, served again
+                break
+            time.sleep(0.3)
+        client.close()
+        stdout, stderr = qnet.communicate(timeout=120)
+        assert qnet.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    text = "".join("x" if s != 200 else "." for s in statuses)
+    assert re.search(r"\.x+\.", text), statuses
+    assert set(statuses) <= {200, 503}
+    result = json.loads((tmp_path / "r.json").read_text())
+    alice = next(e for e in result["kms"] if e["node"] == "alice")
+    assert alice["http_503"] == statuses.count(503)
+    kinds = [e["kind"] for e in result["events"] if e.get("node") == "alice"]
+    assert "kms_peer_unanswered" in kinds and "kms_peer_answering" in kinds
+    assert kinds.index("kms_peer_unanswered") < kinds.index("kms_peer_answering")

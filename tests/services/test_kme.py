@@ -296,4 +296,11 @@ async def test_an_unanswering_peer_costs_one_request_of_keys_not_the_pool(tmp_pa
         link._handle = answer  # restored: a Pong, then keys again
         keys = await call(a.enc_keys, "sae-b", number=2)
         assert not pair.links["alice"].stalled
+        kinds = []
+        while True:
+            try:
+                kinds.append(pair.kmes["alice"].events.receive_nowait()[0])
+            except trio.WouldBlock:
+                break
+        assert kinds == ["kms_peer_up", "kms_peer_unanswered", "kms_peer_answering"]
         assert await call(pair.client("sae-b").dec_keys, "sae-a", [k for k, _ in keys]) == keys

@@ -49,9 +49,12 @@ class KmeClient:
                 data = response.read()
                 return response.status, json.loads(data) if data else {}
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.close()
+                self.close()  # the server closed a kept-alive connection: once more, fresh
                 if attempt:
                     raise
+            except Exception:
+                self.close()  # the connection's state is unknown: never reuse it
+                raise
         raise AssertionError("unreachable")
 
     def _ok(self, status: int, body: dict) -> dict:

@@ -67,7 +67,8 @@ class PeerLink:
         self._discards: list[Discard] = []
         self._inflight: set[int] = set()
         self.on_change: Callable[[bool], None] | None = None  # channel up (True) / down
-        self.stalled = False  # a request went unanswered; cleared by anything from the peer
+        self._stalled = False  # a request went unanswered; cleared by anything from the peer
+        self.on_stall: Callable[[bool], None] | None = None  # stalled (True) / answering again
 
     async def run(self) -> None:
         """Keep a channel to the peer open for as long as the node runs."""
@@ -141,6 +142,17 @@ class PeerLink:
         finally:
             with trio.CancelScope(shield=True):
                 await channel.aclose()
+
+    @property
+    def stalled(self) -> bool:
+        return self._stalled
+
+    @stalled.setter
+    def stalled(self, value: bool) -> None:
+        if value != self._stalled:
+            self._stalled = value
+            if self.on_stall is not None:
+                self.on_stall(value)
 
     async def request(self, build: Callable[[int], PeerMessage]) -> PeerMessage:
         """Send ``build(req)`` and return the peer's reply (``PeerUnavailable`` after

@@ -109,6 +109,8 @@ class Kme:
         self.peers[peer] = link
         link.on_change = lambda up: self._events_send.send_nowait(
             ("kms_peer_up" if up else "kms_peer_down", {"peer": peer}))
+        link.on_stall = lambda stalled: self._events_send.send_nowait(
+            ("kms_peer_unanswered" if stalled else "kms_peer_answering", {"peer": peer}))
         if allocator_of(self.node, peer) == self.node:
             self.keys.limited_peers.add(peer)
 
