@@ -5,6 +5,7 @@ result.json ``programs`` entries that expectations can test; none outlives the r
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,66 @@ def test_programs_reach_each_other_over_three_hops_and_exit_codes_are_results(
     assert rtt_ms >= 6.0  # three links, 1 ms each way
     assert "listening" in (run_dir / "d.server.log").read_text()
     assert not [p["pid"] for p in result["processes"] if p["pid"] and alive(p["pid"])]
+
+
+SHELL_EXAMPLE = """
+[scenario]
+name = "shell-example"
+duration_s = 3
+seed = 2
+
+[[nodes]]
+name = "alice"
+[[nodes.sae]]
+id = "sae-alice"
+[[nodes.run]]
+name = "send"
+command = ["examples/etsi014-shell/keyed_message.sh", "send", "bob", "hello bob, from a shell"]
+wait = true
+[[nodes]]
+name = "bob"
+[[nodes.sae]]
+id = "sae-bob"
+[[nodes.run]]
+name = "receive"
+command = ["examples/etsi014-shell/keyed_message.sh", "receive"]
+listen = true
+wait = true
+
+[[links]]
+a = "alice"
+b = "bob"
+length_km = 5
+[links.quantum.source]
+rate_hz = 2e7
+
+[[apps]]
+kind = "qkd.bb84"
+a = "alice"
+b = "bob"
+psk = "shell example pre-shared secret"
+
+[[expect]]
+metric = "programs.bob:receive.exit_code"
+le = 0
+ge = 0
+"""
+
+
+@pytest.mark.skipif(not all(shutil.which(tool) for tool in ("curl", "openssl", "jq", "xxd")),
+                    reason="the shell example needs curl, openssl, jq and xxd")
+def test_shell_example_moves_a_message_keyed_with_curl_and_openssl(tmp_path: Path) -> None:
+    scenario = tmp_path / "shell.toml"
+    scenario.write_text(SHELL_EXAMPLE)
+    run_dir = tmp_path / "run"
+    done = run_qnet("run", str(scenario), "--run-dir", str(run_dir), "--no-progress")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert {p["name"]: p["exit_code"] for p in result["programs"]} == {
+        "alice:send": 0, "bob:receive": 0}
+    sent = (run_dir / "alice.send.log").read_text()
+    received = (run_dir / "bob.receive.log").read_text()
+    key_id = sent.split("took keys ")[1].split()[0]
+    assert f"under key {key_id}: hello bob, from a shell" in received
+    kms = {k["node"]: k for k in result["kms"]}
+    assert kms["alice"]["enc_requests"] >= 1 and kms["bob"]["dec_requests"] == 1
