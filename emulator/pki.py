@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from emulator.apps import kind_of
 from emulator.child_config import NodeKms
 from emulator.scenario import Scenario
 
@@ -188,8 +189,11 @@ def kms_setup(scenario: Scenario, run_dir: Path, free_port: Callable[[], int]) -
                            database=str(run_dir / "kms" / f"{name}.keys.sqlite"), saes=saes,
                            settings=scenario.kms)
              for name in names}
+    keyed = {frozenset(pair) for app in scenario.apps  # pairs an app keys without a link
+             for pair in kind_of(app).extra.get("key_pairs", lambda app: [])(app)}
     partners = {sae: [other for other, node in saes.items()
-                      if node != saes[sae] and scenario.link_between(node, saes[sae])]
+                      if node != saes[sae] and (scenario.link_between(node, saes[sae])
+                                                or frozenset((node, saes[sae])) in keyed)]
                 for sae in saes}
     lines = curl_lines(pki, urls, saes, partners)
     write_readme(pki, lines)

@@ -10,5 +10,6 @@ from nodes.services.relay import spec
 KIND = AppKind(
     kind="kms.relay", spec=spec.RelayApp, entry="nodes.services.relay.shell:run",
     section="relay", merge=spec.merge, validate=spec.validate, nodes=spec.nodes,
-    summary=spec.print_summary, extra={"tunnels": True},
+    summary=spec.print_summary,
+    extra={"tunnels": True, "key_pairs": lambda app: [(app.a, app.b)]},
 )
