@@ -41,6 +41,7 @@ class RunPki:
     ca: Path
     kmes: dict[str, Issued] = field(default_factory=dict)  # node -> server cert
     saes: dict[str, Issued] = field(default_factory=dict)  # SAE id -> client cert
+    cas: dict[str, Path] = field(default_factory=dict)  # node -> the CA of its operator
 
 
 def _name(common_name: str, organisation: str) -> x509.Name:
@@ -109,16 +110,29 @@ class Authority:
 
 
 def create_run_pki(directory: Path, kme_nodes: list[str], saes: list[str],
-                   organisation: str = "qnet run") -> RunPki:
-    """Create the CA and every certificate of a run under ``directory`` (mode 0700)."""
+                   organisation: str = "qnet run", domains: dict[str, str] | None = None,
+                   sae_nodes: dict[str, str] | None = None) -> RunPki:
+    """Create the CA and every certificate of a run under ``directory`` (mode 0700).
+
+    With ``domains`` (node -> operator, "" for none) each operator gets its own CA
+    (``ca-<operator>.pem``; ``ca.pem`` for nodes without one) that issues its nodes' KME
+    certificates and its SAEs' (``sae_nodes``: SAE -> node); ``pki.ca`` is the first CA."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    authority = Authority(organisation)
-    pki = RunPki(directory, directory / "ca.pem")
-    _write_cert(pki.ca, authority.cert)
-    _write_key(directory / "ca.key", authority.key)
+    domains, sae_nodes = domains or {}, sae_nodes or {}
+    authorities: dict[str, tuple[Authority, Path]] = {}
+    for domain in dict.fromkeys([domains.get(node, "") for node in kme_nodes] or [""]):
+        stem = f"ca-{domain}" if domain else "ca"
+        authority = Authority(domain or organisation)
+        _write_cert(directory / f"{stem}.pem", authority.cert)
+        _write_key(directory / f"{stem}.key", authority.key)
+        authorities[domain] = (authority, directory / f"{stem}.pem")
+    first = next(iter(authorities.values()))[1]
+    pki = RunPki(directory, first)
     for node in kme_nodes:
+        authority, pki.cas[node] = authorities[domains.get(node, "")]
         pki.kmes[node] = authority.write(directory, f"{node}-kme", f"{node}-kme", server=True)
     for sae in saes:
+        authority, _ = authorities[domains.get(sae_nodes.get(sae, ""), "")]
         pki.saes[sae] = authority.write(directory, sae, sae, server=False)
     return pki
 
@@ -130,14 +144,16 @@ def curl_lines(pki: RunPki, kme_urls: dict[str, str], sae_nodes: dict[str, str],
     lines = []
     for sae, issued in pki.saes.items():
         url = kme_urls[sae_nodes[sae]]
-        tls = f"--cert {issued.cert} --key {issued.key} --cacert {pki.ca}"
+        tls = (f"--cert {issued.cert} --key {issued.key} "
+               f"--cacert {pki.cas.get(sae_nodes[sae], pki.ca)}")
         for partner in partners.get(sae, []):
             lines.append(f"# {sae} (at {sae_nodes[sae]}) with {partner} "
                          f"(at {sae_nodes[partner]})")
             lines.append(f"curl {tls} {url}/api/v1/keys/{partner}/status")
             lines.append(f"curl {tls} '{url}/api/v1/keys/{partner}/enc_keys?number=1&size=256'")
             other = pki.saes[partner]
-            lines.append(f"curl --cert {other.cert} --key {other.key} --cacert {pki.ca} "
+            lines.append(f"curl --cert {other.cert} --key {other.key} "
+                         f"--cacert {pki.cas.get(sae_nodes[partner], pki.ca)} "
                          f"'{kme_urls[sae_nodes[partner]]}/api/v1/keys/{sae}/dec_keys"
                          f"?key_ID=<key_ID from the enc_keys answer>'")
     return lines
@@ -167,7 +183,7 @@ class KmsSetup:
         issued = self.pki.saes[sae]
         return {"QNET_KME_URL": self.urls[self.saes[sae]], "QNET_SAE_ID": sae,
                 "QNET_SAE_CERT": str(issued.cert), "QNET_SAE_KEY": str(issued.key),
-                "QNET_CA": str(self.pki.ca)}
+                "QNET_CA": str(self.pki.cas.get(self.saes[sae], self.pki.ca))}
 
 
 def kms_setup(scenario: Scenario, run_dir: Path, free_port: Callable[[], int]) -> KmsSetup | None:
@@ -181,11 +197,13 @@ def kms_setup(scenario: Scenario, run_dir: Path, free_port: Callable[[], int]) -
     names = [n.name for n in scenario.nodes]
     for stale in (run_dir / "kms").glob("*.keys.sqlite*"):  # a reused --run-dir: fresh keys
         stale.unlink()
-    pki = create_run_pki(run_dir / "kms", names, list(saes))
+    pki = create_run_pki(run_dir / "kms", names, list(saes),
+                         domains={n.name: n.domain or "" for n in scenario.nodes},
+                         sae_nodes=saes)
     ports = {name: free_port() for name in names}
     urls = {name: f"https://127.0.0.1:{ports[name]}" for name in names}
     nodes = {name: NodeKms(port=ports[name], cert=str(pki.kmes[name].cert),
-                           key=str(pki.kmes[name].key), ca=str(pki.ca),
+                           key=str(pki.kmes[name].key), ca=str(pki.cas[name]),
                            database=str(run_dir / "kms" / f"{name}.keys.sqlite"), saes=saes,
                            settings=scenario.kms)
              for name in names}

@@ -62,6 +62,7 @@ class Node(Struct, forbid_unknown_fields=True):
     memory: NodeMemory | None = None  # quantum memory (entanglement apps); see below
     run: list[NodeProgram] = []  # user programs started beside the node (emulator/programs.py)
     sae: list[Sae] = []  # SAEs attached to this node's KME (docs/kms.md)
+    domain: Name | None = None  # its operator: whose CA certifies its KME and SAEs (docs/kms.md)
 
 
 class ClassicalLink(Struct, forbid_unknown_fields=True):
