@@ -28,7 +28,8 @@ class RoutingConfig:
     retransmit_interval: float = 1.0
     refresh_interval: float = 60.0
     max_age: float = 180.0
-    min_lsa_interval: float = 1.0  # between RTT-triggered re-originations of our own LSA
+    min_lsa_interval: float = 0.5  # after an origination, new adjacencies and RTTs wait this
+    spf_hold: float = 0.02  # between route computations (a burst of LSAs costs one)
     rtt_change: float = 0.2  # relative change of the smoothed RTT that is re-advertised
     metric: Metric = field(default_factory=lambda: Metric(length_km=1.0))
 
@@ -37,8 +38,10 @@ class RoutingConfig:
             raise ValueError("need 0 < hello_interval < dead_interval")
         if not 0 < self.refresh_interval < self.max_age:
             raise ValueError("need 0 < refresh_interval < max_age")
-        if self.retransmit_interval <= 0 or self.min_lsa_interval < 0 or self.rtt_change < 0:
-            raise ValueError("retransmit_interval must be > 0, min_lsa_interval and rtt_change >= 0")
+        if self.retransmit_interval <= 0 or min(self.min_lsa_interval, self.spf_hold,
+                                                self.rtt_change) < 0:
+            raise ValueError("retransmit_interval must be > 0; min_lsa_interval, spf_hold, "
+                             "rtt_change >= 0")
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,13 @@ class LinkStateRouter:
         self._seq = 0
         self._origination_due: float | None = None
         self._originated_at = now
+        self._throttled_from = -float("inf")  # last origination that counts for the throttle
+        self._spf_due: float | None = None
+        self._spf_at = -float("inf")
+        # Early-or-exact bounds on the next retransmission and the next LSA expiry (a stale
+        # early one costs a wake-up that finds nothing due), so next_deadline is O(links).
+        self._rxmt_at = float("inf")
+        self._expiry_at = float("inf")
         self._install_own(now)
 
     # ---- inputs -------------------------------------------------------------------------
@@ -167,11 +177,7 @@ class LinkStateRouter:
         old, new = state.advertised_rtt_ms, state.srtt * 1e3
         if old is not None and abs(new - old) <= self.config.rtt_change * old:
             return []
-        allowed = self._originated_at + self.config.min_lsa_interval
-        if now >= allowed:
-            return self._originate(now)
-        self._origination_due = allowed
-        return []
+        return self._reoriginate(now)
 
     def handle_timer(self, now: float) -> list[Action]:
         """Everything due at ``now``: hellos, dead neighbours, retransmissions, refresh, ageing."""
@@ -184,33 +190,44 @@ class LinkStateRouter:
             if state.up and now >= state.next_hello:
                 out.append(Send(name, self._hello(name, state, now)))
                 state.next_hello = now + cfg.hello_interval
-            if state.neighbour is not None:
-                out += self._retransmit(name, state.neighbour, now)
+        if now >= self._rxmt_at:
+            self._rxmt_at = float("inf")
+            for name, state in self.links.items():
+                if state.neighbour is not None:
+                    out += self._retransmit(name, state.neighbour, now)
+            self._rxmt_at = min((due for state in self.links.values() if state.neighbour
+                                 for _, due in state.neighbour.pending.values()),
+                                default=float("inf"))
         if now >= self._originated_at + cfg.refresh_interval or (
                 self._origination_due is not None and now >= self._origination_due):
             out += self._originate(now)
-        expired = [o for o, e in self.lsdb.items() if o != self.name and e.age(now) >= cfg.max_age]
-        for origin in expired:
-            del self.lsdb[origin]
-            self.counters["lsa_aged_out"] += 1
-        if expired:
-            out += self._spf()
+        expired = []
+        if now >= self._expiry_at:
+            expired = [o for o, e in self.lsdb.items()
+                       if o != self.name and e.age(now) >= cfg.max_age]
+            for origin in expired:
+                del self.lsdb[origin]
+                self.counters["lsa_aged_out"] += 1
+            self._expiry_at = min((e.installed_at + cfg.max_age - e.lsa.age
+                                   for o, e in self.lsdb.items() if o != self.name),
+                                  default=float("inf"))
+        if expired or (self._spf_due is not None and now >= self._spf_due):
+            out += self._spf(now)
         return out
 
     def next_deadline(self) -> float:
         """The earliest time at which ``handle_timer`` has something to do."""
         cfg = self.config
-        times = [self._originated_at + cfg.refresh_interval]
+        times = [self._originated_at + cfg.refresh_interval, self._rxmt_at, self._expiry_at]
         if self._origination_due is not None:
             times.append(self._origination_due)
+        if self._spf_due is not None:
+            times.append(self._spf_due)
         for state in self.links.values():
             if state.up:
                 times.append(state.next_hello)
             if state.neighbour is not None:
                 times.append(state.neighbour.last_heard + cfg.dead_interval)
-                times.extend(due for _, due in state.neighbour.pending.values())
-        times.extend(e.installed_at + cfg.max_age - e.lsa.age
-                     for o, e in self.lsdb.items() if o != self.name)
         return min(times)
 
     # ---- hellos and neighbours -----------------------------------------------------------
@@ -249,7 +266,7 @@ class LinkStateRouter:
             for entry in self.lsdb.values():  # database sync: the new neighbour gets everything
                 if entry.lsa.origin != self.name:
                     out.append(self._send_lsa(link, nb, entry, now))
-            out += self._originate(now)  # includes the new adjacency (and floods our LSA)
+            out += self._reoriginate(now)  # includes the new adjacency (and floods our LSA)
         elif not sees_us:
             if nb.two_way:
                 out += self._lose(link, state, "one_way", now)
@@ -264,12 +281,14 @@ class LinkStateRouter:
         state.srtt = state.advertised_rtt_ms = None
         if not nb.two_way:
             return []
-        return [NeighbourDown(link, nb.name, reason, now), *self._originate(now)]
+        return [NeighbourDown(link, nb.name, reason, now), *self._originate(now)]  # never held
 
     # ---- flooding ------------------------------------------------------------------------
 
     def _send_lsa(self, link: str, nb: _Neighbour, entry: _Entry, now: float) -> Send:
-        nb.pending[entry.lsa.origin] = (entry.lsa.seq, now + self.config.retransmit_interval)
+        due = now + self.config.retransmit_interval
+        nb.pending[entry.lsa.origin] = (entry.lsa.seq, due)
+        self._rxmt_at = min(self._rxmt_at, due)
         self.counters["lsa_sent"] += 1
         lsa = entry.lsa
         return Send(link, Lsa(lsa.origin, lsa.seq, min(entry.age(now), self.config.max_age),
@@ -300,13 +319,13 @@ class LinkStateRouter:
             del nb.pending[lsa.origin]  # the neighbour has this instance or a newer one
         current = self.lsdb.get(lsa.origin)
         if lsa.origin == self.name:
-            if lsa.seq >= self._seq:  # an instance from before our restart: outbid it
-                self.counters["lsa_own_outbid"] += 1
+            if lsa.seq > self._seq or (lsa.seq == self._seq and lsa.links != current.lsa.links):
+                self.counters["lsa_own_outbid"] += 1  # an instance from before our restart
                 self._seq = lsa.seq
-                out += self._originate(now)
+                out += self._reoriginate(now)
             elif lsa.seq < self._seq:
                 out.append(self._send_lsa(link, nb, current, now))
-            return out
+            return out  # (our current instance echoed back: nothing to do)
         if current is not None and lsa.seq < current.lsa.seq:
             out.append(self._send_lsa(link, nb, current, now))  # teach the sender the newer one
             return out
@@ -318,11 +337,12 @@ class LinkStateRouter:
                 return out
             del self.lsdb[lsa.origin]
             out += self._flood(_Entry(lsa, now), now, skip=link)
-            return out + self._spf()
+            return out + self._spf(now)
         entry = self.lsdb[lsa.origin] = _Entry(lsa, now)
+        self._expiry_at = min(self._expiry_at, now + self.config.max_age - lsa.age)
         self.counters["lsa_installed"] += 1
         out += self._flood(entry, now, skip=link)
-        return out + self._spf()
+        return out + self._spf(now)
 
     def _install_own(self, now: float) -> _Entry:
         self._seq += 1
@@ -343,11 +363,26 @@ class LinkStateRouter:
     def _originate(self, now: float) -> list[Action]:
         entry = self._install_own(now)
         self.counters["lsa_originated"] += 1
-        return self._flood(entry, now) + self._spf()
+        self._throttled_from = now
+        return self._flood(entry, now) + self._spf(now, hold=False)
+
+    def _reoriginate(self, now: float) -> list[Action]:
+        """Originate now, or at ``min_lsa_interval`` after the last one (changes coalesce)."""
+        allowed = self._throttled_from + self.config.min_lsa_interval
+        if now >= allowed:
+            return self._originate(now)
+        self._origination_due = allowed
+        return []
 
     # ---- shortest paths ------------------------------------------------------------------
 
-    def _spf(self) -> list[Action]:
+    def _spf(self, now: float, *, hold: bool = True) -> list[Action]:
+        """Recompute routes; within ``spf_hold`` of the last run, later (unless our own LSA
+        changed: a local change is never held)."""
+        if hold and now < self._spf_at + self.config.spf_hold:
+            self._spf_due = self._spf_at + self.config.spf_hold
+            return []
+        self._spf_at, self._spf_due = now, None
         self.counters["spf_runs"] += 1
         routes = shortest_paths(self.name, {o: e.lsa for o, e in self.lsdb.items()},
                                 self.config.metric)

@@ -117,6 +117,7 @@ def test_a_restarted_router_outbids_its_old_lsa_and_rejoins():
     sim.run_until_converged(30.0 + CFG.dead_interval + 1.0)
     sim.start_router("r02", sim.now + 1.0)
     back = sim.run_until_converged(sim.now + 5.0)
+    sim.run_until(sim.now + CFG.min_lsa_interval + 0.1)  # the outbid may be held that long
     assert sim.routers["r02"].counters["lsa_own_outbid"] >= 1
     assert sim.routers["r00"].lsdb["r02"].lsa.seq > old_seq
     assert sim.routers["r01"].routes["r03"].path == ("r01", "r02", "r03")
@@ -238,3 +239,32 @@ def test_a_max_age_copy_flushes_the_instance_until_its_origin_refreshes():
     assert r0.counters["lsa_flushed"] == 1
     sim.run_until(5.0 + CFG.refresh_interval + 0.5)
     assert "r02" in r0.routes and sim.converged()
+
+
+def test_a_quiet_network_floods_nothing_but_hellos():
+    sim = NetSim.build(CFG, mesh(4))
+    sim.run_until_converged(5.0)
+    sim.run_until(2.0)
+    originated = sum(r.counters["lsa_originated"] for r in sim.routers.values())
+    messages = sim.messages
+    sim.run_until(2.0 + 10 * CFG.hello_interval)  # before any refresh
+    assert sum(r.counters["lsa_originated"] for r in sim.routers.values()) == originated
+    hellos = 10 * 2 * len(sim.links)  # both ends of every link, every interval
+    assert sim.messages - messages <= hellos + 2 * len(sim.links)
+
+
+def test_100_node_mesh_converges_and_reroutes_with_bounded_flooding():
+    sim = NetSim.build(CFG, mesh(10))
+    sim.run_until_converged(3.0, step=0.05)
+    assert sim.messages < 200_000  # each router originates about twice while starting
+    assert max(r.counters["lsa_originated"] for r in sim.routers.values()) <= 3
+    originated = sum(r.counters["lsa_originated"] for r in sim.routers.values())
+    sim.run_until(4.0)  # quiet: no router re-originates (an echo of its own LSA is no outbid)
+    assert sum(r.counters["lsa_originated"] for r in sim.routers.values()) == originated
+    route = sim.routers["r00"].routes["r99"]
+    link = next(n for n, ln in sim.links.items() if {ln.a, ln.b} == set(route.path[1:3]))
+    sim.cut(link)
+    detected = sim.run_until_down(4.0, 4.0 + CFG.dead_interval + 0.01, step=0.005)
+    converged = sim.run_until_converged(detected + 1.0, step=0.005)
+    assert converged - detected <= 0.05
+    assert sim.routers["r00"].routes["r99"].path[1:3] != route.path[1:3]
