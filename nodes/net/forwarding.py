@@ -68,20 +68,20 @@ class Forwarder:
         """What to do with a frame from ``src`` to ``dst``; ``arrived_on`` is None when this
         node originates it (then ``ttl`` is the initial TTL and is not decremented)."""
         if arrived_on is not None and ttl < 1:
-            return self._drop("ttl_expired")
+            return self.drop("ttl_expired")
         if dst == self.name:
             self.counters["delivered"] += 1
             return Deliver()
         if arrived_on is not None and src == self.name:
-            return self._drop("own_frame")
+            return self.drop("own_frame")
         route = self.routes.get(dst)
         if route is None:
-            return self._drop("no_route")
+            return self.drop("no_route")
         if route.link == arrived_on:
-            return self._drop("loop")
+            return self.drop("loop")
         out_ttl = ttl if arrived_on is None else ttl - 1
         if out_ttl < 1:
-            return self._drop("ttl_expired")
+            return self.drop("ttl_expired")
         self.counters["originated" if arrived_on is None else "forwarded"] += 1
         return Forward(route.link, route.next_hop, out_ttl)
 
@@ -102,7 +102,8 @@ class Forwarder:
             frame = msgspec.structs.replace(frame, ttl=decision.ttl)
         return decision, frame
 
-    def _drop(self, reason: str) -> Drop:
+    def drop(self, reason: str) -> Drop:
+        """Count a drop for ``reason`` (also used by ``HeaderForwarder``) and return it."""
         self.counters[f"dropped_{reason}"] += 1
         return Drop(reason)
 
@@ -124,18 +125,18 @@ class HeaderForwarder:
         """(decision, the verified header or None, the datagram to send on or None)."""
         codec = self.codecs.get(arrived_on)
         if codec is None:
-            return self.forwarder._drop("unknown_link"), None, None
+            return self.forwarder.drop("unknown_link"), None, None
         try:
             header = codec.decode(data)
         except HeaderAuthenticationError:
-            return self.forwarder._drop("bad_mac"), None, None
+            return self.forwarder.drop("bad_mac"), None, None
         except MalformedHeader:
-            return self.forwarder._drop("malformed"), None, None
+            return self.forwarder.drop("malformed"), None, None
         decision = self.forwarder.decide(header.src, header.dst, header.ttl, arrived_on)
         if not isinstance(decision, Forward):
             return decision, header, None
         out = self.codecs.get(decision.link)
         if out is None:
-            return self.forwarder._drop("unknown_link"), header, None
+            return self.forwarder.drop("unknown_link"), header, None
         header = msgspec.structs.replace(header, ttl=decision.ttl)
         return decision, header, out.encode(header)
