@@ -220,3 +220,77 @@ def test_cut_drains_the_relayed_pool_into_503s_and_delivery_resumes(tmp_path: Pa
     steps = [e for e in result["events"] if e["kind"] == "relay_step" and e["node"] == "b"]
     assert any(e["wall"] > faults["restore"] for e in steps)  # relaying resumed at b
     assert not [p["pid"] for p in result["processes"] if p["pid"] and alive(p["pid"])]
+
+
+CROSS_CA = """
+import json, os, pathlib, ssl, socket, sys
+from nodes.apps.secure_echo.etsi014 import Etsi014Client
+kms = pathlib.Path(os.environ["QNET_SAE_CERT"]).parent
+host, port = os.environ["QNET_KME_URL"].removeprefix("https://").split(":")
+# the other operator's SAE at this (fr) KME: the KME must refuse its certificate
+foreign = ssl.create_default_context(cafile=os.environ["QNET_CA"])
+foreign.load_cert_chain(kms / "sae-munich.pem", kms / "sae-munich.key")
+try:
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        with foreign.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(b"GET /api/v1/keys/sae-paris/status HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+            answer = tls.recv(100)  # TLS 1.3: the server checks our certificate after
+    if answer:                      # the handshake and closes without an answer
+        print("foreign SAE got an answer:", answer, flush=True)
+        sys.exit(1)
+    print("foreign SAE refused: closed without an answer", flush=True)
+except (ssl.SSLError, ConnectionError) as exc:
+    print("foreign SAE refused:", type(exc).__name__, flush=True)
+# and this operator's CA does not vouch for the other operator's KME either
+munich = json.loads((kms.parent / "munich.config.json").read_text())["kms"]["port"]
+try:
+    Etsi014Client(f"https://127.0.0.1:{munich}",
+                  os.environ["QNET_SAE_CERT"], os.environ["QNET_SAE_KEY"],
+                  os.environ["QNET_CA"]).status("sae-munich")
+    sys.exit(1)
+except ssl.SSLError as exc:
+    print("munich's KME is not fr's:", exc.reason, flush=True)
+"""
+
+
+def test_multi_domain_keys_cross_the_border_between_operators_with_own_cas(
+        tmp_path: Path) -> None:
+    from cryptography import x509
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "cross_ca.py").write_text(CROSS_CA)
+    text = (root / "scenarios" / "kms-multi-domain.toml").read_text()
+    run_dir = tmp_path / "run"
+    scenario = tmp_path / "multi.toml"
+    cross = (f'[[nodes.run]]\nname = "cross"\ncommand = ["python", "{tmp_path / "cross_ca.py"}"]\n'
+             'wait = true\n\n[[nodes]]\nname = "strasbourg"')
+    text = text.replace('"--messages", "500"', '"--messages", "200"')
+    scenario.write_text(text.replace('[[nodes]]\nname = "strasbourg"', cross, 1))
+    done = run_qnet("run", str(scenario), "--run-dir", str(run_dir), "--no-progress",
+                    "--set", "scenario.duration_s=5", timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    programs = {p["name"]: p["exit_code"] for p in result["programs"]}
+    assert programs["paris:echo"] == 0, (run_dir / "paris.echo.log").read_text()[-2000:]
+    cross_log = (run_dir / "paris.cross.log").read_text()
+    assert programs["paris:cross"] == 0, cross_log
+    assert "foreign SAE refused" in cross_log and "munich's KME is not fr's" in cross_log
+    (relay,) = result["relay"]
+    assert relay["path"] == ["paris", "strasbourg", "frankfurt", "munich"]
+    assert relay["consumption_ok"] and relay["keys_delivered"] > 10
+
+    kms = run_dir / "kms"
+    cas = {op: x509.load_pem_x509_certificate((kms / f"ca-{op}.pem").read_bytes())
+           for op in ("fr", "de")}
+    assert not (kms / "ca.pem").exists()
+    for name, op in (("paris-kme", "fr"), ("strasbourg-kme", "fr"), ("frankfurt-kme", "de"),
+                     ("munich-kme", "de"), ("sae-paris", "fr"), ("sae-munich", "de")):
+        cert = x509.load_pem_x509_certificate((kms / f"{name}.pem").read_bytes())
+        assert cert.issuer == cas[op].subject, name
+        cert.verify_directly_issued_by(cas[op])
+    configs = {n: json.loads((run_dir / f"{n}.config.json").read_text())["kms"]
+               for n in ("paris", "munich")}
+    assert configs["paris"]["ca"].endswith("ca-fr.pem")
+    assert configs["munich"]["ca"].endswith("ca-de.pem")
+    echo = json.loads((run_dir / "paris.echo.log").read_text().strip().splitlines()[-1])
+    assert echo["decrypt_failures"] == 0 and echo["echoed"] == 200
