@@ -250,5 +250,8 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
                 await channels[path[me + 1]].drain()
         nursery.cancel_scope.cancel()
     stats = core.stats.as_dict()
+    if node.kme is not None:  # also in result.json kms: this node's KME report, per relay
+        node.kme.counters["relay_bits_consumed"] += stats["bits_consumed"]
+        node.kme.counters["relay_keys_forwarded"] += stats.get("forwarded", 0)
     return [{"node": node.name, "role": "origin" if me == 0 else "target" if far else "relay",
              "key_bits": keys.key_size, "path": path, **stats, **deposits}]
