@@ -105,12 +105,12 @@ def test_a_cut_link_gives_503_then_keys_again_after_restore(tmp_path) -> None:
 at_s = 4
 action = "cut"
 link = "alice-bob"
-for_s = 5
-""")
+for_s = 8
+""")  # longer than the KME's peer timeout (5 s): a request in the cut goes unanswered
     run_dir = tmp_path / "run"
     kms = run_dir / "kms"
     statuses: list[int] = []
-    with running_qnet("run", str(scenario), "--duration", "14", "--run-dir", str(run_dir),
+    with running_qnet("run", str(scenario), "--duration", "16", "--run-dir", str(run_dir),
                       "--json", str(tmp_path / "r.json")) as qnet:
         deadline = time.monotonic() + 90
         config = run_dir / "alice.config.json"
