@@ -123,6 +123,9 @@ def test_secure_echo_over_three_relayed_hops(tmp_path: Path) -> None:
     assert {e["node"] for e in steps} == {"a", "b", "c"}
     kms = {k["node"]: k for k in result["kms"]}
     assert kms["a"]["enc_requests"] >= 20 and kms["d"]["dec_requests"] >= 20
+    for relay_node in relay["relays"]:  # kms per relay: the link-key bits it spent
+        counters = kms[relay_node["node"]]["counters"]
+        assert counters["relay_bits_consumed"] == relay_node["bits_consumed"]
     assert not [p["pid"] for p in result["processes"] if p["pid"] and alive(p["pid"])]
 
 

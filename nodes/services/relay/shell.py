@@ -37,6 +37,7 @@ log = logging.getLogger("qnet.relay")
 
 RELAY_SAE = "qnet-relay"  # the "SAE" that link keys spent by the relay are delivered to
 KME_CHANNEL = "kme-relayed"
+RECONNECT_S, RECONNECT_MAX_S = 0.2, 5.0  # the dialler's backoff after a broken relay channel
 
 
 class StoreKeys:
@@ -132,19 +133,31 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
         deposits["dropped"] += len(result.dropped)
 
     async def link(peer: str) -> None:
+        """The relay channel to ``peer``, opened again if it breaks (what was on it is lost:
+        those keys time out and are counted)."""
         dial = min(node.name, peer) == node.name
-        channel = await (node.transport.connect(peer, channel_name) if dial
-                         else node.transport.accept(peer, channel_name))
-        channels[peer] = channel
-        connected[peer].set()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(channel.run_writer)
+        backoff = RECONNECT_S
+        while True:
             try:
-                while True:
-                    inbox_send.send_nowait((peer, await channel.receive()))
-            except ConnectionError as exc:
-                log.warning("relay channel to %s ended: %s", peer, exc)
-                nursery.cancel_scope.cancel()
+                channel = await (node.transport.connect(peer, channel_name) if dial
+                                 else node.transport.accept(peer, channel_name))
+            except OSError as exc:
+                log.warning("relay channel to %s: %s", peer, exc)
+            else:
+                channels[peer] = channel
+                connected[peer].set()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(channel.run_writer)
+                    try:
+                        while True:
+                            inbox_send.send_nowait((peer, await channel.receive()))
+                    except ConnectionError as exc:
+                        log.warning("relay channel to %s ended: %s", peer, exc)
+                        core.stats.counts["channel_failures"] += 1
+                        nursery.cancel_scope.cancel()
+            if dial:
+                await trio.sleep(backoff)
+                backoff = min(2 * backoff, RECONNECT_MAX_S)
 
     async def originate_while_keys(seq: list[int]) -> None:
         """Origin: fill the window while the first link has keys and the run lasts."""
