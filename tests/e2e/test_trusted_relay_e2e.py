@@ -51,7 +51,7 @@ id = "sae-a"
 [[nodes.run]]
 name = "echo"
 command = ["python", "-m", "nodes.apps.secure_echo", "client", "--peer", "d",
-           "--messages", "1000", "--rekey", "50", "--wait", "90"]
+           "--messages", "1000", "--rekey", "50", "--wait", "90", "--digests"]
 wait = true
 [[nodes]]
 name = "b"
@@ -63,7 +63,7 @@ name = "d"
 id = "sae-d"
 [[nodes.run]]
 name = "echo"
-command = ["python", "-m", "nodes.apps.secure_echo", "server"]
+command = ["python", "-m", "nodes.apps.secure_echo", "server", "--digests"]
 listen = true
 
 [[apps]]
@@ -97,6 +97,10 @@ def test_secure_echo_over_three_relayed_hops(tmp_path: Path) -> None:
     assert echo["decrypt_failures"] == echo["mismatches"] == 0 and echo["keys"] == 20
     server = (run_dir / "d.echo.log").read_text()
     assert '"decrypt_failures": 0' in server and '"messages": 1000' in server
+    # enc_keys at a and dec_keys at d gave the same bytes for every key id
+    digests = [{line for line in (run_dir / f"{n}.echo.log").read_text().splitlines()
+                if line.startswith("key ")} for n in ("a", "d")]
+    assert len(digests[0]) == 20 and digests[0] == digests[1]
 
     (relay,) = result["relay"]
     assert relay["path"] == ["a", "b", "c", "d"] and relay["consumption_ok"]

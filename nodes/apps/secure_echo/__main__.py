@@ -17,6 +17,7 @@ are ``direction (4 bytes: b"c2s " or b"s2c ") | counter (8 bytes)``, never reuse
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -123,6 +124,8 @@ def client(args: argparse.Namespace) -> int:
     while sent < args.messages:
         key_id, key = take_key(kme, peer_sae, args.wait, stats)
         stats["keys"] += 1
+        if args.digests:  # lets a test compare both ends' keys without printing them
+            print(f"key {key_id} sha256 {hashlib.sha256(key).hexdigest()}", flush=True)
         batch = min(args.rekey, args.messages - sent)
         started = time.monotonic()
         plaintexts = [f"message {sent + i:06d} ".encode() + os.urandom(args.size)
@@ -176,6 +179,9 @@ def server(args: argparse.Namespace) -> int:
                     try:
                         keys.update(kme.dec_keys(master, [key_id]))
                         stats["keys"] += 1
+                        if args.digests:
+                            print(f"key {key_id} sha256 "
+                                  f"{hashlib.sha256(keys[key_id]).hexdigest()}", flush=True)
                     except KmeRefused as exc:
                         print(f"dec_keys {key_id}: {exc}", flush=True)
                         stats["unknown_keys"] += 1
@@ -206,7 +212,10 @@ def main() -> int:
     c.add_argument("--size", type=int, default=64, help="random bytes per message")
     c.add_argument("--wait", type=float, default=60.0,
                    help="seconds to wait for the server and for keys")
-    sub.add_parser("server")
+    s = sub.add_parser("server")
+    for role in (c, s):
+        role.add_argument("--digests", action="store_true",
+                          help="print each key's id and SHA-256 (not the key)")
     args = parser.parse_args()
     return client(args) if args.role == "client" else server(args)
 
