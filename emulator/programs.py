@@ -13,6 +13,7 @@ runs one). Its exit status lands in result.json ``programs`` (metric
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import sys
 from typing import Annotated
@@ -51,7 +52,8 @@ class ProgramError(ValueError):
 
 
 def check_programs(nodes: list) -> None:
-    """Names unique per node, at most one listening program per node."""
+    """Names unique per node, at most one listening program per node, a command that exists,
+    an SAE of the node."""
     for i, node in enumerate(nodes):
         seen: set[str] = set()
         listening = 0
@@ -60,6 +62,10 @@ def check_programs(nodes: list) -> None:
                 raise ProgramError(f"nodes[{i}].run[{k}].name: duplicate program "
                                    f"{program.label!r} on {node.name}")
             seen.add(program.label)
+            first = program.command[0]
+            if first != "python" and shutil.which(first) is None:
+                raise ProgramError(f"nodes[{i}].run[{k}].command: {first!r} is not an "
+                                   "executable (on PATH, or a path from the current directory)")
             if program.sae is not None and program.sae not in {s.id for s in node.sae}:
                 raise ProgramError(f"nodes[{i}].run[{k}].sae: {program.sae!r} is not an SAE "
                                    f"of {node.name} ([[nodes.sae]])")

@@ -27,20 +27,22 @@ def scenario(nodes: list[dict], links: list[tuple[str, str]] = (), apps: list[di
 
 def test_programs_are_checked_with_their_field_path() -> None:
     sc = scenario([{"name": "a", "run": [{"command": ["python", "x.py"]},
-                                         {"command": ["./y.sh"], "name": "y", "listen": True}]},
+                                         {"command": ["sh"], "name": "y", "listen": True}]},
                    {"name": "b"}])
     assert [p.label for p in sc.nodes[0].run] == ["x_py", "y"]
     with pytest.raises(ScenarioError, match=r"^nodes\[0\]\.run\[1\]\.name: duplicate program"):
-        scenario([{"name": "a", "run": [{"command": ["t"]}, {"command": ["t"]}]}])
+        scenario([{"name": "a", "run": [{"command": ["true"]}, {"command": ["true"]}]}])
     with pytest.raises(ScenarioError, match=r"^nodes\[0\]\.run\[1\]\.listen: only one"):
-        scenario([{"name": "a", "run": [{"command": ["t"], "name": "1", "listen": True},
-                                        {"command": ["t"], "name": "2", "listen": True}]}])
+        scenario([{"name": "a", "run": [{"command": ["true"], "name": "1", "listen": True},
+                                        {"command": ["true"], "name": "2", "listen": True}]}])
     with pytest.raises(ScenarioError, match=r"^nodes\[0\]\.run\[0\]\.sae: 'x' is not an SAE"):
-        scenario([{"name": "a", "sae": [{"id": "s"}], "run": [{"command": ["t"], "sae": "x"}]}])
+        scenario([{"name": "a", "sae": [{"id": "s"}], "run": [{"command": ["true"], "sae": "x"}]}])
     with pytest.raises(ScenarioError, match=r"^nodes\[0\]\.run\[0\]\.command"):
         scenario([{"name": "a", "run": [{"command": []}]}])
+    with pytest.raises(ScenarioError, match=r"^nodes\[0\]\.run\[0\]\.command: '/no/such' is"):
+        scenario([{"name": "a", "run": [{"command": ["/no/such", "x"]}]}])
     with pytest.raises(ScenarioError, match=r"unknown key"):
-        scenario([{"name": "a", "run": [{"command": ["t"], "colour": "red"}]}])
+        scenario([{"name": "a", "run": [{"command": ["true"], "colour": "red"}]}])
 
 
 def test_next_hops_are_fewest_hop_with_ties_in_file_order() -> None:
@@ -54,8 +56,8 @@ def test_next_hops_are_fewest_hop_with_ties_in_file_order() -> None:
 
 def test_tunnels_only_when_a_program_or_an_app_needs_them() -> None:
     assert tunnel_configs(scenario([{"name": "a"}, {"name": "b"}], [("a", "b")])) == {}
-    sc = scenario([{"name": "a", "run": [{"command": ["t"]}]},
-                   {"name": "b", "run": [{"command": ["t"], "listen": True}]}], [("a", "b")])
+    sc = scenario([{"name": "a", "run": [{"command": ["true"]}]},
+                   {"name": "b", "run": [{"command": ["true"], "listen": True}]}], [("a", "b")])
     tunnels = tunnel_configs(sc)
     assert tunnels["a"].routes == {"b": "b"} and tunnels["a"].listen_port is None
     assert tunnels["b"].listen_port > 0
@@ -83,17 +85,17 @@ def test_environment_names_peers_listen_port_and_the_sae() -> None:
 
 
 def test_children_are_supervised_programs_and_their_exits_are_results(tmp_path: Path) -> None:
-    sc = scenario([{"name": "a", "run": [{"command": ["t"], "name": "one", "wait": True}]},
-                   {"name": "b", "run": [{"command": ["t"], "listen": True}]}], [("a", "b")])
+    sc = scenario([{"name": "a", "run": [{"command": ["true"], "name": "one", "wait": True}]},
+                   {"name": "b", "run": [{"command": ["true"], "listen": True}]}], [("a", "b")])
     tunnels = tunnel_configs(sc)
     ready = {"a": {"tunnel": {"b": 4001}}, "b": {"tunnel": {"a": 4002}}}
     children = program_children(sc, tmp_path, tunnels, ready, tier=4)
     assert [(c.name, c.role, c.tier, c.expected_exit) for c in children] == [
-        ("a.one", "program", 4, True), ("b.t", "program", 4, True)]
+        ("a.one", "program", 4, True), ("b.true", "program", 4, True)]
     assert children[0].env["QNET_PEER_B"] == "127.0.0.1:4001"
     assert children[1].env["QNET_LISTEN"] == f"127.0.0.1:{tunnels['b'].listen_port}"
     assert children[0].log_path == tmp_path / "a.one.log"
     children[0].exit_code, children[1].exit_code = 0, -15
     section = programs_section(children)
     assert [(e["name"], e["node"], e["exit_code"]) for e in section] == [
-        ("a:one", "a", 0), ("b:t", "b", -15)]
+        ("a:one", "a", 0), ("b:true", "b", -15)]
