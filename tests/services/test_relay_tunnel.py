@@ -164,3 +164,39 @@ async def test_node_services_exchange_whole_frames_across_hops_and_see_the_close
                 await trio.sleep(0.01)
             assert c.counters["tunnel_service_channels"] == 2
             nursery.cancel_scope.cancel()
+
+
+async def test_a_program_that_does_not_read_loses_its_connection_not_the_node(monkeypatch):
+    from nodes.services.tunnel import service as tunnel_service
+
+    monkeypatch.setattr(tunnel_service, "MAX_QUEUED", 4)
+    network = FakeNetwork()
+    accepted = []
+
+    async def sleepy_server(task_status=trio.TASK_STATUS_IGNORED):
+        async def handle(stream):
+            accepted.append(stream)
+            await trio.sleep_forever()  # never reads
+
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            task_status.started(listeners[0].socket.getsockname()[1])
+            await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(sleepy_server)
+            a = TunnelService("a", network.transport("a"), {"b": "b"}, None)
+            b = TunnelService("b", network.transport("b"), {"a": "a"}, port)
+            ports = await a.bind()
+            await b.bind()
+            nursery.start_soon(a.serve)
+            nursery.start_soon(b.serve)
+            stream = await trio.open_tcp_stream("127.0.0.1", ports["b"])
+            chunk = b"x" * 65536
+            with pytest.raises(trio.BrokenResourceError):  # closed at both ends in the end
+                for _ in range(10_000):  # until the node gives up on the stalled program
+                    await stream.send_all(chunk)
+            assert b.counters["tunnel_overflow"] == 1
+            assert not b._locals and not a._locals  # both nodes let go of the connection
+            nursery.cancel_scope.cancel()
