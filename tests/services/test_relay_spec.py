@@ -73,3 +73,19 @@ def test_merge_checks_that_both_ends_of_every_link_spent_the_forwards_bits() -> 
     assert not merged(bad)["consumption_ok"]
     partial = merged(good[:2])  # the target reported nothing (it died): not ok, no crash
     assert not partial["consumption_ok"] and partial["reported"] == ["a", "b"]
+
+
+def test_shipped_relay_scenarios_validate_with_their_shape() -> None:
+    from pathlib import Path
+
+    from emulator.scenario import load_scenario
+
+    root = Path(__file__).resolve().parents[2] / "scenarios"
+    backbone = load_scenario(root / "trusted-relay-backbone.toml")
+    (relay,) = [app for app in backbone.apps if type(app).__name__ == "RelayApp"]
+    assert len(backbone.links) >= 6 and len(relay.full_path) == len(backbone.links) + 1
+    multi = load_scenario(root / "kms-multi-domain.toml")
+    domains = {n.name: n.domain for n in multi.nodes}
+    assert set(domains.values()) == {"fr", "de"}
+    (relay,) = [app for app in multi.apps if type(app).__name__ == "RelayApp"]
+    assert domains[relay.a] != domains[relay.b]  # the keys cross the border
