@@ -5,7 +5,10 @@ test sends, to Bob's listener and through the relay: a 4 GiB frame header, a TCP
 random bytes, a ChannelHello holding deeply nested msgpack, thousands of connections with
 hellos that never authenticate, silent connections beyond the cap, spoofed hellos naming
 Alice for the real channel (in the start-up window and at random times later), and foreign
-UDP datagrams to the relay. Then: exit 0, identical keys, every attack counted in result.json.
+UDP datagrams to the relay; and to the quantum daemon: a 4 GiB frame header, random bytes, a
+reset, a hello with deeply nested msgpack, a hello with a wrong token, and 40 partial frames at
+the pre-authentication limit held open. Then: exit 0, identical keys, every attack counted in
+result.json.
 """
 
 from __future__ import annotations
@@ -34,6 +37,18 @@ CHANNEL = "qkd.bb84/alice-bob"
 HOST = "127.0.0.1"
 FLOOD = 1000  # unauthenticated hellos per path
 SILENT = 80  # silent connections held open at Bob (his cap is 64 awaiting a hello)
+DAEMON_PARTIAL = 40  # partial frames held open at the daemon (its cap is 64 awaiting a hello)
+DAEMON_PREAUTH_FRAME = 4096  # the daemon's frame limit before a hello is authenticated
+
+
+def daemon_hello(node: str, token: str, nested: int = 0) -> bytes:
+    """A daemon Hello (wrong token), optionally with its ``node`` nested ``nested`` deep."""
+    if nested:
+        body = (b"\x84\xa4type\xa5hello\xa7version\x01\xa4node" + b"\x91" * nested
+                + b"\xc0\xa5token\xa1x")
+        return frame(body)
+    return frame(msgspec.msgpack.encode({"type": "hello", "version": 1, "node": node,
+                                         "token": token}))
 
 
 def old_hello(node: str, channel: str) -> bytes:
@@ -82,6 +97,7 @@ async def test_attacks_during_a_run_are_counted_and_change_nothing(tmp_path: Pat
     try:
         relay = (await wait_file(run_dir / "relay-alice-bob.ready.json", process))["listen"]
         bob = await wait_file(run_dir / "bob.ready.json", process)
+        daemon_port = (await wait_file(run_dir / "daemon.ready.json", process))["port"]
         direct, via_relay = bob["tcp"]["alice"], relay["a"]["tcp"]  # both end at Bob
         started = trio.current_time()
         spoofs = 0
@@ -105,6 +121,15 @@ async def test_attacks_during_a_run_are_counted_and_change_nothing(tmp_path: Pat
                 await attack(port, b"\x00\x00\x10", reset=True)
                 await attack(port, os.urandom(3000))
                 await attack(port, nested_hello())
+            await attack(daemon_port, HEADER.pack(0xFFFFFFFF))
+            await attack(daemon_port, os.urandom(3000))
+            await attack(daemon_port, b"\x00\x00\x10", reset=True)
+            await attack(daemon_port, daemon_hello("bob", "", nested=4000))  # fits 4 KiB
+            await attack(daemon_port, daemon_hello("bob", "0" * 32))
+            for _ in range(DAEMON_PARTIAL):  # just under the limit, never completed
+                stream = await trio.open_tcp_stream(HOST, daemon_port)
+                await stream.send_all(HEADER.pack(DAEMON_PREAUTH_FRAME) + b"\x00" * 4000)
+                silent.append(stream)
             udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
             await udp.bind((HOST, 0))
             for side in ("a", "b"):
@@ -157,6 +182,16 @@ async def test_attacks_during_a_run_are_counted_and_change_nothing(tmp_path: Pat
     assert {e.get("counter") for e in events if e.get("node") == "bob"} >= {
         "spoofed_hellos", "bad_hellos", "rejected_connections"}  # first of each kind only
     assert len(events) <= 2 * len(faults)
+    d = counters["daemon"]
+    print(f"daemon: {d}")
+    # over the pre-auth limit: the 4 GiB header, random bytes (their first 4 are a length);
+    # the nested hello fits the limit and fails decoding
+    assert d["rejected_too_large"] >= 2 and d["rejected_bad_frame"] >= 1
+    # the wrong token, and the partial frames (timed out, or still open at the final report)
+    assert d["rejected_unauthenticated"] >= 1
+    assert d["rejected_unauthenticated"] + d["open_connections"] >= 1 + DAEMON_PARTIAL + 2
+    assert d["connections"] >= 5 + DAEMON_PARTIAL + 2  # the attacks and both nodes
+    assert d["authenticated"] == 2  # alice and bob, nobody else
     r = counters["relay-alice-bob"]
     assert r["foreign_datagrams"] == 100
     assert r["connections"] >= FLOOD + 7
