@@ -109,8 +109,7 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
                 if action.kind == "relay_failed" and action.fields.get("relay_id") == auth_id \
                         and me == 0:
                     auth_retry[0] = True
-                await node.event(action.kind, **{k: v for k, v in action.fields.items()},
-                                 relay=app.label)
+                await node.event(action.kind, **action.fields, relay=app.label)
             elif isinstance(action, Deposit):
                 await deposit(action)
 
