@@ -69,6 +69,11 @@ class StoreKeys:
         return row.material
 
 
+def last_relayed(db: KeyDB, link: str) -> int | None:
+    """The highest ``seq`` of ``link`` in the store (None: none yet)."""
+    return db.db.execute("SELECT max(block) FROM keys WHERE link = ?", (link,)).fetchone()[0]
+
+
 def relay_link(app: RelayApp) -> str:
     """The name end-to-end keys of ``app`` are filed under (their ids derive from it)."""
     return f"relay:{app.a}>{app.b}"
@@ -173,7 +178,12 @@ async def run(node: NodeContext, app: RelayApp) -> list[dict]:
             seq[0] += number == seq[0]
 
     async def serve() -> None:
+        # a restarted origin goes on after the keys it already stored (new ids), with a
+        # fresh key 0 for the KMEs' channel (the target keeps the latest)
+        last = await keys.call(last_relayed, keys.db, relay_link(app))
         seq = [0]
+        if last is not None:
+            seq[0], auth_retry[0] = last + 1, True
         while True:
             if me == 0:
                 await originate_while_keys(seq)
