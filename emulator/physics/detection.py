@@ -35,13 +35,19 @@ def detect_frame(
     eta: float,
     p_dc: float,
     e_det: float,
+    eta_1: float | None = None,
 ) -> FrameDetections:
     """Sample the receiver's clicks for slots [slot_start, slot_end) of a WCP source.
 
     Candidates are drawn with geometric gaps at p_max = max_i Q_{mu_i}; each is kept with
     probability Q_{mu(slot)}/p_max, mu(slot) from the sender's PRF; then signal vs dark and the
     outcome are drawn conditionally on the click. Cost ~ (slot_end - slot_start) * p_max.
+    ``eta`` is the total efficiency into the outcome-0 detector; ``eta_1`` (None = ``eta``)
+    into the outcome-1 one: efficiency mismatch (``_detect_mismatched``).
     """
+    if eta_1 is not None and eta_1 != eta:
+        return _detect_mismatched(rng, key, slot_start, slot_end, intensities, probabilities,
+                                  (eta, eta_1), p_dc, e_det)
     mus = np.asarray(intensities, dtype=np.float64)
     thresholds = intensity_thresholds(probabilities)
     if mus.shape != thresholds.shape:
@@ -86,6 +92,53 @@ def detect_frame(
     outcome_signal = bit ^ wrong.astype(np.uint8)
     # no signal and at least one dark click: by symmetry the outcome is a fair coin
     outcome = np.where(signal, outcome_signal, coin)
+    return FrameDetections(slots, basis_b, outcome)
+
+
+def _detect_mismatched(
+    rng: np.random.Generator,
+    key: bytes,
+    slot_start: int,
+    slot_end: int,
+    intensities: Sequence[float],
+    probabilities: Sequence[float],
+    etas: tuple[float, float],
+    p_dc: float,
+    e_det: float,
+) -> FrameDetections:
+    """``detect_frame`` with detector efficiencies eta_0 != eta_1: the signal's target detector
+    t = bit ^ wrong is drawn first, then the click with Q_t = 1 - (1 - Y0) e^{-eta_t mu}
+    (thinning from p_max at the larger efficiency), then signal vs dark as before."""
+    mus = np.asarray(intensities, dtype=np.float64)
+    thresholds = intensity_thresholds(probabilities)
+    if mus.shape != thresholds.shape:
+        raise ValueError("intensities and probabilities must have the same length")
+    n = int(slot_end) - int(slot_start)
+    y0 = float(background_yield(p_dc))
+    eta = np.asarray(etas, dtype=np.float64)
+    q = gain(mus[:, None], eta[None, :], y0)  # [intensity, target detector]
+    possible = np.asarray(probabilities, dtype=np.float64) > 0
+    p_max = float(q[possible].max())
+    if n <= 0 or p_max <= 0.0:
+        return FrameDetections(np.empty(0, np.uint64), np.empty(0, np.uint8),
+                               np.empty(0, np.uint8))
+    slots = _candidate_offsets(rng, n, p_max).astype(np.uint64)
+    slots += np.uint64(slot_start)
+    bit, basis_a, index = choices_from_words(slot_words(key, slots), thresholds)
+    coins = rng.integers(0, 4, slots.size, dtype=np.uint8)
+    basis_b = coins & 1
+    wrong = rng.random(slots.size) < np.where(basis_a == basis_b, e_det, 0.5)
+    target = bit ^ wrong.astype(np.uint8)
+    kept = rng.random(slots.size) * p_max < q[index, target]
+    slots, bit, index, target = slots[kept], bit[kept], index[kept], target[kept]
+    basis_b, coin = basis_b[kept], coins[kept] >> 1
+    m = slots.size
+    s = signal_probability(mus[:, None], eta[None, :])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_signal = np.where(q > 0, s / q, 0.0)
+    signal = rng.random(m) < p_signal[index, target]
+    flip = (rng.random(m) < p_dc / 2.0) if p_dc > 0 else np.zeros(m, dtype=bool)
+    outcome = np.where(signal, target ^ flip.astype(np.uint8), coin)
     return FrameDetections(slots, basis_b, outcome)
 
 
