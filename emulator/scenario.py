@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
+import numpy as np
 from msgspec import Meta, Struct
 
 from emulator.apps import PluginError, kind_of, kinds
+from emulator.physics import satellite, sources
 from emulator.physics.channels import fibre_delay
 from emulator.programs import NodeProgram, ProgramError, check_programs
 
@@ -60,6 +62,7 @@ class Kms(Struct, forbid_unknown_fields=True):
 class Node(Struct, forbid_unknown_fields=True):
     name: Name
     memory: NodeMemory | None = None  # quantum memory (entanglement apps); see below
+    clock: NodeClock | None = None  # its clock's frequency offset (clocks apps); see below
     run: list[NodeProgram] = []  # user programs started beside the node (emulator/programs.py)
     sae: list[Sae] = []  # SAEs attached to this node's KME (docs/kms.md)
     domain: Name | None = None  # its operator: whose CA certifies its KME and SAEs (docs/kms.md)
@@ -76,17 +79,36 @@ class ClassicalLink(Struct, forbid_unknown_fields=True):
 
 
 class Source(Struct, forbid_unknown_fields=True):
-    """Weak coherent pulse source at the link's ``a`` end."""
+    """Source at the link's ``a`` end: weak coherent pulses (``wcp``), thermal light, heralded
+    SPDC (``mu`` = mean pairs per pulse, one slot per herald) or a ``table`` of P(n) per
+    intensity (``emulator.physics.sources``)."""
 
-    kind: Literal["wcp"] = "wcp"
+    kind: Literal["wcp", "thermal", "spdc", "table"] = "wcp"
     rate_hz: Annotated[float, Meta(gt=0, le=1e10)] = 1e8
     mu: NonNegative = 0.5
     decoys: list[NonNegative] = msgspec.field(default_factory=lambda: [0.1, 0.0])  # nu, vacuum
     probabilities: list[Probability] | None = None  # of [mu, *decoys]; default 0.8 / rest even
+    herald_efficiency: Probability = 0.6  # spdc: efficiency of the herald detector
+    herald_dark_count_probability: Probability = 1e-6  # spdc: per gate of the herald detector
+    photon_numbers: list[list[Probability]] | None = None  # table: [P(0), P(1), ...] per intensity
+
+    def __post_init__(self) -> None:
+        if self.kind == "table" and (
+                self.photon_numbers is None or len(self.photon_numbers) != len(self.intensities)
+                or any(sum(row) > 1.0 + 1e-9 for row in self.photon_numbers)):
+            raise ValueError("a 'table' source needs photon_numbers: one P(n) row per "
+                             "intensity [mu, *decoys], each summing to at most 1")
 
     @property
     def intensities(self) -> list[float]:
         return [self.mu, *self.decoys]
+
+    def photon_number_distributions(self) -> list[np.ndarray]:
+        """P(n) of each intensity [mu, *decoys], as the sender characterised its source."""
+        rows = self.photon_numbers or [None] * len(self.intensities)
+        return [sources.distribution(self.kind, mu, self.herald_efficiency,
+                                     self.herald_dark_count_probability, row)
+                for mu, row in zip(self.intensities, rows)]
 
     @property
     def intensity_probabilities(self) -> list[float]:
@@ -105,11 +127,54 @@ class Detector(Struct, forbid_unknown_fields=True):
     misalignment: Probability = 0.015
 
 
+class SatellitePass(Struct, forbid_unknown_fields=True):
+    """``[links.quantum.pass]``: the link's loss follows a satellite pass (circular orbit of
+    ``altitude_km``, closest range, Micius optics by default) or a (time, dB) table; times are
+    the pass's (0 = closest approach), the run's t = 0 being ``start_s``. See docs/scenarios.md."""
+
+    altitude_km: Positive = 500.0
+    closest_range_km: Positive = 645.0
+    min_elevation_deg: Annotated[float, Meta(ge=0, lt=90)] = 10.0
+    start_s: float = -150.0
+    divergence_rad: Positive = 5e-6
+    aperture_radius_m: Positive = 0.5
+    jitter_rad: NonNegative = 0.0
+    t_zenith: Annotated[float, Meta(gt=0, le=1)] = 0.516
+    eta_fixed: Annotated[float, Meta(gt=0, le=1)] = 0.0513
+    loss_t_s: list[float] | None = None  # a loss table instead of the geometry ...
+    loss_db: list[float] | None = None  # ... (both, same length), or:
+    loss_csv: str | None = None  # "time_s,loss_db" rows, relative to the scenario file
+
+    @property
+    def is_table(self) -> bool:
+        return self.loss_db is not None
+
+    def geometry(self, t_run) -> satellite.PassPoint:
+        return satellite.pass_geometry(self.altitude_km, self.closest_range_km,
+                                       np.add(t_run, self.start_s),
+                                       math.radians(self.min_elevation_deg))
+
+    def loss_at(self, t_run):
+        """Channel loss (dB) at run times ``t_run``: +inf below the minimum elevation or
+        outside the table."""
+        if self.is_table:
+            return satellite.interpolate_loss_db(np.add(t_run, self.start_s), self.loss_t_s,
+                                                 self.loss_db)
+        optics = satellite.Optics(self.divergence_rad, self.aperture_radius_m, self.jitter_rad,
+                                  self.t_zenith, self.eta_fixed)
+        return satellite.pass_loss_db(self.geometry(t_run), optics)
+
+    def transmittance(self, t_run):
+        """10^(-loss/10) at run times ``t_run`` (0 where there is no link)."""
+        return np.power(10.0, -np.asarray(self.loss_at(t_run)) / 10.0)
+
+
 class QuantumLink(Struct, forbid_unknown_fields=True):
     attenuation_db_per_km: NonNegative = 0.2
     frame_ms: Annotated[float, Meta(gt=0, le=1000)] = 10.0
     source: Source = msgspec.field(default_factory=Source)
     detector: Detector = msgspec.field(default_factory=Detector)
+    pass_: SatellitePass | None = msgspec.field(default=None, name="pass")  # time-varying loss
 
 
 class Link(Struct, forbid_unknown_fields=True):
@@ -148,6 +213,13 @@ class NodeMemory(Struct, forbid_unknown_fields=True):
     cutoff_s: Positive | None = None
 
 
+class NodeClock(Struct, forbid_unknown_fields=True):
+    """``[nodes.clock]``: the node's clock runs ``detuning_hz`` away from the reference; qubits
+    in its memory precess at that rate (emulator/physics/clocks.py). Omitted = no offset."""
+
+    detuning_hz: Annotated[float, Meta(ge=-1e9, le=1e9)] = 0.0
+
+
 class LinkEntanglement(Struct, forbid_unknown_fields=True):
     """``[links.entanglement]``: heralded pairs from a midpoint station (Barrett-Kok style
     linear-optics BSM, efficiency ``bsm_efficiency``); each photon crosses half the fibre."""
@@ -157,6 +229,34 @@ class LinkEntanglement(Struct, forbid_unknown_fields=True):
     detector_efficiency: Probability = 0.9
     attenuation_db_per_km: NonNegative = 0.2
     bsm_efficiency: Probability = 0.5
+    wavelength_nm: Annotated[int, Meta(gt=0)] | None = None  # the memories' emission
+    fibre_db_per_km: dict[str, NonNegative] = {}  # nm -> dB/km; overrides the one above
+    conversion: FrequencyConversion | None = None  # a stage at each end, see physics/conversion
+
+    def __post_init__(self) -> None:
+        """Wavelength keys are whole nm; a converting link knows its loss at both wavelengths."""
+        if not all(k.isdigit() and int(k) > 0 for k in self.fibre_db_per_km):
+            raise ValueError("fibre_db_per_km: keys are wavelengths in whole nm")
+        if self.conversion is not None:
+            needed = {"wavelength_nm": self.wavelength_nm,
+                      "conversion.target_wavelength_nm": self.conversion.target_wavelength_nm}
+            for field, nm in needed.items():
+                if nm is None or str(nm) not in self.fibre_db_per_km:
+                    raise ValueError(f"{field}: a converting link needs it, with its loss in "
+                                     f"fibre_db_per_km")
+        elif self.wavelength_nm is not None and self.fibre_db_per_km \
+                and str(self.wavelength_nm) not in self.fibre_db_per_km:
+            raise ValueError("wavelength_nm: not in fibre_db_per_km")
+
+
+class FrequencyConversion(Struct, forbid_unknown_fields=True):
+    """``[links.entanglement.conversion]``: shifts each end's photon to a telecom wavelength;
+    defaults after Bock et al., Nat. Commun. 9, 1998 (2018) (854 -> 1310 nm)."""
+
+    efficiency: Annotated[float, Meta(gt=0, le=1)] = 0.265
+    noise_rate_hz: NonNegative = 11.4  # noise photons per second into the fibre
+    gate_s: Annotated[float, Meta(gt=0, le=1)] = 1e-6  # the station's detection gate
+    target_wavelength_nm: Annotated[int, Meta(gt=0)] = 1310
 
 
 def entanglement_neighbours(sc: Scenario) -> dict[str, list[str]]:
@@ -357,6 +457,8 @@ def _check_references(sc: Scenario) -> None:
         if link.id in link_ids:
             raise ScenarioError(f"links[{i}].name: duplicate link {link.id!r}")
         link_ids.add(link.id)
+        if link.quantum is not None and link.quantum.pass_ is not None:
+            _check_pass(link.quantum.pass_, f"links[{i}].quantum.pass")
     for i, app in enumerate(sc.apps):
         for end in ("a", "b"):  # the usual ends, checked first for a precise field path
             node = getattr(app, end, None)
@@ -370,6 +472,55 @@ def _check_references(sc: Scenario) -> None:
     for i, fault in enumerate(sc.faults):
         if fault.link not in link_ids:
             raise ScenarioError(f"faults[{i}].link: unknown link {fault.link!r}")
+
+
+def _check_pass(spec: SatellitePass, path: str) -> None:
+    """A loss table is whole and increasing; the geometry is physical."""
+    if spec.loss_csv is not None:
+        raise ScenarioError(f"{path}.loss_csv: only a scenario file can name a CSV "
+                            "(load_scenario reads it)")
+    if (spec.loss_t_s is None) != (spec.loss_db is None):
+        raise ScenarioError(f"{path}: loss_t_s and loss_db go together")
+    if spec.is_table:
+        try:
+            spec.loss_at(0.0)
+            if len(spec.loss_t_s) != len(spec.loss_db):
+                raise ValueError("loss_t_s and loss_db differ in length")
+        except ValueError as exc:
+            raise ScenarioError(f"{path}.loss_t_s: {exc}") from None
+    elif spec.closest_range_km < spec.altitude_km:
+        raise ScenarioError(f"{path}.closest_range_km: below the altitude")
+
+
+def _read_loss_csvs(raw: dict, base: Path) -> None:
+    """Replace each ``[links.quantum.pass]`` ``loss_csv`` by its (time_s, loss_db) columns."""
+    for i, link in enumerate(raw.get("links", []) if isinstance(raw.get("links"), list) else []):
+        spec = ((link.get("quantum") or {}) if isinstance(link, dict) else {}).get("pass")
+        if not isinstance(spec, dict) or not isinstance(spec.get("loss_csv"), str):
+            continue
+        path = f"links[{i}].quantum.pass.loss_csv"
+        csv = base / spec.pop("loss_csv")
+        try:
+            rows = [line.split(",") for line in csv.read_text().splitlines()
+                    if line.strip() and not line.lstrip().startswith("#")]
+            if rows and not _is_number(rows[0][0]):
+                rows = rows[1:]  # a header line
+            if any(len(row) != 2 for row in rows):
+                raise ValueError("each row needs two columns, time_s and loss_db")
+            spec["loss_t_s"] = [float(row[0]) for row in rows]
+            spec["loss_db"] = [float(row[1]) for row in rows]
+        except OSError as exc:
+            raise ScenarioError(f"{path}: cannot read {csv} ({exc.strerror})") from None
+        except ValueError as exc:
+            raise ScenarioError(f"{path}: {csv}: {exc}") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_finite(value: Any, path: str) -> None:
@@ -429,4 +580,6 @@ def read_raw(path: str | Path) -> dict:
 
 
 def load_scenario(path: str | Path, overrides: list[str] = ()) -> Scenario:
-    return parse_scenario(read_raw(path), overrides)
+    raw = read_raw(path)
+    _read_loss_csvs(raw, Path(path).parent)
+    return parse_scenario(raw, overrides)

@@ -28,6 +28,7 @@ log = logging.getLogger("qnet.daemon")
 LAG_WARNING_S = 0.1  # log when frame processing falls this far behind (doubling thereafter)
 MAX_RECORDS_PER_MESSAGE = 400_000  # 10 bytes each: keeps a Detections frame well under MAX_FRAME
 MAX_BACKLOG_RECORDS = 4_000_000  # detections buffered for a receiver that has not opened yet
+SCHEDULE_STEP_S = 1.0  # longest stretch sampled at one transmittance on a time-varying link
 
 
 @dataclass
@@ -66,6 +67,7 @@ class PhotonLinkRuntime(LinkRuntime):
         self.eta = float(channels.transmittance(link.length_km, q.attenuation_db_per_km)) * (
             q.detector.efficiency
         )
+        self.schedule = q.pass_  # time-varying channel loss (satellite pass), or None
         self.p_dc = q.detector.dark_count_probability
         self.e_det = q.detector.misalignment
         self.source: SourceRun | None = None
@@ -112,6 +114,9 @@ class PhotonLinkRuntime(LinkRuntime):
         y0 = float(detectors.background_yield(self.p_dc))
         p_max = max(float(detectors.gain(mu, self.eta, y0)) for mu in intensities)
         max_span = max(self.slots_per_frame, int(MAX_RECORDS_PER_MESSAGE / max(p_max, 1e-12)))
+        if self.schedule is not None:  # the loss must stay ~constant over one sampling call
+            max_span = min(max_span, max(self.slots_per_frame,
+                                         round(SCHEDULE_STEP_S * self.rate_hz)))
         run = SourceRun(bytes(request.prf_key), list(intensities), list(probabilities),
                         self.clock.now(), conn, min(max_span, 1 << 40))
         self.source = run
@@ -181,7 +186,7 @@ class PhotonLinkRuntime(LinkRuntime):
                 end = self._catch_up(run, start, end, now)
                 found = detection.detect_frame(
                     self.rng, run.key, start, end, run.intensities, run.probabilities,
-                    self.eta, self.p_dc, self.e_det,
+                    self.eta_at(run, start, end), self.p_dc, self.e_det,
                 )
                 if self.host.taps:
                     self.host.taps.photon_frame(self.name, start, end, found,
@@ -204,6 +209,13 @@ class PhotonLinkRuntime(LinkRuntime):
         finally:
             self.source = None
             run.done.set()
+
+    def eta_at(self, run: SourceRun, start: int, end: int) -> float:
+        """Transmittance for slots [start, end): fixed, or the pass's at their middle time."""
+        if self.schedule is None:
+            return self.eta
+        t_mid = run.t_start + 0.5 * (start + end) / self.rate_hz
+        return self.eta * float(self.schedule.transmittance(t_mid))
 
     def _catch_up(self, run: SourceRun, start: int, end: int, now: float) -> int:
         """End of the slots to sample now: ``end``, extended by every further whole frame
