@@ -2,8 +2,9 @@
 
 Attempts run at ``attempt_rate_hz``, each heralded with probability ``p``; a success stores a
 Werner pair (at emission time) in one slot at each end and heralds it to both ends one fibre
-delay later. Generation pauses while either end holds its limit of this link's halves (or has
-no free slot) and resumes when slots free. Which slot holds which pair is kept by the memories
+delay later; with a frequency-conversion stage, a noise herald stores I/4 instead.
+Generation pauses while either end holds its limit of this link's halves (or has no free
+slot) and resumes when slots free. Which slot holds which pair is kept by the memories
 (``QuantumMemories.owner``/``held``) only. An exception in the link's tasks ends the daemon.
 """
 
@@ -21,7 +22,7 @@ from emulator.daemon.links import LinkHost, LinkRuntime, Reply, name_word, not_a
 from emulator.daemon.session import Connection
 from emulator.physics import bell_diagonal as bd
 from emulator.physics import channels
-from emulator.physics.heralding import heralding_probability
+from emulator.physics.conversion import link_heralding
 
 
 class HeraldedLinkRuntime(LinkRuntime):
@@ -40,11 +41,13 @@ class HeraldedLinkRuntime(LinkRuntime):
         self.clock = host.clock
         self.memories = host.memories
         self.rng = host.rng(name_word(link.name), 2)
-        self.p = heralding_probability(link.length_km, e.attenuation_db_per_km,
-                                       e.detector_efficiency, e.bsm_efficiency)
+        heralding = link_heralding(link.length_km, e)  # with its conversion stage, if any
+        self.p = heralding.p_herald
+        self.true_fraction = heralding.true_fraction  # the rest are noise heralds: I/4
         self.rate_hz = e.attempt_rate_hz
         self.delay_s = float(channels.fibre_delay(link.length_km))
         self.coeffs = bd.werner_coefficients(e.source_fidelity)
+        self.mixed = bd.werner_coefficients(0.25)
         self.ends = (link.a, link.b)
         self.shares = dict(shares)  # even split of each end's slots over its links
         self.limit = dict(shares)
@@ -141,7 +144,9 @@ class HeraldedLinkRuntime(LinkRuntime):
             if not self.has_room():
                 continue  # another user took the last slot while we waited
             pair = self.host.new_pair_id()
-            ref_a, ref_b = self.memories.store_pair(*self.ends, self.coeffs, t_emit,
+            true = self.true_fraction >= 1.0 or self.rng.random() < self.true_fraction
+            ref_a, ref_b = self.memories.store_pair(*self.ends,
+                                                    self.coeffs if true else self.mixed, t_emit,
                                                     owner=(self.name, pair))
             self.generated += 1
             if self.host.taps:
