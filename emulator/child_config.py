@@ -70,6 +70,7 @@ class DaemonConfig(msgspec.Struct):
     host: str = "127.0.0.1"
     mqtt: MqttAddress | None = None
     memories: dict[str, NodeMemory] = {}  # node -> its quantum memory (state level)
+    clocks: dict[str, float] = {}  # node -> its clock detuning in Hz (absent = 0)
     entanglement_links: list[DaemonEntanglementLink] = []
 
 

@@ -237,6 +237,7 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         links=[DaemonLink(link.id, link.a, link.b, link.length_km, link.quantum)
                for link in scenario.links if link.quantum is not None],
         memories={n.name: memory_of(scenario, n.name) for n in scenario.nodes},
+        clocks={n.name: n.clock.detuning_hz for n in scenario.nodes if n.clock is not None},
         entanglement_links=[
             DaemonEntanglementLink(link.id, link.a, link.b, link.length_km,
                                    link.entanglement)

@@ -27,6 +27,7 @@ from emulator.daemon.slots import (  # noqa: F401 (re-exported: the memories' AP
     SlotRef,
 )
 from emulator.physics import bell_diagonal as bd
+from emulator.physics import clocks
 from emulator.physics import memories as decoherence
 from emulator.physics import states as st
 
@@ -148,7 +149,7 @@ class QuantumMemories:
         return group
 
     def _decohere(self, group: _Group, now: float) -> None:
-        """Lazy T1/T2 from ``group.last`` to ``now`` on every qubit (each with its node's spec).
+        """Lazy T1/T2 (and precession at each node's clock detuning) from ``group.last`` to ``now`` on every qubit (each with its node's spec).
 
         A ``now`` earlier than the last access (clock skew between processes) applies nothing.
         Bell-diagonal pairs with T1 = inf stay on the fast path (dephasing keeps them
@@ -159,6 +160,15 @@ class QuantumMemories:
             return
         group.last = now
         specs = [self._specs[r.node] for r in group.refs]
+        if any(s.detuning_hz for s in specs):
+            # a detuned clock: the qubit precesses (a coherent Z rotation, not Bell-diagonal)
+            rho = group.density()
+            for q, s in enumerate(specs):
+                rho = decoherence.memory_decay(rho, q, dt, s.t1, s.t2)
+                if s.detuning_hz:
+                    rho = clocks.precess(rho, q, s.detuning_hz, dt)
+            group.rho = rho
+            return
         if group.coeffs is not None and all(math.isinf(s.t1) for s in specs):
             c = group.coeffs
             for s in specs:

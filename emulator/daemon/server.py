@@ -42,13 +42,14 @@ REPORTED_SESSION_COUNTERS = ("connections", "authenticated", "rejected_too_many"
                              "internal_errors")
 
 
-def memory_spec(memory) -> mem.MemorySpec:
-    """``NodeMemory`` (scenario, seconds, None = no decay) -> ``MemorySpec``."""
+def memory_spec(memory, detuning_hz: float = 0.0) -> mem.MemorySpec:
+    """``NodeMemory`` (scenario, seconds, None = no decay) and clock detuning -> ``MemorySpec``."""
     return mem.MemorySpec(
         slots=memory.slots,
         t1=memory.t1_s if memory.t1_s is not None else math.inf,
         t2=memory.t2_s if memory.t2_s is not None else math.inf,
         cutoff=memory.cutoff_s,
+        detuning_hz=detuning_hz,
     )
 
 
@@ -60,7 +61,8 @@ class Daemon:
         self.clock = EmulatedClock(config.t0, config.time_scale)
         self.taps = Taps()
         self.memories = mem.QuantumMemories(
-            {node: memory_spec(m) for node, m in config.memories.items()})
+            {node: memory_spec(m, config.clocks.get(node, 0.0))
+             for node, m in config.memories.items()})
         self.nursery: trio.Nursery | None = None
         self.port = 0
         self._freed = trio.Event()

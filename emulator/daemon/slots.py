@@ -21,12 +21,14 @@ class SlotRef(NamedTuple):
 @dataclass(frozen=True)
 class MemorySpec:
     """One node's memory: ``slots`` qubits, T1/T2 in emulated seconds (``math.inf`` = none),
-    ``cutoff``: a stored qubit older than this many seconds is discarded with its partners."""
+    ``cutoff``: a stored qubit older than this many seconds is discarded with its partners;
+    ``detuning_hz``: the node's clock offset, at which its qubits precess (physics/clocks.py)."""
 
     slots: int
     t1: float = math.inf
     t2: float = math.inf
     cutoff: float | None = None
+    detuning_hz: float = 0.0
 
     def __post_init__(self) -> None:
         if self.slots < 0:
@@ -37,6 +39,8 @@ class MemorySpec:
             raise ValueError(f"T2 = {self.t2} exceeds 2 T1 = {2 * self.t1}")
         if self.cutoff is not None and self.cutoff <= 0:
             raise ValueError("cutoff must be > 0")
+        if not math.isfinite(self.detuning_hz):
+            raise ValueError("detuning_hz must be finite")
 
 
 @dataclass(frozen=True)
