@@ -29,13 +29,22 @@ def merge(scenario: Any, app: Any, entries: list[dict]) -> list[dict]:
 
 
 ROWS = [("pairs", "pairs", ",d"), ("pairs/s (emulated)", "pairs_per_s", ",.0f"),
+        ("pairs/s (model, one link)", "pairs_per_s_model", ",.0f"),
         ("fidelity (estimated)", "fidelity_mean", ".4f"),
         ("  standard error", "fidelity_std", ".4f"),
         ("fidelity (model)", "fidelity_model", ".4f"),
         ("swap latency median (ms)", "swap_latency_ms_median", ".2f")]
 
 
+CONVERSION_ROWS = [("true heralds (model)", "true_herald_fraction", ".5f"),
+                   ("pairs/s unconverted (model)", "pairs_per_s_unconverted_model", ",.0f"),
+                   ("crossover length (km)", "crossover_km", ".2f")]
+
+
 def print_summary(console: Any, entry: dict) -> None:
     """The entry's estimate beside its model."""
     print_rows(console, f"entanglement {entry.get('name')} "
                         f"(path {' - '.join(entry.get('path') or [])})", entry, ROWS)
+    if entry.get("conversion"):
+        print_rows(console, f"{entry.get('name')}: frequency conversion", entry["conversion"],
+                   CONVERSION_ROWS)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from emulator.physics import memories, teleportation
+from emulator.physics import conversion, memories, teleportation
 from nodes.entanglement.pairs.model import decays
 
 
@@ -21,6 +21,8 @@ def predict(scenario: Any, app: Any, entry: dict) -> dict:
     storage = entry.get("storage_s") or {}
     if app.state != "random" or not storage.get("sample"):
         return {"fidelity_model": None}
-    f_link = scenario.link_between(app.a, app.b).entanglement.source_fidelity
+    link = scenario.link_between(app.a, app.b)
+    f_link = conversion.link_heralding(link.length_km, link.entanglement).fidelity(
+        link.entanglement.source_fidelity)  # as delivered (frequency-conversion noise heralds)
     pair_f = [memories.dephased_werner(f_link, d) for d in decays(scenario, storage)]
     return {"fidelity_model": float(np.mean([teleportation.average_fidelity(f) for f in pair_f]))}
