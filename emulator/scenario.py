@@ -130,7 +130,7 @@ class Detector(Struct, forbid_unknown_fields=True):
 class SatellitePass(Struct, forbid_unknown_fields=True):
     """``[links.quantum.pass]``: the link's loss follows a satellite pass (circular orbit of
     ``altitude_km``, closest range, Micius optics by default) or a (time, dB) table; times are
-    the pass's (0 = closest approach), the run's t = 0 being ``start_s``. See docs/scenarios.md."""
+    the pass's (0 = closest approach); the source starts at ``start_s``. See docs/scenarios.md."""
 
     altitude_km: Positive = 500.0
     closest_range_km: Positive = 645.0
@@ -155,8 +155,8 @@ class SatellitePass(Struct, forbid_unknown_fields=True):
                                        math.radians(self.min_elevation_deg))
 
     def loss_at(self, t_run):
-        """Channel loss (dB) at run times ``t_run``: +inf below the minimum elevation or
-        outside the table."""
+        """Channel loss (dB) at ``t_run`` seconds after the source's start: +inf below the
+        minimum elevation or outside the table."""
         if self.is_table:
             return satellite.interpolate_loss_db(np.add(t_run, self.start_s), self.loss_t_s,
                                                  self.loss_db)

@@ -33,8 +33,8 @@ def pass_link(spec: SatellitePass) -> DaemonConfig:
                         {"sat": TOKENS["alice"], "ground": TOKENS["bob"]}, [link])
 
 
-async def run_pass(config: DaemonConfig) -> tuple[float, int, np.ndarray]:
-    """Source start time, pulses sent and the slots of every detection, over RUN_S."""
+async def run_pass(config: DaemonConfig) -> tuple[int, np.ndarray]:
+    """Pulses sent and the slots of every detection, over RUN_S of source output."""
     async with trio.open_nursery() as nursery:
         daemon = await nursery.start(serve, config)
         sat = await Peer.connect(daemon.port)
@@ -65,16 +65,15 @@ async def run_pass(config: DaemonConfig) -> tuple[float, int, np.ndarray]:
         with trio.fail_after(30):
             await received.wait()
         nursery.cancel_scope.cancel()
-    return started.t_start, stopped.pulses, np.concatenate(slots)
+    return stopped.pulses, np.concatenate(slots)
 
 
-def expected_per_bin(spec: SatellitePass, t_start: float, edges_s: np.ndarray,
-                     detector: Detector) -> np.ndarray:
+def expected_per_bin(spec: SatellitePass, edges_s: np.ndarray, detector: Detector) -> np.ndarray:
     """Mean click probability per pulse in each bin, the pass model averaged over 0.1 s steps."""
     y0 = float(background_yield(detector.dark_count_probability))
     out = []
     for lo, hi in zip(edges_s[:-1], edges_s[1:], strict=True):
-        t = t_start + np.arange(lo + 0.05, hi, 0.1)
+        t = np.arange(lo + 0.05, hi, 0.1)  # pass time counts from the source's start
         eta = spec.transmittance(t) * detector.efficiency
         q = sum(w * gain(mu, eta, y0) for mu, w in zip(INTENSITIES, PROBABILITIES, strict=True))
         out.append(float(np.mean(q)))
@@ -85,17 +84,17 @@ async def test_gain_follows_the_pass_in_every_time_bin():
     # run t = 0 is 160 s before closest approach; below 25 deg (range > ~1000 km) no link
     spec = SatellitePass(start_s=-160.0, min_elevation_deg=25.0)
     config = pass_link(spec)
-    t_start, pulses, slots = await run_pass(config)
+    pulses, slots = await run_pass(config)
     assert pulses >= RUN_S * RATE_HZ
     edges = np.arange(0.0, RUN_S + 1e-9, BIN_S)
     counts = np.histogram(slots / RATE_HZ, bins=edges)[0]
-    expected = expected_per_bin(spec, t_start, edges, config.links[0].quantum.detector)
+    expected = expected_per_bin(spec, edges, config.links[0].quantum.detector)
     n = BIN_S * RATE_HZ  # pulses per bin
     sigma = np.sqrt(n * expected * (1 - expected))
     assert np.all(np.abs(counts - n * expected) <= 4 * sigma), (counts, n * expected)
-    # the shape: dark counts only at both ends, ~10 dB more signal at closest approach
-    loss = spec.loss_at(t_start + 0.5 * (edges[:-1] + edges[1:]))
+    # the shape: dark counts only at both ends, several times more signal at closest approach
+    loss = spec.loss_at(0.5 * (edges[:-1] + edges[1:]))
     assert math.isinf(loss[0]) and math.isinf(loss[-1]) and loss.min() < 31
     y0_clicks = n * float(background_yield(1e-6))
     assert counts[0] < y0_clicks + 5 * math.sqrt(y0_clicks)
-    assert counts.max() > 5 * counts[np.isfinite(loss)].min()
+    assert counts.max() > 2.5 * counts[np.isfinite(loss)].min()

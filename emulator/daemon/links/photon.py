@@ -211,11 +211,11 @@ class PhotonLinkRuntime(LinkRuntime):
             run.done.set()
 
     def eta_at(self, run: SourceRun, start: int, end: int) -> float:
-        """Transmittance for slots [start, end): fixed, or the pass's at their middle time."""
+        """Transmittance for slots [start, end): fixed, or the pass's at their middle time
+        (pass time counts from the source's start: the apps', whenever the run began)."""
         if self.schedule is None:
             return self.eta
-        t_mid = run.t_start + 0.5 * (start + end) / self.rate_hz
-        return self.eta * float(self.schedule.transmittance(t_mid))
+        return self.eta * float(self.schedule.transmittance(0.5 * (start + end) / self.rate_hz))
 
     def _catch_up(self, run: SourceRun, start: int, end: int, now: float) -> int:
         """End of the slots to sample now: ``end``, extended by every further whole frame

@@ -15,6 +15,7 @@ from rich.table import Table
 from emulator.physics import channels, decoy, detectors
 from emulator.results import fmt
 from emulator.scenario import Link, Scenario
+from nodes.qkd.bb84.pass_results import pass_predictions, pass_section
 from nodes.qkd.bb84.spec import BB84App, link_of
 
 SENDER_FIELDS = ("key_sha256_a", "secret_bits_a", "daemon_lag_s", "cpu_s_a", "cpu_s_daemon",
@@ -81,6 +82,12 @@ def merge(scenario: Scenario, app: BB84App, entries: list[dict]) -> list[dict]:
     if merged.get("processed_slots"):
         merged["pa_bits_per_pulse"] = merged["pa_output_bits"] / merged["processed_slots"]
     merged["predicted"] = predicted_bb84(link, app, merged.get("ec_efficiency"))
+    if link.quantum.pass_ is not None:  # time-varying loss: the model follows the pass
+        merged["pass"] = pass_section(link, app.sample_fraction,
+                                      merged["predicted"].get("ec_efficiency_used")
+                                      or DEFAULT_EC_EFFICIENCY,
+                                      merged.pop("sift_batches", None))
+        merged["predicted"] = pass_predictions(merged["pass"], merged["predicted"])
     merged["realtime_factor"] = realtime_factor(merged, source_s / scenario.scenario.time_scale)
     return [merged]
 

@@ -21,6 +21,7 @@ from nodes import remote_errors
 from nodes.errors import BlockRejected, RemoteProtocolError, UnexpectedMessage
 from nodes.qkd import messages as m
 from nodes.qkd.auth import Authenticator
+from nodes.qkd.bb84.pass_results import sift_batches
 from nodes.qkd.bb84.receiver import ReceiverRun
 from nodes.qkd.bb84.spec import BB84App, link_of
 from nodes.qkd.blocks import PostprocessingConfig, decoy_estimate
@@ -174,6 +175,8 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
             "first_detection_emu_s": run.t_first_detection,
             "first_detection_wall": run.wall_first_detection,
             "blocks_rejected": len(run.rejected)})
+        if node.view.link(link).quantum.pass_ is not None:  # key rate against time
+            result["sift_batches"] = sift_batches(sift.records.values())
         return result
 
     async def read_detections() -> None:
