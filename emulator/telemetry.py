@@ -336,7 +336,9 @@ def credentials(run: str, nodes: list[str], links: list[str]) -> dict[str, Accou
     accounts: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ORCHESTRATOR: ((control_filter(run),), (run_filter(run),)),
         DAEMON: ((f"qnet/{run}/daemon/#",), control),
-        OBSERVER: ((), (run_filter(run),)),
+        # the broker serves this run only, so the observer may also ask for all of qnet/#
+        # (what `mosquitto_sub -t 'qnet/#'` subscribes to)
+        OBSERVER: ((), (run_filter(run), "qnet/#")),
     }
     for name in nodes:
         accounts[node_user(name)] = ((f"qnet/{run}/node/{name}/#",), control)

@@ -174,8 +174,9 @@ def test_acl_gives_control_to_the_orchestrator_only() -> None:
     assert rules["publish"]["relay.relay-control"] == [f"qnet/{RUN}/relay/relay-control/#"]
     assert rules["publish"]["daemon"] == [f"qnet/{RUN}/daemon/#"]
     assert rules["publish"]["observer"] == []
-    assert rules["subscribe"]["orchestrator"] == rules["subscribe"]["observer"] == [
-        f"qnet/{RUN}/#"]
+    assert rules["subscribe"]["orchestrator"] == [f"qnet/{RUN}/#"]
+    # the observer reads the run, also as `mosquitto_sub -t 'qnet/#'` (one run per broker)
+    assert rules["subscribe"]["observer"] == [f"qnet/{RUN}/#", "qnet/#"]
     others = [u for u in rules["subscribe"] if u not in ("orchestrator", "observer")]
     assert all(rules["subscribe"][u] == [f"qnet/{RUN}/control/#"] for u in others)
     publishers = [u for u, topics in rules["publish"].items()
