@@ -21,7 +21,7 @@ import numpy as np
 from msgspec import Meta, Struct
 
 from emulator.apps import PluginError, kind_of, kinds
-from emulator.physics import satellite, sources
+from emulator.physics import detector_effects, satellite, sources
 from emulator.physics.channels import fibre_delay
 from emulator.programs import NodeProgram, ProgramError, check_programs
 
@@ -125,6 +125,22 @@ class Detector(Struct, forbid_unknown_fields=True):
     efficiency: Probability = 0.1
     dark_count_probability: Probability = 1e-6
     misalignment: Probability = 0.015
+    # detectors as they are (docs/scenarios.md "Detector effects"); defaults: ideal
+    efficiency_1: Probability | None = None  # the outcome-1 detector's (mismatch); None: same
+    dead_time_ns: NonNegative = 0.0  # non-paralysable, per detector, rounded to whole slots
+    afterpulse_probability: Probability = 0.0  # carrier trapped per avalanche
+    afterpulse_decay_ns: Positive = 100.0  # mean trap release delay (exponential)
+    gate_width_ns: Positive | None = None  # gated detectors; None: free-running
+    dark_count_rate_hz: NonNegative | None = None  # if set, replaces dark_count_probability
+
+    def per_gate_dark_count(self, rate_hz: float) -> float:
+        """p_dc per gate: configured, or 1 - exp(-R_dc w), w the gate (else the slot period)."""
+        if self.dark_count_rate_hz is None:
+            return self.dark_count_probability
+        window_s = (self.gate_width_ns * 1e-9 if self.gate_width_ns is not None
+                    else 1.0 / rate_hz)
+        return detector_effects.gate_dark_count_probability(self.dark_count_rate_hz, window_s)
+
 
 
 class SatellitePass(Struct, forbid_unknown_fields=True):
@@ -175,6 +191,13 @@ class QuantumLink(Struct, forbid_unknown_fields=True):
     source: Source = msgspec.field(default_factory=Source)
     detector: Detector = msgspec.field(default_factory=Detector)
     pass_: SatellitePass | None = msgspec.field(default=None, name="pass")  # time-varying loss
+
+    def __post_init__(self) -> None:
+        """A gate fits in one slot period."""
+        gate = self.detector.gate_width_ns
+        if gate is not None and gate > 1e9 / self.source.rate_hz:
+            raise ValueError("detector.gate_width_ns: longer than the source's slot period")
+
 
 
 class Link(Struct, forbid_unknown_fields=True):

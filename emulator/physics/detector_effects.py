@@ -219,3 +219,32 @@ def outcome_gains(mu, eta_0, eta_1, p_dc):
     background = sum(0.5 * (1.0 - st) * y0 / 2.0 for st in s)
     return tuple(background + 0.5 * (s[d] * (1 - p_dc / 2) + s[1 - d] * p_dc / 2)
                  for d in (0, 1))
+
+
+def saturated_counts(p: float, effects: DetectorEffects, rounds: int = 200) -> tuple[float, float]:
+    """(R, P_eff) of one detector with ideal clicks p per slot: counted clicks per slot and the
+    afterpulse share among them. An afterpulse counts only if its detector is live then
+    (live fraction L = 1/(1 + r D), r = p + R P_eff): fixed point of R = r L, P_eff = P_ap L.
+    Exact at low rate; an approximation (no correlation of liveness with the parent's click)
+    when r D is not small."""
+    p_ap = afterpulse_yield(effects)
+    dead = effects.dead_slots
+    counted = float(counted_rate(p, dead))
+    share = p_ap
+    for _ in range(rounds):  # a contraction for P_ap < 1: converges in a few dozen rounds
+        r = p + counted * share
+        live = 1.0 / (1.0 + r * dead)
+        counted, share = r * live, p_ap * live
+    return counted, share
+
+
+def counted_gain_and_errors(q_mu, eq_mu, p_mean: float, effects: DetectorEffects
+                            ) -> tuple[float, float, float]:
+    """(gain, error gain, afterpulse share) of pulses of one intensity, after the detectors:
+    ideal clicks Q_mu survive with the live fraction L (blinding is independent of the slot),
+    afterpulses add 2 R P_eff clicks per slot, half of them errors. p_mean: ideal clicks per
+    slot per detector over the intensity mix."""
+    counted, share = saturated_counts(p_mean, effects)
+    live = counted * (1.0 - share) / p_mean if p_mean > 0 else 1.0
+    after = 2.0 * counted * share
+    return float(q_mu * live + after), float(eq_mu * live + after / 2.0), share

@@ -20,7 +20,7 @@ from emulator.child_config import DaemonLink
 from emulator.daemon import protocol as p
 from emulator.daemon.links import LinkHost, LinkRuntime, Reply, name_word, not_allowed
 from emulator.daemon.session import Connection
-from emulator.physics import channels, detection, detectors
+from emulator.physics import channels, detection, detector_effects, detectors
 from emulator.prf import intensity_thresholds
 
 log = logging.getLogger("qnet.daemon")
@@ -68,8 +68,16 @@ class PhotonLinkRuntime(LinkRuntime):
             q.detector.efficiency
         )
         self.schedule = q.pass_  # time-varying channel loss (satellite pass), or None
-        self.p_dc = q.detector.dark_count_probability
+        self.p_dc = q.detector.per_gate_dark_count(q.source.rate_hz)
         self.e_det = q.detector.misalignment
+        self.eta_1 = (None if q.detector.efficiency_1 is None else self.eta
+                      * q.detector.efficiency_1 / max(q.detector.efficiency, 1e-300))
+        self.effects = detector_effects.effects_of(
+            q.source.rate_hz, q.detector.dead_time_ns, q.detector.afterpulse_probability,
+            q.detector.afterpulse_decay_ns, q.detector.gate_width_ns)
+        self.detector_memory = detector_effects.DetectorMemory()
+        self.dead_time_blocked = 0
+        self.afterpulses = 0
         self.source: SourceRun | None = None
         self.sink: Connection | None = None
         self.backlog: deque[p.Detections] = deque()
@@ -87,7 +95,8 @@ class PhotonLinkRuntime(LinkRuntime):
         return {"frames": self.frames, "coalesced_frames": self.coalesced,
                 "pulses": self.pulses, "detections": self.detections,
                 "lag_s": self.lag_worst, "lag_recent_s": self.lag_recent,
-                "dropped_frames": self.dropped_frames}
+                "dropped_frames": self.dropped_frames,
+                "dead_time_blocked": self.dead_time_blocked, "afterpulses": self.afterpulses}
 
     def connection_closed(self, conn: Connection) -> None:
         if self.source is not None and self.source.owner is conn:
@@ -120,6 +129,7 @@ class PhotonLinkRuntime(LinkRuntime):
         run = SourceRun(bytes(request.prf_key), list(intensities), list(probabilities),
                         self.clock.now(), conn, min(max_span, 1 << 40))
         self.source = run
+        self.detector_memory = detector_effects.DetectorMemory()
         self.host.spawn(self.run_source, run)
         return p.SourceStarted(request.id, self.name, run.t_start, self.rate_hz,
                                run.intensities, run.probabilities, self.slots_per_frame)
@@ -187,7 +197,9 @@ class PhotonLinkRuntime(LinkRuntime):
                 found = detection.detect_frame(
                     self.rng, run.key, start, end, run.intensities, run.probabilities,
                     self.eta_at(run, start, end), self.p_dc, self.e_det,
+                    eta_1=self.eta_1_at(self.eta_at(run, start, end)),
                 )
+                found = self.detector_effects(found, end)
                 if self.host.taps:
                     self.host.taps.photon_frame(self.name, start, end, found,
                                                 run.t_start + end / self.rate_hz + self.delay_s)
@@ -209,6 +221,21 @@ class PhotonLinkRuntime(LinkRuntime):
         finally:
             self.source = None
             run.done.set()
+
+    def eta_1_at(self, eta: float) -> float | None:
+        """The outcome-1 detector's total efficiency when it differs (mismatch), else None."""
+        if self.eta_1 is None:
+            return None
+        return self.eta_1 * (eta / self.eta) if self.eta else self.eta_1
+
+    def detector_effects(self, found: detection.FrameDetections,
+                         end: int) -> detection.FrameDetections:
+        """Dead time and afterpulses of the detector pair on a frame's ideal clicks."""
+        found, counts = detector_effects.apply_effects(self.rng, found, end, self.effects,
+                                                       self.detector_memory)
+        self.dead_time_blocked += counts.blocked
+        self.afterpulses += counts.afterpulses
+        return found
 
     def eta_at(self, run: SourceRun, start: int, end: int) -> float:
         """Transmittance for slots [start, end): fixed, or the pass's at their middle time
