@@ -20,7 +20,7 @@ from nodes.services.kme import Kme, KmeOptions, PeerLink, create_app, serve_kme,
 from nodes.services.kme.client import KmeClient, client_context
 from nodes.transport import Channel
 
-SAES = {"sae-a": "alice", "sae-b": "bob", "sae-c": "bob"}
+SAES = {"sae-a": "alice", "sae-b": "bob", "sae-c": "bob", "sae-d": "bob", "sae-e": "alice"}
 
 
 @dataclass

@@ -33,7 +33,7 @@ async def test_enc_keys_at_alice_dec_keys_at_bob_get_and_post(tmp_path) -> None:
         a, b = pair.client("sae-a"), pair.client("sae-b")
         status = await call(a.status, "sae-b")
         assert status["stored_key_count"] == 20 and status["source_KME_ID"] == "alice-kme"
-        assert status["target_KME_ID"] == "bob-kme" and status["max_SAE_ID_count"] == 0
+        assert status["target_KME_ID"] == "bob-kme" and status["max_SAE_ID_count"] == 8
         for post in (False, True):
             keys = await call(a.enc_keys, "sae-b", number=3, size=128, post=post)
             assert len(keys) == 3 and all(len(k) == 16 for _, k in keys)
@@ -127,7 +127,7 @@ async def test_bad_requests_get_400_and_too_many_keys_503(tmp_path) -> None:
             ("GET", enc + "?number=0", None), ("GET", enc + "?number=two", None),
             ("GET", enc + "?count=1", None), ("POST", enc, b"{not json"),
             ("POST", enc, b'{"number": 1, "colour": "red"}'),
-            ("POST", enc, b'{"number": 1, "additional_slave_SAE_IDs": ["sae-c"]}'),
+            ("POST", enc, b'{"number": 1, "additional_slave_SAE_IDs": ["sae-e"]}'),
             ("POST", enc, b'{"number": 1, "extension_mandatory": [{"x": 1}]}'),
             ("POST", enc, b'[1, 2]'), ("GET", "/api/v1/keys/nobody/status", None),
             ("POST", "/api/v1/keys/sae-a/dec_keys", b'{"key_IDs": []}'),
@@ -304,3 +304,115 @@ async def test_an_unanswering_peer_costs_one_request_of_keys_not_the_pool(tmp_pa
                 break
         assert kinds == ["kms_peer_up", "kms_peer_unanswered", "kms_peer_answering"]
         assert await call(pair.client("sae-b").dec_keys, "sae-a", [k for k, _ in keys]) == keys
+
+
+def _state(pair, node: str, kid: str) -> str:
+    return pair.managers[node].db.get([kid])[kid].state
+
+
+async def test_additional_slaves_each_get_the_same_keys_once(tmp_path) -> None:
+    async with kms_pair(tmp_path, OPTIONS) as pair:
+        await pair.deposit(256 * 12)
+        a, b, c, d = (pair.client(s) for s in ("sae-a", "sae-b", "sae-c", "sae-d"))
+        # master at the allocator (Release) and at the other end (Allocate)
+        for master, name, slaves, at in ((a, "sae-a", ("sae-b", "sae-c"), "bob"),
+                                         (b, "sae-b", ("sae-a", "sae-e"), "alice")):
+            first, second = (pair.client(s) for s in slaves)
+            keys = await call(master.enc_keys, slaves[0], number=3, size=128, also=slaves[1:])
+            ids = [k for k, _ in keys]
+            assert len(keys) == 3 and all(len(k) == 16 for _, k in keys)
+            assert await call(first.dec_keys, name, ids[:2], post=False) == keys[:2]
+            assert _state(pair, at, ids[0]) == RESERVED  # one of its two slaves has it
+            for again in (lambda: first.dec_keys(name, ids[:1]),  # not twice
+                          lambda: first.dec_keys(name, ids)):  # all or nothing
+                with pytest.raises(KmeHttpError) as refused:
+                    await call(again)
+                assert refused.value.status == 401
+            assert await call(second.dec_keys, name, ids) == keys
+            assert await call(first.dec_keys, name, ids[2:]) == keys[2:]
+            assert {_state(pair, at, k) for k in ids} == {DELIVERED}
+            with pytest.raises(KmeHttpError) as refused:
+                await call(second.dec_keys, name, ids[:1])
+            assert refused.value.status == 401
+            first.close(), second.close()
+        # a third SAE at bob that was not named gets 401, and spends nothing
+        keys = await call(a.enc_keys, "sae-b", number=1, also=["sae-c"])
+        with pytest.raises(KmeHttpError) as refused:
+            await call(d.dec_keys, "sae-a", [keys[0][0]])
+        assert refused.value.status == 401
+        assert await call(b.dec_keys, "sae-a", [keys[0][0]]) == keys
+        assert await call(c.dec_keys, "sae-a", [keys[0][0]]) == keys
+        for client in (a, b, c, d):
+            client.close()
+
+
+async def test_additional_slaves_that_do_not_fit_get_400_and_cost_nothing(tmp_path) -> None:
+    options = KmeOptions(key_size=256, max_key_per_request=16, max_sae_id_count=2)
+    async with kms_pair(tmp_path, options) as pair:
+        await pair.deposit(256 * 4)
+        a = pair.client("sae-a")
+        assert (await call(a.status, "sae-b"))["max_SAE_ID_count"] == 2
+        enc = "/api/v1/keys/sae-b/enc_keys"
+        for also, words in [(["sae-e"], "not to the slave's KME bob-kme"),  # at alice
+                            (["sae-a"], "attached to alice-kme"),  # the master itself
+                            (["nobody"], "unknown"), (["sae-c", "sae-c"], "twice"),
+                            (["sae-b"], "twice"), (["sae-c", "sae-d", "x"], "max_SAE_ID_count")]:
+            body = json.dumps({"number": 1, "additional_slave_SAE_IDs": also}).encode()
+            status, answer = await call(a.request, "POST", enc, body)
+            assert status == 400 and words in answer["message"], (also, answer)
+        assert pair.managers["alice"].db.stored_count("bob") == 4
+        assert pair.managers["bob"].db.stored_count("alice") == 4
+        assert len(await call(a.enc_keys, "sae-b", number=1, also=["sae-c", "sae-d"])) == 1
+
+
+async def test_peer_release_to_a_slave_not_here_is_refused(tmp_path) -> None:
+    from nodes.services.kme.peering import Allocate, Refused, Release
+
+    async with kms_pair(tmp_path, OPTIONS) as pair:
+        await pair.deposit(256 * 2)
+        ids = [k for k, in pair.managers["bob"].db.db.execute("SELECT key_id FROM keys")]
+        bob, alice = pair.kmes["bob"], pair.kmes["alice"]
+        for also in (["sae-e"], ["sae-c", "sae-c"], ["sae-b"]):  # at alice, twice, twice
+            assert (await bob.on_peer("alice", Release(1, ids[:1], "sae-a", "sae-b", 256,
+                                                       also))).conflicts == ids[:1]
+        for also in (["sae-c"], ["sae-e", "sae-e"], ["sae-a"]):  # at bob, twice, twice
+            assert isinstance(await alice.on_peer("bob", Allocate(2, 1, 256, "sae-b", "sae-a",
+                                                                  also)), Refused)
+        assert pair.managers["bob"].db.stored_count("alice") == 2
+        assert pair.managers["alice"].db.stored_count("bob") == 2
+
+
+async def test_50_concurrent_dec_keys_by_two_slaves_give_each_id_once_per_sae(tmp_path) -> None:
+    async with kms_pair(tmp_path, OPTIONS) as pair:
+        await pair.deposit(256 * 20)
+        keys: dict[str, bytes] = {}
+
+        async def take() -> None:  # a client (connection) each: KmeClient is not thread-safe
+            master = pair.client("sae-a")
+            keys.update(await call(master.enc_keys, "sae-b", number=2, also=["sae-c"]))
+            master.close()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(take)
+        ids = sorted(keys)
+        assert len(ids) == 20
+        got: dict[str, list[tuple[str, bytes]]] = {"sae-b": [], "sae-c": []}
+        refused = Counter()
+
+        def one(sae: str, wanted: list[str]) -> None:
+            client = pair.client(sae)
+            try:
+                got[sae].extend(client.dec_keys("sae-a", wanted))
+            except KmeHttpError as exc:
+                refused[sae, exc.status] += 1
+            client.close()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):  # each SAE asks for every id, five of them twice
+                nursery.start_soon(call, one, "sae-b" if i % 2 else "sae-c", [ids[i // 2 % 20]])
+        for sae in ("sae-b", "sae-c"):
+            assert sorted(k for k, _ in got[sae]) == ids  # every id once to each slave
+            assert all(keys[k] == key for k, key in got[sae])  # the master's bytes
+            assert refused == {("sae-b", 401): 5, ("sae-c", 401): 5}
+        assert {_state(pair, "bob", k) for k in ids} == {DELIVERED}

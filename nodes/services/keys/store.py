@@ -12,6 +12,9 @@ finish a block at slightly different times): it is recorded on a row without mat
 the deposit fills the material in, keeping the state the instruction set. Such a row is never
 ``available``, so an ``available`` key always has its material (the pool queries rely on it:
 they read the ``(peer, state, seq)`` index only).
+
+A key released to several slave SAEs (ETSI 014 ``additional_slave_SAE_IDs``) has one
+``slaves`` row per slave: each may claim it once, and it is ``delivered`` once all have.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ BEGIN
     VALUES (new.peer, CASE WHEN new.state = 'available' THEN 1 ELSE -1 END)
     ON CONFLICT (peer) DO UPDATE SET available = available + excluded.available;
 END;
+-- the slave SAEs of a key released to more than one (none: keys.slave_sae alone)
+CREATE TABLE IF NOT EXISTS slaves (
+    key_id TEXT NOT NULL,
+    slave_sae TEXT NOT NULL,
+    claimed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, slave_sae)
+) WITHOUT ROWID;
 """
 
 
@@ -159,9 +169,10 @@ class KeyDB:
         return Deposit(stored, dropped, duplicates)
 
     def allocate(self, peer: str, number: int, state: str, master_sae: str, slave_sae: str,
-                 size: int) -> list[tuple[str, bytes]]:
+                 size: int, also: list[str] | tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
         """Take the ``number`` oldest available keys of ``peer`` into ``state`` (reserved or
-        delivered) for the SAE pair; all or nothing (``NotEnoughKeys``)."""
+        delivered) for the SAE pair (reserved: also for the slaves ``also``); all or nothing
+        (``NotEnoughKeys``)."""
         with self._tx() as db:
             rows = db.execute(
                 "SELECT key_id, material FROM keys WHERE peer = ? AND state = ? ORDER BY seq "
@@ -172,13 +183,18 @@ class KeyDB:
             db.executemany("UPDATE keys SET state = ?, master_sae = ?, slave_sae = ?, size = ?,"
                            " changed_at = ? WHERE key_id = ?",
                            [(state, master_sae, slave_sae, size, now, kid) for kid, _ in rows])
+            if state == RESERVED:
+                self._release_to(db, [kid for kid, _ in rows], slave_sae, also)
         return [(kid, bytes(material)[:size // 8]) for kid, material in rows]
 
     def apply(self, peer: str, ids: list[str], state: str, master_sae: str | None = None,
-              slave_sae: str | None = None, size: int | None = None) -> list[Conflict]:
+              slave_sae: str | None = None, size: int | None = None,
+              also: list[str] | tuple[str, ...] = ()) -> list[Conflict]:
         """Put keys the peer's KME allocated into ``state`` (a row without material if not
-        stored yet). Keys already out of ``available`` are left alone and returned."""
+        stored yet; reserved: for ``slave_sae`` and the slaves ``also``). Keys already out of
+        ``available`` are left alone and returned."""
         conflicts: list[Conflict] = []
+        taken: list[str] = []
         now = time.time()
         with self._tx() as db:
             for kid in ids:
@@ -187,6 +203,7 @@ class KeyDB:
                     db.execute("INSERT INTO keys (key_id, peer, state, master_sae, slave_sae, "
                                "size, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (kid, peer, state, master_sae, slave_sae, size, now))
+                    taken.append(kid)
                 elif row[0] != AVAILABLE:
                     conflicts.append(Conflict(kid, row[0]))
                 else:
@@ -194,27 +211,44 @@ class KeyDB:
                     db.execute(f"UPDATE keys SET state = ?, master_sae = ?, slave_sae = ?, "
                                f"size = ?, changed_at = ?{wipe} WHERE key_id = ?",
                                (state, master_sae, slave_sae, size, now, kid))
+                    taken.append(kid)
+            if state == RESERVED:
+                self._release_to(db, taken, slave_sae, also)
         return conflicts
+
+    @staticmethod
+    def _release_to(db: sqlite3.Connection, ids: list[str], slave_sae: str | None,
+                    also: list[str] | tuple[str, ...]) -> None:
+        """Record the slave SAEs of keys released to more than one (nothing for one)."""
+        if also:
+            db.executemany("INSERT INTO slaves (key_id, slave_sae) VALUES (?, ?)",
+                           [(kid, sae) for kid in ids for sae in (slave_sae, *also)])
 
     def claim(self, ids: list[str], caller: str, master_sae: str) -> list[tuple[str, bytes]]:
         """Deliver the keys ``ids`` released to slave SAE ``caller`` by ``master_sae``; all or
-        nothing (``NotReleased``: ids not released to the caller, or not stored yet)."""
+        nothing (``NotReleased``: ids not released to the caller, or not stored yet). A key
+        with several slaves is delivered to each once, and leaves ``reserved`` after the last."""
         with self._tx() as db:
-            found = {}
+            found, slaves = {}, {}
             for kid in ids:
                 found[kid] = db.execute(
                     "SELECT material, state, master_sae, slave_sae, size FROM keys WHERE "
                     "key_id = ?", (kid,)).fetchone()
+                slaves[kid] = dict(db.execute(
+                    "SELECT slave_sae, claimed FROM slaves WHERE key_id = ?", (kid,)))
             refused = [kid for kid, row in found.items()
-                       if row is None or row[1] != RESERVED or row[3] != caller
-                       or row[2] != master_sae]
+                       if row is None or row[1] != RESERVED or row[2] != master_sae
+                       or (slaves[kid].get(caller, 1) != 0 if slaves[kid] else row[3] != caller)]
             pending = [kid for kid, row in found.items()
                        if kid not in refused and row[0] is None]
             if refused or pending:
                 raise NotReleased(refused, pending)
             now = time.time()
+            done = [kid for kid in ids if sum(v == 0 for v in slaves[kid].values()) <= 1]
+            db.executemany("UPDATE slaves SET claimed = 1 WHERE key_id = ? AND slave_sae = ?",
+                           [(kid, caller) for kid in ids if slaves[kid]])
             db.executemany("UPDATE keys SET state = ?, changed_at = ? WHERE key_id = ?",
-                           [(DELIVERED, now, kid) for kid in ids])
+                           [(DELIVERED, now, kid) for kid in done])
         return [(kid, bytes(found[kid][0])[:found[kid][4] // 8]) for kid in ids]
 
     def discard(self, ids: list[str]) -> None:

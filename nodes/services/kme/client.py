@@ -66,9 +66,11 @@ class KmeClient:
         return self._ok(*self.request("GET", f"/api/v1/keys/{slave}/status"))
 
     def enc_keys(self, slave: str, number: int = 1, size: int | None = None,
-                 post: bool = False) -> list[tuple[str, bytes]]:
-        if post:
-            body = {"number": number, **({"size": size} if size else {})}
+                 post: bool = False, also: list[str] | None = None) -> list[tuple[str, bytes]]:
+        """Keys shared with ``slave`` (and the additional slaves ``also``: POST only)."""
+        if post or also:
+            body = {"number": number, **({"size": size} if size else {}),
+                    **({"additional_slave_SAE_IDs": also} if also else {})}
             got = self.request("POST", f"/api/v1/keys/{slave}/enc_keys", json.dumps(body).encode())
         else:
             query = f"number={number}" + (f"&size={size}" if size else "")

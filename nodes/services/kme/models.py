@@ -37,7 +37,9 @@ class KeyRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     number: Annotated[int, Meta(ge=1)] | None = None
     size: Annotated[int, Meta(ge=1)] | None = None
-    additional_slave_SAE_IDs: list[SaeId] = []
+    additional_slave_SAE_IDs: Annotated[list[SaeId], Meta(description=(
+        "Further slave SAEs that get the same keys (key multicast), at most max_SAE_ID_count,"
+        " all attached to the slave SAE's KME; each may fetch each key once with dec_keys"))] = []
     extension_mandatory: list[dict[str, Any]] = []
     extension_optional: list[dict[str, Any]] = []
 

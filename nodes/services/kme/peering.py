@@ -3,9 +3,9 @@
 Of the two KMEs of a link, the one with the smaller node name is the pair's *allocator*: it
 alone picks keys from the pool, so two masters at the two ends never take the same key.
 A master at the allocator takes keys there and sends ``Release`` (the peer reserves them for
-the slave SAE, answers ``Ack``); a master at the other end asks with ``Allocate`` (the
-allocator reserves keys for its local slave, answers ``Allocated`` or ``Refused``); keys the
-allocator dropped (pool full) go out in ``Discard``. After a request went unanswered, a
+the slave SAE and any additional slaves, ``also``, answers ``Ack``); a master at the other end
+asks with ``Allocate`` (the allocator reserves keys for its local slaves, answers
+``Allocated`` or ``Refused``); keys the allocator dropped (pool full) go out in ``Discard``. After a request went unanswered, a
 ``Ping``/``Pong`` checks the peer answers again before more keys are put at stake.
 
 Each channel starts with a ``hello`` nonce from each side; the session key is
@@ -39,6 +39,7 @@ class Release(msgspec.Struct, tag=True):
     master_sae: str
     slave_sae: str
     size: int
+    also: list[str] = []  # the additional slave SAEs (ETSI 014 key multicast)
 
 
 class Ack(msgspec.Struct, tag=True):
@@ -52,6 +53,7 @@ class Allocate(msgspec.Struct, tag=True):
     size: int
     master_sae: str
     slave_sae: str
+    also: list[str] = []  # the additional slave SAEs, at the allocator like slave_sae
 
 
 class Allocated(msgspec.Struct, tag=True):

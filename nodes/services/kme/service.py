@@ -5,7 +5,8 @@ return the spec's Structs or raise ``KmeError`` (400 bad request, 401 not this S
 503 not enough keys or the peer KME unreachable). A key leaves the store for a master SAE only
 once the slave's KME holds it reserved for that slave (``Release``/``Ack`` or
 ``Allocate``/``Allocated``, see ``peering``); when an exchange fails half-way the keys it
-touched are discarded, never offered again. ``on_peer`` answers the peer KMEs.
+touched are discarded, never offered again. ``on_peer`` answers the peer KMEs. Additional
+slave SAEs (key multicast) must be attached to the slave's KME; each gets the keys once.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class KmeOptions(msgspec.Struct, forbid_unknown_fields=True):
     max_key_count: int = 100_000
     max_key_per_request: int = 128
     min_key_size: int = 8
+    max_sae_id_count: int = 8  # additional slave SAEs a request may name (at the slave's KME)
     peer_timeout_s: float = 5.0  # wall seconds for the peer KME's answer
     pending_wait_s: float = 2.0  # wall seconds to wait for a released key still being stored
 
@@ -144,7 +146,7 @@ class Kme:
                       master_SAE_ID=caller, slave_SAE_ID=slave, key_size=o.key_size,
                       stored_key_count=stored, max_key_count=o.max_key_count,
                       max_key_per_request=o.max_key_per_request, max_key_size=o.max_key_size,
-                      min_key_size=o.min_key_size, max_SAE_ID_count=0)
+                      min_key_size=o.min_key_size, max_SAE_ID_count=o.max_sae_id_count)
 
     def _check_request(self, request: KeyRequest) -> tuple[int, int]:
         o = self.options
@@ -157,19 +159,38 @@ class Kme:
             raise KmeError(400, "size must be a multiple of 8 between min_key_size and "
                            "max_key_size", size=size, min_key_size=o.min_key_size,
                            max_key_size=o.max_key_size)
-        if request.additional_slave_SAE_IDs:
-            raise KmeError(400, "additional_slave_SAE_IDs not supported (max_SAE_ID_count 0)",
-                           additional_slave_SAE_IDs=len(request.additional_slave_SAE_IDs))
         if request.extension_mandatory:
             raise KmeError(400, "mandatory extensions not supported",
                            extension_mandatory=[sorted(e) for e in request.extension_mandatory])
         return number, size
 
+    def _additional(self, slave: str, peer: str, also: list[str]) -> list[str]:
+        """The additional slave SAEs of a request: known, distinct, at the slave's KME."""
+        limit = self.options.max_sae_id_count
+        if len(also) > limit:
+            raise KmeError(400, "more additional_slave_SAE_IDs than max_SAE_ID_count",
+                           additional_slave_SAE_IDs=len(also), max_SAE_ID_count=limit)
+        if len(set(also)) != len(also) or slave in also:
+            raise KmeError(400, "a slave SAE is named twice (slave_SAE_ID and "
+                           "additional_slave_SAE_IDs must all differ)")
+        for sae in also:
+            node = self.saes.get(sae)
+            if node is None:
+                raise KmeError(400, f"unknown additional slave SAE {sae!r}")
+            if node != peer:
+                raise KmeError(400, f"additional slave SAE {sae!r} is attached to "
+                               f"{kme_id(node)}, not to the slave's KME {kme_id(peer)}: all "
+                               f"slaves of a request must be served by one KME",
+                               slave_SAE_ID=sae, KME_ID=kme_id(node))
+        return list(also)
+
     async def enc_keys(self, caller: str, slave: str, request: KeyRequest) -> KeyContainer:
-        """Keys for master SAE ``caller`` to share with ``slave``."""
+        """Keys for master SAE ``caller`` to share with ``slave`` (and the additional slaves,
+        which then get the same keys)."""
         self._local(caller)
         peer = self._peer_of(slave, "slave")
         number, size = self._check_request(request)
+        also = self._additional(slave, peer, request.additional_slave_SAE_IDs)
         self.counters["enc_requests"] += 1
         link = self.peers[peer]
         if link.stalled:  # the last request went unanswered: put no keys at stake blindly
@@ -187,7 +208,8 @@ class Kme:
                                number=number) from None
             ids = [kid for kid, _ in got]
             try:
-                reply = await link.request(lambda req: Release(req, ids, caller, slave, size))
+                reply = await link.request(
+                    lambda req: Release(req, ids, caller, slave, size, also))
             except PeerUnavailable as exc:
                 await self._discard(ids, "release_unanswered")
                 raise KmeError(503, "the slave's KME did not confirm the keys",
@@ -198,7 +220,7 @@ class Kme:
         else:
             try:
                 reply = await link.request(
-                    lambda req: Allocate(req, number, size, caller, slave))
+                    lambda req: Allocate(req, number, size, caller, slave, also))
             except PeerUnavailable as exc:
                 raise KmeError(503, "the slave's KME did not answer", reason=str(exc)) from None
             if isinstance(reply, Refused):
@@ -215,6 +237,8 @@ class Kme:
                 raise KmeError(503, "keys allocated by the peer KME are not available here")
             got = await self._materials(ids, size)
         self.counters["enc_keys_delivered"] += len(got)
+        if also:
+            self.counters["enc_keys_multicast"] += len(got)
         self._pool_event(caller, slave, True, 0)
         return _container(got)
 
@@ -271,23 +295,24 @@ class Kme:
     async def on_peer(self, peer: str, message: PeerMessage) -> PeerMessage | None:
         """Answer a peer KME's instruction (its keys, this node's copies)."""
         if isinstance(message, Release):
-            if allocator_of(self.node, peer) != peer or self.saes.get(message.slave_sae) != \
-                    self.node or self.saes.get(message.master_sae) != peer:
+            if allocator_of(self.node, peer) != peer or not self._slaves_here(message) or \
+                    self.saes.get(message.master_sae) != peer:
                 self.counters["peer_requests_refused"] += 1
                 return Ack(message.req, list(message.ids))  # all in conflict: nothing reserved
             conflicts = await self.keys.call(self.keys.db.apply, peer, message.ids, RESERVED,
-                                             message.master_sae, message.slave_sae, message.size)
+                                             message.master_sae, message.slave_sae, message.size,
+                                             message.also)
             self.counters["released_by_peer"] += len(message.ids) - len(conflicts)
             return Ack(message.req, [c.key_id for c in conflicts])
         if isinstance(message, Allocate):
-            if self.saes.get(message.slave_sae) != self.node or allocator_of(
+            if not self._slaves_here(message) or allocator_of(
                     self.node, peer) != self.node or self.saes.get(message.master_sae) != peer:
                 self.counters["peer_requests_refused"] += 1
                 return Refused(message.req, 0)
             try:
                 got = await self.keys.call(self.keys.db.allocate, peer, message.number,
                                            RESERVED, message.master_sae, message.slave_sae,
-                                           message.size)
+                                           message.size, message.also)
             except NotEnoughKeys as exc:
                 return Refused(message.req, exc.have)
             self.counters["allocated_for_peer"] += len(got)
@@ -300,6 +325,12 @@ class Kme:
             return None
         self.counters["peer_unexpected"] += 1
         return None
+
+    def _slaves_here(self, message: Release | Allocate) -> bool:
+        """All the slave SAEs a peer names are attached here, each once."""
+        slaves = [message.slave_sae, *message.also]
+        return len(set(slaves)) == len(slaves) and len(message.also) <= \
+            self.options.max_sae_id_count and all(self.saes.get(s) == self.node for s in slaves)
 
     async def report(self) -> dict:
         """This KME in result.json's ``kms``: keys by state (all peers, and per peer), ETSI
