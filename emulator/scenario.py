@@ -178,7 +178,8 @@ class SatellitePass(Struct, forbid_unknown_fields=True):
                                                  self.loss_db)
         optics = satellite.Optics(self.divergence_rad, self.aperture_radius_m, self.jitter_rad,
                                   self.t_zenith, self.eta_fixed)
-        return satellite.pass_loss_db(self.geometry(t_run), optics)
+        with np.errstate(divide="ignore"):  # no link: eta = 0, loss = inf
+            return satellite.pass_loss_db(self.geometry(t_run), optics)
 
     def transmittance(self, t_run):
         """10^(-loss/10) at run times ``t_run`` (0 where there is no link)."""
@@ -215,9 +216,14 @@ class Link(Struct, forbid_unknown_fields=True):
 
     @property
     def classical_delay_s(self) -> float:
-        """One-way classical delay: configured, else the fibre's group delay."""
+        """One-way classical delay: configured, else the fibre's group delay (plus, on a
+        satellite pass, the light time at the source's start; fixed for the run)."""
         if self.classical.delay_ms is not None:
             return self.classical.delay_ms / 1000.0
+        spec = self.quantum.pass_ if self.quantum is not None else None
+        if spec is not None and not spec.is_table:
+            return float(fibre_delay(self.length_km)
+                         + satellite.light_time(spec.geometry(0.0).range_km))
         return float(fibre_delay(self.length_km))
 
 

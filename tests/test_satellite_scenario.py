@@ -36,6 +36,9 @@ def test_micius_scenario_reproduces_the_published_ranges_and_losses():
     assert LIAO_KHZ_BPS / 2 < at["1200_km"]["sifted_rate_bps"] < 2 * LIAO_KHZ_BPS
     assert at["645_km"]["sifted_rate_bps"] > 8 * at["1200_km"]["sifted_rate_bps"]
     assert 0 < at["1200_km"]["gllp_rate_bps"] < at["1200_km"]["sifted_rate_bps"]
+    # the classical link's default delay: the light time at the source's start (1200 km)
+    assert link.classical_delay_s == pytest.approx(geometry.range_km[0] / 299_792.458)
+    assert link.classical_delay_s == pytest.approx(4.0e-3, rel=0.01)
 
 
 def raw_pass(**spec) -> dict:

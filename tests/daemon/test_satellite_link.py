@@ -51,7 +51,8 @@ async def run_pass(config: DaemonConfig) -> tuple[int, np.ndarray]:
 
         async def read_ground():
             while True:
-                message = await ground.receive()
+                with trio.fail_after(60):
+                    message = p.reply_decoder.decode(await ground.framed.receive())
                 assert isinstance(message, p.Detections)
                 slots.append(np.frombuffer(message.slot, "<u8"))
                 if message.last:
@@ -60,9 +61,10 @@ async def run_pass(config: DaemonConfig) -> tuple[int, np.ndarray]:
 
         nursery.start_soon(read_ground)
         await trio.sleep((RUN_S + 1.0) / TIME_SCALE)
-        stopped = await sat.ask(p.SourceStop(2, "sat-ground"))
-        assert isinstance(stopped, p.SourceStopped)
-        with trio.fail_after(30):
+        await sat.send(p.SourceStop(2, "sat-ground"))
+        with trio.fail_after(60):  # the reply waits until the daemon caught up (a loaded host)
+            stopped = p.reply_decoder.decode(await sat.framed.receive())
+            assert isinstance(stopped, p.SourceStopped)
             await received.wait()
         nursery.cancel_scope.cancel()
     return stopped.pulses, np.concatenate(slots)
