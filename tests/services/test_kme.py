@@ -416,3 +416,48 @@ async def test_50_concurrent_dec_keys_by_two_slaves_give_each_id_once_per_sae(tm
             assert all(keys[k] == key for k, key in got[sae])  # the master's bytes
             assert refused == {("sae-b", 401): 5, ("sae-c", 401): 5}
         assert {_state(pair, "bob", k) for k in ids} == {DELIVERED}
+
+
+_HALF_CLAIM = """
+import sys, time
+import numpy as np
+from nodes.services.keys import RESERVED, KeyDB, cut_block
+db = KeyDB(sys.argv[1])
+bits = np.random.default_rng(7).integers(0, 2, 256 * 3, dtype=np.uint8)
+keys = cut_block("alice-bob", 0, bits, 256).keys
+db.deposit("alice", "alice-bob", 0, keys)
+ids = [k for k, _, _ in keys]
+assert db.apply("alice", ids, RESERVED, "sae-a", "sae-b", 256, ["sae-c"]) == []
+db.claim(ids[:2], "sae-b", "sae-a")
+print(" ".join(ids), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_half_claimed_multicast_key_survives_sigkill(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from nodes.services.keys import KeyDB, NotReleased
+
+    path = tmp_path / "bob.sqlite"
+    child = subprocess.Popen([sys.executable, "-c", _HALF_CLAIM, str(path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        ids = child.stdout.readline().split()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+        child.stdout.close()
+    assert len(ids) == 3 and child.returncode == -signal.SIGKILL
+    db = KeyDB(path)
+    assert {db.get([k])[k].state for k in ids} == {RESERVED}
+    with pytest.raises(NotReleased):
+        db.claim(ids[:1], "sae-b", "sae-a")  # sae-b had it before the kill
+    assert [k for k, _ in db.claim(ids, "sae-c", "sae-a")] == ids
+    assert [db.get([k])[k].state for k in ids] == [DELIVERED, DELIVERED, RESERVED]
+    assert [k for k, _ in db.claim(ids[2:], "sae-b", "sae-a")] == ids[2:]
+    assert db.get(ids[2:])[ids[2]].state == DELIVERED
+    db.close()
