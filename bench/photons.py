@@ -2,7 +2,9 @@
 through the daemon.
 
 WCP source mu = 0.5, detector efficiency 0.1, 0.2 dB/km, p_dc = 1e-6, e_det = 1.5 %, at 25 and
-50 km; 1e9 pulses per case, processed in daemon-sized frames (1e6 = 10 ms at 100 MHz, and 1e7).
+50 km; 1e9 pulses per case, processed in daemon-sized frames (1e6 = 10 ms at 100 MHz, and 1e7),
+with ideal detectors and with detector effects on (1 us dead time = 100 slots, 10 % afterpulse
+traps released after ~1 us: ``apply_effects`` after each frame), reported as a ratio to off.
 Daemon cases: a real daemon (in this process) runs a 100 MHz source at 25 km for 2 emulated
 seconds with frame_ms 10 and 0.001 (catching up by coalescing frames) and bob reads the
 detections over TCP; reported: its lag behind the clock, messages, CPU per emulated second.
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import trio
 
+from emulator.physics import detector_effects as fx
 from emulator.physics.channels import transmittance
 from emulator.physics.detection import detect_frame
 from emulator.physics.detectors import background_yield, gain
@@ -26,22 +29,28 @@ PULSES = 10**9
 MU, ETA_DET, ALPHA, P_DC, E_DET = 0.5, 0.1, 0.2, 1e-6, 0.015
 RESULT = Path(__file__).resolve().parent / "results" / "photons.json"
 DAEMON_SECONDS = 2.0
+EFFECTS = fx.DetectorEffects(dead_slots=100, afterpulse_probability=0.1, decay_slots=100.0)
 
 
-def run_case(length_km: float, frame: int, pulses: int = PULSES) -> dict:
+def run_case(length_km: float, frame: int, pulses: int = PULSES,
+             effects: fx.DetectorEffects | None = None) -> dict:
     eta = float(transmittance(length_km, ALPHA)) * ETA_DET
     rng = np.random.default_rng(2024)
+    memory = fx.DetectorMemory()
     detections = 0
     start = time.process_time()
     wall = time.perf_counter()
     for s in range(0, pulses, frame):
-        detections += detect_frame(rng, b"bench-key", s, s + frame, [MU], [1.0], eta, P_DC,
-                                   E_DET).slot.size
+        found = detect_frame(rng, b"bench-key", s, s + frame, [MU], [1.0], eta, P_DC, E_DET)
+        if effects is not None:
+            found = fx.apply_effects(rng, found, s + frame, effects, memory)[0]
+        detections += found.slot.size
     cpu = time.process_time() - start
     wall = time.perf_counter() - wall
     q = float(gain(MU, eta, background_yield(P_DC)))
     return {
         "length_km": length_km,
+        "detector_effects": effects is not None,
         "frame_pulses": frame,
         "pulses": pulses,
         "detections": detections,
@@ -101,6 +110,11 @@ async def _daemon_case(frame_ms: float) -> dict:
 def main() -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core (numpy here is single-threaded)
     cases = [run_case(length, frame) for length in (25.0, 50.0) for frame in (10**6, 10**7)]
+    on = [run_case(length, frame, effects=EFFECTS) for length in (25.0, 50.0)
+          for frame in (10**6, 10**7)]
+    for off, case in zip(cases, on, strict=True):
+        case["cpu_ratio_to_off"] = off["pulse_eq_per_cpu_s"] / case["pulse_eq_per_cpu_s"]
+    cases += on
     daemon = [trio.run(_daemon_case, frame_ms) for frame_ms in (10.0, 0.001)]
     result = {"benchmark": "photons.detect_frame", "cases": cases, "daemon": daemon,
               "target_pulse_eq_per_s_at_50km": 1e9}
@@ -111,6 +125,7 @@ def main() -> dict:
 
 if __name__ == "__main__":
     for case in main()["cases"]:
-        print(f"{case['length_km']:5.1f} km frame {case['frame_pulses']:>9,}: "
+        print(f"{case['length_km']:5.1f} km frame {case['frame_pulses']:>9,} "
+              f"{'effects on ' if case['detector_effects'] else 'ideal      '}: "
               f"{case['pulse_eq_per_s']:.3g} pulse-eq/s ({case['pulse_eq_per_cpu_s']:.3g} per CPU s), "
               f"{case['detections_per_s']:.3g} det/s")

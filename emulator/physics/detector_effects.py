@@ -65,6 +65,13 @@ def effects_of(rate_hz: float, dead_time_ns: float, afterpulse_probability: floa
                            afterpulse_decay_ns / period_ns, gate)
 
 
+def link_effects(quantum) -> DetectorEffects:
+    """The effects of a scenario's ``[links.quantum]`` (its source rate and detector keys)."""
+    d = quantum.detector
+    return effects_of(quantum.source.rate_hz, d.dead_time_ns, d.afterpulse_probability,
+                      d.afterpulse_decay_ns, d.gate_width_ns)
+
+
 def gate_dark_count_probability(dark_count_rate_hz: float, window_s: float) -> float:
     """p_dc = 1 - exp(-R_dc w): at least one thermal/dark event in a gate of width w."""
     return -math.expm1(-dark_count_rate_hz * window_s)
@@ -125,58 +132,74 @@ def apply_effects(rng: np.random.Generator, found: FrameDetections, slot_end: in
     one detector: O(p_dc)). Each counted avalanche traps a carrier with the trap probability,
     released after Exp(decay) slots and counted as an afterpulse in its own detector if it falls
     in an open gate after the dead time; an afterpulse's basis is the receiver's coin and its
-    outcome its detector, so it is uncorrelated with the sender's bit.
+    outcome its detector, so it is uncorrelated with the sender's bit. Every potential
+    afterpulse (of any click, recursively) is drawn first and sorted once; rounds then settle
+    which are present (parent counted) and counted, each at least the earliest disagreement.
     """
     if not effects.active and memory.pending_slot.size == 0:
         return found, EffectCounts()
     n_primary = found.slot.size
-    slot = np.concatenate([found.slot.astype(np.int64), memory.pending_slot])
-    det = np.concatenate([found.outcome, memory.pending_det])
-    basis = np.concatenate([found.basis,
-                            rng.integers(0, 2, memory.pending_slot.size, dtype=np.uint8)])
-    parent = np.full(slot.size, -1, dtype=np.int64)  # -1: present whatever else is counted
-    child_k = _trap_delays(rng, slot.size, effects)
-    child_of = np.full(slot.size, -1, dtype=np.int64)  # index of the afterpulse event, if made
+    slot = [found.slot.astype(np.int64), memory.pending_slot]
+    det = [found.outcome, memory.pending_det]
+    parent = [np.full(n_primary + memory.pending_slot.size, -1, dtype=np.int64)]
+    size = n_primary + memory.pending_slot.size
+    generation = np.flatnonzero(np.concatenate(slot) < slot_end)
+    all_slot, all_det = np.concatenate(slot), np.concatenate(det)
+    for _ in range(64):  # generations of potential afterpulses; each ~P_ap times the last
+        k = _trap_delays(rng, generation.size, effects)
+        src = generation[k >= 0]
+        if src.size == 0:
+            break
+        child = all_slot[src] + k[k >= 0]
+        slot.append(child)
+        det.append(all_det[src])
+        parent.append(src)
+        generation = size + np.flatnonzero(child < slot_end)
+        size += src.size
+        all_slot, all_det = np.concatenate(slot), np.concatenate(det)
+    parent_of = np.concatenate(parent)
+    keys = all_slot + (all_det.astype(np.int64) << DETECTOR_SHIFT)
+    order = np.argsort(keys, kind="stable")  # the one sort: rounds keep this order
+    rank = np.empty(size, dtype=np.int64)
+    rank[order] = np.arange(size)
+    keys, s_slot, s_det = keys[order], all_slot[order], all_det[order]
+    s_parent = parent_of[order]
+    s_parent = np.where(s_parent >= 0, rank[np.maximum(s_parent, 0)], -1)
     dead = effects.dead_slots
     last = np.asarray(memory.last, dtype=np.int64)
-    counted = np.zeros(slot.size, dtype=bool)
-    for _ in range(slot.size + 1):  # each round settles at least the earliest disagreement
-        present = (parent < 0) | counted[np.maximum(parent, 0)]
-        present &= slot < slot_end
-        present &= slot > last[det] + dead  # blinded by a click of an earlier frame
+    base = (s_slot < slot_end) & (s_slot > last[s_det] + dead)  # else blinded by a past frame
+    orphan = s_parent < 0
+    has_parent = np.flatnonzero(~orphan)
+    counted = np.zeros(size, dtype=bool)
+    for _ in range(size + 1):  # each round settles at least the earliest disagreement
+        present = base & orphan
+        present[has_parent] = base[has_parent] & counted[s_parent[has_parent]]
         idx = np.flatnonzero(present)
-        keys = slot[idx] + (det[idx].astype(np.int64) << DETECTOR_SHIFT)
-        order = np.argsort(keys, kind="stable")
-        now = np.zeros(slot.size, dtype=bool)
-        now[idx[order[non_paralysable(keys[order], dead)]]] = True
-        new = np.flatnonzero(now & (child_k >= 0) & (child_of < 0))
-        if new.size == 0 and np.array_equal(now, counted):
+        now = np.zeros(size, dtype=bool)
+        now[idx[non_paralysable(keys[idx], dead)]] = True
+        if np.array_equal(now, counted):
             break
         counted = now
-        if new.size:
-            first = slot.size
-            child_of[new] = np.arange(first, first + new.size)
-            slot = np.concatenate([slot, slot[new] + child_k[new]])
-            det = np.concatenate([det, det[new]])
-            basis = np.concatenate([basis, rng.integers(0, 2, new.size, dtype=np.uint8)])
-            parent = np.concatenate([parent, new])
-            child_k = np.concatenate([child_k, _trap_delays(rng, new.size, effects)])
-            child_of = np.concatenate([child_of, np.full(new.size, -1, dtype=np.int64)])
-            counted = np.concatenate([counted, np.zeros(new.size, dtype=bool)])
     else:  # pragma: no cover - each round settles at least one event
         raise RuntimeError("detector effects did not settle")
 
-    made = np.flatnonzero(child_of >= 0)
-    live_children = child_of[made[counted[made]]]
-    later = live_children[slot[live_children] >= slot_end]
-    carried = memory.pending_slot >= slot_end
-    memory.pending_slot = np.concatenate([memory.pending_slot[carried], slot[later]])
-    memory.pending_det = np.concatenate([memory.pending_det[carried], det[later]])
+    alive = orphan.copy()
+    alive[has_parent] = counted[s_parent[has_parent]]
+    later = alive & (s_slot >= slot_end)
+    memory.pending_slot, memory.pending_det = s_slot[later], s_det[later]
     for d in (0, 1):
-        mine = slot[counted & (det == d)]
+        mine = s_slot[counted & (s_det == d)]
         if mine.size:
             memory.last[d] = int(mine.max())
-    return _records(rng, slot, det, basis, counted, n_primary)
+    is_primary = order < n_primary
+    basis = np.zeros(size, dtype=np.uint8)
+    basis[is_primary] = found.basis[order[is_primary]]
+    coins = ~is_primary & counted
+    basis[coins] = rng.integers(0, 2, int(np.count_nonzero(coins)), dtype=np.uint8)
+    counts = EffectCounts(
+        blocked=int(n_primary - np.count_nonzero(counted & is_primary)),
+        afterpulses=int(np.count_nonzero(counted & ~is_primary)))
+    return _records(rng, s_slot, s_det, basis, counted, is_primary), counts
 
 
 def _trap_delays(rng: np.random.Generator, m: int, e: DetectorEffects) -> np.ndarray:
@@ -194,10 +217,11 @@ def _trap_delays(rng: np.random.Generator, m: int, e: DetectorEffects) -> np.nda
 
 
 def _records(rng: np.random.Generator, slot: np.ndarray, det: np.ndarray, basis: np.ndarray,
-             counted: np.ndarray, n_primary: int) -> tuple[FrameDetections, EffectCounts]:
-    """One record per slot; both detectors in one slot is a double click: a fair coin."""
+             counted: np.ndarray, is_primary: np.ndarray) -> FrameDetections:
+    """One record per slot; both detectors in one slot is a double click: a fair coin (the
+    basis is the ideal click's, if one of the two is)."""
     idx = np.flatnonzero(counted)
-    order = idx[np.argsort(slot[idx], kind="stable")]  # primaries first within a slot
+    order = idx[np.lexsort((~is_primary[idx], slot[idx]))]  # by slot, the ideal click first
     s = slot[order]
     first = np.ones(s.size, dtype=bool)
     first[1:] = s[1:] != s[:-1]
@@ -205,9 +229,7 @@ def _records(rng: np.random.Generator, slot: np.ndarray, det: np.ndarray, basis:
     double = np.flatnonzero(~first)  # the second click of a slot (other detector)
     outcome[double - 1] = rng.integers(0, 2, double.size, dtype=np.uint8)
     keep = order[first]
-    counts = EffectCounts(blocked=int(n_primary - np.count_nonzero(counted[:n_primary])),
-                          afterpulses=int(np.count_nonzero(counted[n_primary:])))
-    return FrameDetections(slot[keep].astype(np.uint64), basis[keep], outcome[first]), counts
+    return FrameDetections(slot[keep].astype(np.uint64), basis[keep], outcome[first])
 
 
 def outcome_gains(mu, eta_0, eta_1, p_dc):
