@@ -74,8 +74,10 @@ class ChainNode:
         await self._open_channels()
         await self.node.clock.sleep_until(self.node.t_start)
         if self.right_link is not None:
-            # halves held = open rounds + waiting ones: keep at most one waiting (it goes stale)
-            await self.ops.start_link(self.right_link, max_pending=self.app.in_flight + 1)
+            # halves held = open rounds + waiting ones: keep at most one waiting (it goes
+            # stale); an inner node measures its right half at once after the CNOT
+            cap = self.app.in_flight + 1 if self.first else 2
+            await self.ops.start_link(self.right_link, max_pending=cap)
         try:
             async with trio.open_nursery() as nursery:
                 for channel in (self.left, self.right):
@@ -85,12 +87,15 @@ class ChainNode:
                     nursery.start_soon(self._feed)
                 if self.right is not None:
                     nursery.start_soon(self._read_parities)
-                async with trio.open_nursery() as work:
-                    work.start_soon(self._local_rounds)
-                    if self.first:
-                        await self._open_rounds(work)
-                    else:
-                        await self._serve_rounds(work)
+                # rounds still open shortly after the run's end (a lost peer) are given up
+                grace = self.node.t_end + 2 * self.app.interrogation_s + 2 * self.app.max_age_s
+                with trio.move_on_at(self.node.clock.deadline(grace + 1.0)):
+                    async with trio.open_nursery() as work:
+                        work.start_soon(self._local_rounds)
+                        if self.first:
+                            await self._open_rounds(work)
+                        else:
+                            await self._serve_rounds(work)
                 if self.right is not None:
                     self.right.post(encoder.encode(End(self.rounds_done)))
                 for channel in (self.left, self.right):
