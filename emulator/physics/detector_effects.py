@@ -170,16 +170,27 @@ def apply_effects(rng: np.random.Generator, found: FrameDetections, slot_end: in
     base = (s_slot < slot_end) & (s_slot > last[s_det] + dead)  # else blinded by a past frame
     orphan = s_parent < 0
     has_parent = np.flatnonzero(~orphan)
-    counted = np.zeros(size, dtype=bool)
-    for _ in range(size + 1):  # each round settles at least the earliest disagreement
-        present = base & orphan
-        present[has_parent] = base[has_parent] & counted[s_parent[has_parent]]
+    # an ideal click with no potential click within `dead` either side is counted iff not
+    # blinded by a past frame; rounds walk only the others (U) and the afterpulses
+    near = np.zeros(size, dtype=bool)
+    close = np.diff(keys) <= dead
+    near[1:] |= close
+    near[:-1] |= close
+    counted = base & orphan & ~near
+    u = np.flatnonzero(near | ~orphan)
+    u_keys, u_base, u_parent = keys[u], base[u], s_parent[u]
+    u_child = np.flatnonzero(u_parent >= 0)
+    u_counted = counted[u]
+    for _ in range(u.size + 1):  # each round settles at least the earliest disagreement
+        present = u_base & (u_parent < 0)
+        present[u_child] = u_base[u_child] & counted[u_parent[u_child]]
         idx = np.flatnonzero(present)
-        now = np.zeros(size, dtype=bool)
-        now[idx[non_paralysable(keys[idx], dead)]] = True
-        if np.array_equal(now, counted):
+        now = np.zeros(u.size, dtype=bool)
+        now[idx[non_paralysable(u_keys[idx], dead)]] = True
+        if np.array_equal(now, u_counted):
             break
-        counted = now
+        u_counted = now
+        counted[u] = now
     else:  # pragma: no cover - each round settles at least one event
         raise RuntimeError("detector effects did not settle")
 
