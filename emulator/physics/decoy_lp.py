@@ -16,6 +16,8 @@ import msgspec
 import numpy as np
 from scipy.optimize import linprog
 
+from emulator.physics import decoy, sources
+
 DEFAULT_CUTOFF = 12  # photon numbers 0..M kept as LP variables
 
 
@@ -78,3 +80,21 @@ def _rows(photon_numbers: Sequence[Sequence[float]], cutoff: int) -> np.ndarray:
         row = np.asarray(row, dtype=np.float64)[: cutoff + 1]
         out[k, : row.size] = row
     return out
+
+
+def model_counts(photon_numbers: Sequence[np.ndarray], eta: float, y0: float,
+                 e_det: float) -> tuple[list[float], list[float]]:
+    """Channel-model (Q_k, E_k Q_k) of each intensity's P(n) (``sources``): the prediction."""
+    return ([sources.click_probability(pn, eta, y0) for pn in photon_numbers],
+            [sources.error_click_probability(pn, eta, y0, e_det) for pn in photon_numbers])
+
+
+def gllp_rate(photon_numbers: Sequence[np.ndarray], eta: float, y0: float, e_det: float,
+              f: float = 1.16, q: float = 0.5) -> float:
+    """Theory curve: GLLP bits per pulse with the LP bounds on the model's counts (signal =
+    intensity 0); the analogue of ``decoy.gllp_rate`` for any photon-number statistics."""
+    gains, errors = model_counts(photon_numbers, eta, y0, e_det)
+    lp = bounds(photon_numbers, gains, errors)
+    if lp.y1_lower <= 0 or gains[0] <= 0:
+        return 0.0
+    return float(decoy.gllp_key_rate(gains[0], errors[0] / gains[0], lp.q1, lp.e1_upper, f, q))

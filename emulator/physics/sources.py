@@ -103,3 +103,22 @@ def mean_photon_number(p_n: np.ndarray) -> float:
 
 def _log_factorial(n: np.ndarray) -> np.ndarray:
     return np.array([math.lgamma(k + 1.0) for k in n])
+
+
+def distribution(kind: str, mu: float, herald_efficiency: float = 1.0, herald_dark: float = 0.0,
+                 table: Sequence[float] | None = None, cutoff: int = CUTOFF) -> np.ndarray:
+    """P(n) of one intensity of a source of ``kind`` ("wcp", "thermal", "spdc", "table");
+    intensity 0 of a non-table source is vacuum (the sender sends nothing)."""
+    if kind == "table":
+        if table is None:
+            raise ValueError("a 'table' source needs its P(n) rows")
+        return table_distribution(table, cutoff)
+    if mu == 0.0:
+        return table_distribution([1.0], cutoff)
+    if kind == "wcp":
+        return poisson_distribution(mu, cutoff)
+    if kind == "thermal":
+        return thermal_distribution(mu, cutoff)
+    if kind == "spdc":
+        return heralded_distribution(mu, herald_efficiency, herald_dark, cutoff)
+    raise ValueError(f"unknown source kind {kind!r}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
-from emulator.physics import decoy, finite_key
+from emulator.physics import decoy, decoy_lp, finite_key
 from nodes.qkd.auth import KEY_BITS_PER_MESSAGE
 from nodes.qkd.sifting import SIGNAL, BatchRecord
 from nodes.qkd.toeplitz import ToeplitzHasher
@@ -38,6 +38,8 @@ class PostprocessingConfig:
     entangled: bool = False  # entanglement-based (BBM92): no multi-photon term
     eps_sec: float = 1e-10
     eps_cor: float = 1e-15
+    # the sender's characterisation of its source, P(n) per intensity: LP decoy bounds
+    photon_numbers: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def key_rule(self) -> str:
@@ -133,9 +135,14 @@ def decoy_estimate(records: list[BatchRecord], slot_start: int, slot_end: int,
     rates += [errors[i] / matched[i] if matched[i] else 0.5
               for i in range(1, len(config.intensities))]
     mu, nu, _ = config.intensities
-    return decoy.estimate(mu, nu, tuple(round(s) for s in sent),
-                          tuple(int(d) for d in detected),
-                          tuple(round(rate * d) for rate, d in zip(rates, detected)))
+    est = decoy.estimate(mu, nu, tuple(round(s) for s in sent), tuple(int(d) for d in detected),
+                         tuple(round(rate * d) for rate, d in zip(rates, detected)))
+    if config.photon_numbers is None:
+        return est
+    gains = [est.q_mu, est.q_nu, est.y0]
+    lp = decoy_lp.bounds(config.photon_numbers, gains,
+                         [e * q for e, q in zip((est.e_mu, est.e_nu, rates[2]), gains)])
+    return msgspec.structs.replace(est, y1_lower=lp.y1_lower, e1_upper=lp.e1_upper, q1=lp.q1)
 
 
 def abort_reason(estimate: decoy.DecoyEstimate | FiniteCounts,

@@ -14,13 +14,14 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
 import trio
 
 from emulator.child_config import DaemonLink
 from emulator.daemon import protocol as p
 from emulator.daemon.links import LinkHost, LinkRuntime, Reply, name_word, not_allowed
 from emulator.daemon.session import Connection
-from emulator.physics import channels, detection, detector_effects, detectors
+from emulator.physics import channels, detection, detector_effects, detectors, sources
 from emulator.prf import intensity_thresholds
 
 log = logging.getLogger("qnet.daemon")
@@ -44,6 +45,7 @@ class SourceRun:
     stop_slot: int | None = None
     wake: trio.CancelScope | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    photon_numbers: list[np.ndarray] | None = None  # P(n) per intensity; None: Poisson (WCP)
 
 
 class PhotonLinkRuntime(LinkRuntime):
@@ -120,14 +122,22 @@ class PhotonLinkRuntime(LinkRuntime):
             intensity_thresholds(probabilities)
         except ValueError as exc:
             return p.Error("bad_request", str(exc), id=request.id)
+        try:
+            photon_numbers = self.photon_numbers(intensities)
+        except ValueError as exc:
+            return p.Error("bad_request", str(exc), id=request.id)
         y0 = float(detectors.background_yield(self.p_dc))
-        p_max = max(float(detectors.gain(mu, self.eta, y0)) for mu in intensities)
+        if photon_numbers is None:
+            p_max = max(float(detectors.gain(mu, self.eta, y0)) for mu in intensities)
+        else:
+            p_max = max(sources.click_probability(pn, self.eta, y0) for pn in photon_numbers)
         max_span = max(self.slots_per_frame, int(MAX_RECORDS_PER_MESSAGE / max(p_max, 1e-12)))
         if self.schedule is not None:  # the loss must stay ~constant over one sampling call
             max_span = min(max_span, max(self.slots_per_frame,
                                          round(SCHEDULE_STEP_S * self.rate_hz)))
         run = SourceRun(bytes(request.prf_key), list(intensities), list(probabilities),
-                        self.clock.now(), conn, min(max_span, 1 << 40))
+                        self.clock.now(), conn, min(max_span, 1 << 40),
+                        photon_numbers=photon_numbers)
         self.source = run
         self.detector_memory = detector_effects.DetectorMemory()
         self.host.spawn(self.run_source, run)
@@ -194,10 +204,10 @@ class PhotonLinkRuntime(LinkRuntime):
                 now = self.clock.now()
                 lag = max(0.0, now - due)
                 end = self._catch_up(run, start, end, now)
+                eta = self.eta_at(run, start, end)
                 found = detection.detect_frame(
-                    self.rng, run.key, start, end, run.intensities, run.probabilities,
-                    self.eta_at(run, start, end), self.p_dc, self.e_det,
-                    eta_1=self.eta_1_at(self.eta_at(run, start, end)),
+                    self.rng, run.key, start, end, self.sampled_intensities(run, eta),
+                    run.probabilities, eta, self.p_dc, self.e_det, eta_1=self.eta_1_at(eta),
                 )
                 found = self.detector_effects(found, end)
                 if self.host.taps:
@@ -221,6 +231,32 @@ class PhotonLinkRuntime(LinkRuntime):
         finally:
             self.source = None
             run.done.set()
+
+    def photon_numbers(self, intensities: list[float]) -> list[np.ndarray] | None:
+        """P(n) of each requested intensity from the link's source (None for a WCP); a table
+        source knows only its listed intensities."""
+        source = self.link.quantum.source
+        if source.kind == "wcp":
+            return None
+        if source.kind == "table":
+            rows = dict(zip(source.intensities, source.photon_number_distributions()))
+            if any(mu not in rows for mu in intensities):
+                raise ValueError(f"the table source has intensities {source.intensities} only")
+            return [rows[mu] for mu in intensities]
+        return [sources.distribution(source.kind, mu, source.herald_efficiency,
+                                     source.herald_dark_count_probability) for mu in intensities]
+
+    def sampled_intensities(self, run: SourceRun, eta: float) -> list[float]:
+        """What the sampler is given: the WCP's mu, or for another source the Poisson mean with
+        the same click probability at this eta, -ln(1 - P(>= 1 photon detected)) / eta: the
+        sampler depends on mu only through e^{-eta mu}, so clicks follow the source's P(n)."""
+        if run.photon_numbers is None:
+            return run.intensities
+        if eta <= 0.0:
+            return [0.0] * len(run.intensities)
+        detected = [min(sources.signal_click_probability(pn, eta), 1.0 - 1e-16)
+                    for pn in run.photon_numbers]
+        return [-math.log1p(-s) / eta for s in detected]
 
     def eta_1_at(self, eta: float) -> float | None:
         """The outcome-1 detector's total efficiency when it differs (mismatch), else None."""

@@ -45,7 +45,10 @@ def _config(app: BB84App, source) -> PostprocessingConfig:
         intensities=tuple(source.intensities), probabilities=tuple(source.intensity_probabilities),
         block_bits=app.block_bits, min_block_bits=app.min_block_bits, schedule=app.cascade,
         qber_abort=app.qber_abort, eps_pa=app.eps_pa, finite_key=app.finite_key,
-        eps_sec=app.eps_sec, eps_cor=app.eps_cor)
+        eps_sec=app.eps_sec, eps_cor=app.eps_cor,
+        photon_numbers=(tuple(tuple(float(x) for x in pn)
+                              for pn in source.photon_number_distributions())
+                        if app.decoy_estimator == "lp" else None))
 
 
 async def run(node: NodeContext, app: BB84App) -> list[dict]:

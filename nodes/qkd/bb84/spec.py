@@ -27,6 +27,9 @@ class BB84App(Struct, tag="qkd.bb84", tag_field="kind", forbid_unknown_fields=Tr
     finite_key: bool = False  # Lim et al. 2014 bounds: key from Z basis, X basis tests
     eps_sec: Annotated[float, Meta(gt=0, lt=1)] = 1e-10
     eps_cor: Annotated[float, Meta(gt=0, lt=1)] = 1e-15
+    # Y1, e1 bounds: Ma05 vacuum + weak (Poisson source) or the LP over the source's own
+    # stated P(n) (emulator.physics.decoy_lp; any source kind); asymptotic, not with finite_key
+    decoy_estimator: Literal["analytic", "lp"] = "analytic"
 
 
 def link_of(sc: Scenario, app: BB84App) -> Link:
@@ -56,6 +59,9 @@ def validate(sc: Scenario, i: int, app: BB84App) -> None:
         raise ScenarioError(
             f"apps[{i}].postprocessing: decoy-state estimation needs {where}.decoys = [nu, 0.0] "
             f"with 0 < nu < mu (or set postprocessing = false)")
+    if app.decoy_estimator == "lp" and app.finite_key:
+        raise ScenarioError(f"apps[{i}].decoy_estimator: 'lp' is asymptotic; finite_key uses "
+                            "the Lim et al. Poisson bounds (set decoy_estimator = 'analytic')")
     if (link.a, link.b) != (app.a, app.b):
         raise ScenarioError(f"apps[{i}].a: the sender must be the link's 'a' end ({link.a!r}), "
                             f"where its source is")
