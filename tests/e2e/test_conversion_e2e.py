@@ -18,7 +18,7 @@ K = 4
 
 def test_ion_telecom_converted_link_beats_the_visible_one(tmp_path: Path) -> None:
     out = tmp_path / "ion.json"
-    done = run_qnet("run", str(ROOT / "scenarios" / "ion-telecom.toml"), "--duration", "6",
+    done = run_qnet("run", str(ROOT / "scenarios" / "ion-telecom.toml"), "--duration", "8",
                     "--run-dir", str(tmp_path / "run"), "--json", str(out), "--no-progress",
                     timeout=90)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
