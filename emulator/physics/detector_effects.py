@@ -280,4 +280,4 @@ def counted_gain_and_errors(q_mu, eq_mu, p_mean: float, effects: DetectorEffects
     counted, share = saturated_counts(p_mean, effects)
     live = counted * (1.0 - share) / p_mean if p_mean > 0 else 1.0
     after = 2.0 * counted * share
-    return float(q_mu * live + after), float(eq_mu * live + after / 2.0), share
+    return float(q_mu * live + after), float(eq_mu * live + after / 2.0), float(share)
