@@ -3,6 +3,8 @@ P(n) replaces Ma05's Y1_L, e1_U, Q1; WCP blocks agree with the analytic estimate
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,19 @@ def test_lp_estimate_is_below_the_true_single_photon_gain(kind):
         assert lp.y1_lower == pytest.approx(analytic.y1_lower, rel=1e-3)
     if kind == "thermal":  # the Poisson formulas claim more single photons than were sent
         assert analytic.q1 > 1.3 * rows[0][1] * y1
+
+
+def test_shipped_sources_scenario_and_the_estimator_checks(tmp_path):
+    from emulator.scenario import ScenarioError, load_scenario
+
+    path = Path(__file__).resolve().parents[2] / "scenarios" / "qkd-sources.toml"
+    sc = load_scenario(path)
+    kinds = [link.quantum.source.kind for link in sc.links]
+    assert kinds == ["wcp", "spdc"] and all(a.decoy_estimator == "lp" for a in sc.apps)
+    with pytest.raises(ScenarioError, match=r"apps\[0\].decoy_estimator"):
+        load_scenario(path, ["apps.0.finite_key=true"])
+    bad = tmp_path / "table.toml"
+    bad.write_text(path.read_text().replace(
+        'kind = "spdc"', 'kind = "table"'))
+    with pytest.raises(ScenarioError, match=r"links\[1\].quantum.source"):
+        load_scenario(bad)
