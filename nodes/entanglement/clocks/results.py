@@ -68,12 +68,13 @@ def merge(scenario: Any, app: Any, entries: list[dict]) -> list[dict]:
             "rounds": m, "qubits": sum(x["rounds"] for x in local),
             "per_node_hz": {name: x["estimate_hz"] for name, x in zip(app.nodes, local)},
             "interrogation_s": {name: x["interrogation_s"] for name, x in zip(app.nodes, local)},
+            "per_node_rounds": {name: x["rounds"] for name, x in zip(app.nodes, local)},
             "estimate_hz": sum(s * x["estimate_hz"] for s, x in zip(signs, local)),
             "sigma_hz": math.sqrt(sum(x["sigma_hz"] ** 2 for x in local)),
             "sigma_blocks_hz": (math.sqrt(sum(b * b for b in blocks))
                                 if all(b is not None for b in blocks) else None),
-            "sigma_model_hz": math.sqrt(sum(clocks.entangled_variance(m, x["interrogation_s"], 1)
-                                            for x in local)),
+            "sigma_model_hz": math.sqrt(sum(
+                clocks.entangled_variance(x["rounds"], x["interrogation_s"], 1) for x in local)),
             "estimate_model_hz": sum(s * _model(_detuning(scenario, x), t, 1.0)
                                      for s, x in zip(signs, app.nodes))}
     else:

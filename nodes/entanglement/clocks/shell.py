@@ -78,6 +78,10 @@ class ChainNode:
             # stale); an inner node measures its right half at once after the CNOT
             cap = self.app.in_flight + 1 if self.first else 2
             await self.ops.start_link(self.right_link, max_pending=cap)
+        if self.left_link is not None:
+            # the right end caps its halves too (open rounds, echo, drops not yet applied), so
+            # that the link never takes the slots of the unentangled rounds
+            await self.ops.start_link(self.left_link, max_pending=2 * self.app.in_flight + 2)
         try:
             async with trio.open_nursery() as nursery:
                 for channel in (self.left, self.right):
@@ -161,17 +165,25 @@ class ChainNode:
     # -- entangled rounds ---------------------------------------------------------------------
 
     async def _right_pair(self):
-        """A fresh heralded pair of the right link (this node holds its left half): older ones
-        are discarded here and, by ``Drop``, at the right neighbour."""
+        """The newest heralded pair of the right link (this node holds its left half) if it is
+        fresh; every older one (they queue while rounds are open) is discarded here and, by
+        ``Drop``, at the right neighbour."""
         async with self.pair_lock:
             while True:
-                reply = await self.ops.pairs(self.right_link, max=1, timeout_s=1.0)
-                for pair in reply.pairs:
-                    if self.node.clock.now() - pair.t_stored <= self.app.max_age_s:
-                        return pair
-                    await self.ops.discard(self.ops.ref(pair.slot))
-                    self.right.post(encoder.encode(Drop(pair.pair)))
-                    self.dropped += 1
+                reply = await self.ops.pairs(self.right_link, max=1024, timeout_s=1.0)
+                if not reply.pairs:
+                    continue
+                *old, newest = sorted(reply.pairs, key=lambda x: x.t_stored)
+                if self.node.clock.now() - newest.t_stored > self.app.max_age_s:
+                    old.append(newest)
+                    newest = None
+                if old:
+                    await self.ops.discard(*(self.ops.ref(x.slot) for x in old))
+                    for x in old:
+                        self.right.post(encoder.encode(Drop(x.pair)))
+                    self.dropped += len(old)
+                if newest is not None:
+                    return newest
 
     async def _open_rounds(self, nursery: trio.Nursery) -> None:
         """n0: one round per heralded pair, at most ``in_flight`` open."""
