@@ -188,6 +188,15 @@ class NodeKms(msgspec.Struct):
     settings: Kms
 
 
+class NodePorts(msgspec.Struct):
+    """The ports a node listens on (from its first ready file), so a restarted node binds the
+    same ones and the relays and programs told them at start still reach it."""
+
+    tcp: dict[str, int]  # peer -> port
+    udp: int
+    tunnel: dict[str, int] | None = None  # destination -> port, for the node's programs
+
+
 class NodeConfig(msgspec.Struct):
     """A node process: its identity, where the daemon and broker are, its apps and its view
     of the scenario (never the whole scenario: other links' physics stay out)."""
@@ -206,6 +215,8 @@ class NodeConfig(msgspec.Struct):
     link_keys: dict[str, str] = {}  # peer -> hex secret of their link (channel hello MACs)
     tunnel: TunnelConfig | None = None  # carries user programs' connections (emulator/programs)
     kms: NodeKms | None = None  # the key service, when the scenario declares SAEs
+    ports: NodePorts | None = None  # set for a restart: bind these (else any free port)
+    restarted: bool = False  # a restart after a crash: serve, but do not run the apps again
 
 
 def child_arguments(description: str) -> argparse.Namespace:

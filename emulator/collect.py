@@ -9,7 +9,7 @@ what fails, or names a node or link the scenario does not have, is dropped and c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -32,6 +32,7 @@ from emulator.telemetry import (
 
 if TYPE_CHECKING:
     from emulator.orchestrator import RunState
+    from emulator.scenario import Fault
     from emulator.supervise import Child
 
 PROGRESS_REFRESH_S = 0.25
@@ -114,9 +115,14 @@ def process_counters(state: RunState, child: Child) -> dict[str, int] | None:
 
 
 async def inject_faults(mqtt: MqttClient, state: RunState, clock: EmulatedClock,
-                        t_start: float) -> None:
-    """Publish each scenario fault on its link's control topic at its emulated time."""
+                        t_start: float, crash: Callable[[Fault], Awaitable[None]]) -> None:
+    """Publish each scenario fault on its link's control topic at its emulated time; a node
+    crash is ``crash(fault)``'s (the orchestrator's, through the supervisor)."""
     async def one(fault) -> None:
+        if fault.action == "crash":
+            await clock.sleep_until(t_start + fault.at_s)
+            await crash(fault)
+            return
         topic = telemetry.control_link(state.run_id, fault.link)
         await clock.sleep_until(t_start + fault.at_s)
         await mqtt.publish(topic, telemetry.encode(LinkControl(fault.action)), qos=1)

@@ -3,7 +3,7 @@
 Order of a run: broker, then the quantum daemon, then every node (they bind their sockets,
 connect to daemon and broker, and report ready), then one relay per classical link (told
 each node's own endpoint), then ``control/start`` with every node's peer directory. Faults
-are published on control topics at their times. After the duration, nodes finish their apps
+are published on control topics at their times; a ``crash`` SIGKILLs a node (``_crash_node``). After the duration, nodes finish their apps
 and publish results; the orchestrator publishes ``control/stop``, collects the relays'
 counters and leaves the supervisor, which ends every child (nodes, then relays, then the
 daemon, then the broker; SIGTERM, grace, SIGKILL). If a child dies mid-run, the survivors are
@@ -38,9 +38,11 @@ from emulator.child_config import (
     Endpoint,
     MqttAddress,
     NodeConfig,
+    NodePorts,
     RelayConfig,
     node_apps,
     node_view,
+    read_config,
     write_config,
 )
 from emulator.clock import EmulatedClock
@@ -55,8 +57,8 @@ from emulator.mqtt import MqttError
 from emulator.outcome import assemble, failure_info, first_leaf, make_run_dir
 from emulator.pki import kms_setup
 from emulator.programs import kms_environment, program_children, tunnel_configs, wait_programs
-from emulator.scenario import Link, Scenario, memory_of
-from emulator.supervise import Child, ChildFailed, Supervisor, open_supervisor
+from emulator.scenario import Fault, Link, Scenario, memory_of
+from emulator.supervise import Child, ChildFailed, Restart, Supervisor, open_supervisor
 
 STARTUP_MARGIN_S = 0.3  # wall seconds between control/start and the apps' start
 READY_TIMEOUT_S = 15.0  # wall: a process starting up
@@ -92,6 +94,7 @@ class RunState:
     got_result: trio.Event = field(default_factory=trio.Event)
     failure: dict | None = None  # what ended the run early (None: it ran to the end)
     t_start: float = 0.0  # emulated time the apps started
+    gone: set[str] = field(default_factory=set)  # nodes crashed for good (no result awaited)
 
     def child(self, name: str, role: str, module: str, config=None,
               tier: int = TIER_NODE) -> Child:
@@ -114,6 +117,42 @@ def direction(link: Link) -> Direction:
         delay_s=link.classical_delay_s, jitter_s=c.jitter_ms / 1000.0, loss=c.loss,
         rate_bps=c.rate_mbps * 1e6 if c.rate_mbps is not None else None,
     )
+
+
+async def _crash_node(state: RunState, clock: EmulatedClock, fault: Fault) -> None:
+    """SIGKILL ``fault.node``'s process. With ``restart_after_s`` its supervisor starts it again
+    that much later (same config plus the ports of its first start and ``restarted``), else the
+    run goes on without it. The fault, the exit and the restart are events."""
+    child = next(c for c in state.children if c.role == "node" and c.name == fault.node)
+    process = child.process
+    event = {"kind": "fault", "action": "crash", "node": child.name,
+             "restart_after_s": fault.restart_after_s}
+    if process is None or process.returncode is not None:
+        state.events.append({**event, "effect": "not running", "t_emu": clock.now()})
+        return
+    if fault.restart_after_s is None:
+        child.expected_exit = True  # not a failure: the run planned it
+        state.gone.add(child.name)
+    else:
+        path = state.run_dir / f"{child.name}.config.json"
+        ports = NodePorts(tcp=child.ready["tcp"], udp=child.ready["udp"],
+                          tunnel=child.ready.get("tunnel"))
+        write_config(path, msgspec.structs.replace(read_config(path, NodeConfig), ports=ports,
+                                                   restarted=True))
+        wall_s = clock.wall_duration(fault.restart_after_s)
+        child.restart = Restart("on-failure", max_restarts=child.restarts + 1,
+                                backoff_s=wall_s / 2 ** child.restarts)  # the backoff doubles
+
+        def restarted(again: Child) -> None:
+            state.events.append({"kind": "node_restarted", "node": again.name, "pid": again.pid,
+                                 "t_emu": clock.now()})
+
+        child.on_ready = restarted
+    process.send_signal(signal.SIGKILL)
+    state.events.append({**event, "pid": process.pid, "t_emu": clock.now()})
+    code = await process.wait()
+    state.events.append({"kind": "node_down", "node": child.name, "exit_code": code,
+                         "t_emu": clock.now()})
 
 
 async def _abort(mqtt, state: RunState, supervisor: Supervisor) -> None:
@@ -293,12 +332,13 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
     for program in programs:  # [[nodes.run]]: supervised, their exits are not failures
         await supervisor.start(program, ready_timeout=READY_TIMEOUT_S)
     async with trio.open_nursery() as faults:
-        faults.start_soon(inject_faults, mqtt, state, clock, t_start)
+        faults.start_soon(inject_faults, mqtt, state, clock, t_start,
+                          lambda fault: _crash_node(state, clock, fault))
         await show_progress(state, clock, t_start, meta.duration_s, console,
                             options.progress)
 
         # 6. results
-        names = [n.name for n in scenario.nodes]
+        names = [n.name for n in scenario.nodes if n.name not in state.gone]
         await wait_for(state, lambda: all(n in state.node_results for n in names),
                        RESULT_TIMEOUT_S + clock.wall_duration(RESULT_EMULATED_S),
                        "node results (" + ", ".join(

@@ -142,7 +142,6 @@ class Detector(Struct, forbid_unknown_fields=True):
         return detector_effects.gate_dark_count_probability(self.dark_count_rate_hz, window_s)
 
 
-
 class SatellitePass(Struct, forbid_unknown_fields=True):
     """``[links.quantum.pass]``: the link's loss follows a satellite pass (circular orbit of
     ``altitude_km``, closest range, Micius optics by default) or a (time, dB) table; times are
@@ -198,7 +197,6 @@ class QuantumLink(Struct, forbid_unknown_fields=True):
         gate = self.detector.gate_width_ns
         if gate is not None and gate > 1e9 / self.source.rate_hz:
             raise ValueError("detector.gate_width_ns: longer than the source's slot period")
-
 
 
 class Link(Struct, forbid_unknown_fields=True):
@@ -328,10 +326,15 @@ def memory_of(sc: Scenario, node: str) -> NodeMemory:
 
 
 class Fault(Struct, forbid_unknown_fields=True):
+    """A link fault (cut, restore, corrupt: ``link``) or a node crash (``node``, SIGKILL; with
+    ``restart_after_s`` emulated seconds later the supervisor starts it again)."""
+
     at_s: NonNegative
-    action: Literal["cut", "restore", "corrupt"]  # corrupt: flip a bit in a bulk TCP chunk
-    link: Name
+    action: Literal["cut", "restore", "corrupt", "crash"]  # corrupt: flip a bit in a TCP chunk
+    link: Name | None = None
+    node: Name | None = None
     for_s: Positive | None = None
+    restart_after_s: NonNegative | None = None
 
 
 class Expect(Struct, forbid_unknown_fields=True):
@@ -499,8 +502,25 @@ def _check_references(sc: Scenario) -> None:
             if node not in names:
                 raise ScenarioError(f"apps[{i}]: unknown node {node!r}")
     for i, fault in enumerate(sc.faults):
-        if fault.link not in link_ids:
-            raise ScenarioError(f"faults[{i}].link: unknown link {fault.link!r}")
+        _check_fault(fault, f"faults[{i}]", names, link_ids)
+
+
+def _check_fault(fault: Fault, path: str, names: set[str], link_ids: set[str]) -> None:
+    """A crash names a node (and no link or for_s); every other action names a link."""
+    if fault.action == "crash":
+        if fault.node is None or fault.link is not None:
+            raise ScenarioError(f"{path}: action 'crash' takes node, not link")
+        if fault.node not in names:
+            raise ScenarioError(f"{path}.node: unknown node {fault.node!r}")
+        if fault.for_s is not None:
+            raise ScenarioError(f"{path}.for_s: a crash ends with restart_after_s")
+        return
+    if fault.link is None or fault.node is not None:
+        raise ScenarioError(f"{path}: action {fault.action!r} takes link, not node")
+    if fault.restart_after_s is not None:
+        raise ScenarioError(f"{path}.restart_after_s: only a crash is restarted")
+    if fault.link not in link_ids:
+        raise ScenarioError(f"{path}.link: unknown link {fault.link!r}")
 
 
 def _check_pass(spec: SatellitePass, path: str) -> None:

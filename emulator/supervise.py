@@ -128,6 +128,7 @@ class Child:
     exits: list[int] = field(default_factory=list)  # every exit code, restarts included
     restarts: int = 0
     expected_exit: bool = False  # set when the run asked it to stop
+    on_ready: Callable[[Child], None] | None = None  # called each time it is ready (restarts)
 
     @property
     def pid(self) -> int | None:
@@ -340,6 +341,8 @@ class Supervisor:
                 if self._may_restart(child) and await self._backoff(child):
                     continue
                 raise
+            if child.on_ready is not None:
+                child.on_ready(child)
             return
 
     async def _watch(self, child: Child, ready_timeout: float) -> None:

@@ -4,6 +4,8 @@ Lifecycle (each step a line in the node's log): bind TCP/UDP, connect to the dae
 and to MQTT, subscribe to ``qnet/<run>/control/#``, write the ready file, wait for the
 ``control/start`` message (peers' relay endpoints, start and end times), run the apps of this
 node in one nursery, publish the result entries (retained) and wait for ``control/stop``.
+A node restarted after a crash (``config.restarted``) binds the ports of its first start, reads
+the retained ``control/start`` and serves (key service, tunnel, transport) but runs no app.
 Control messages are decoded by ``emulator.telemetry`` (bad ones dropped and counted); a stop
 with reason ``abort`` first publishes the entries the apps recorded so far (``partial``).
 SIGTERM, SIGINT, a stop message or the orchestrator disappearing end the process cleanly.
@@ -59,12 +61,13 @@ async def _run_apps(node: NodeContext, apps: list[NodeApp]) -> list[dict]:
 
 async def serve(config: NodeConfig, ready_file) -> None:
     transport = Transport.for_node(config, config.view)
-    endpoint = await transport.bind()
+    ports = config.ports  # a restart binds the ports of the first start
+    endpoint = await transport.bind(ports)
     tunnel = None
     if config.tunnel is not None:  # user programs' connections (nodes/services/tunnel)
         tunnel = TunnelService(config.name, transport, config.tunnel.routes,
                                config.tunnel.listen_port, config.host)
-        endpoint["tunnel"] = await tunnel.bind()
+        endpoint["tunnel"] = await tunnel.bind(ports.tunnel if ports is not None else None)
     keys = None
     if config.kms is not None:  # key manager + ETSI 014 KME (nodes/services, docs/kms.md)
         keys = KeyService(config.name, config.kms, config.view, transport, config.link_keys,
@@ -135,7 +138,12 @@ async def serve(config: NodeConfig, ready_file) -> None:
             await started.wait()
             log.info("start: t_start=%.3f t_end=%.3f peers=%s", node.t_start, node.t_end,
                      sorted(transport.peers))
-            entries = await _run_apps(node, config.apps)
+            if config.restarted:  # the apps' sessions ended when this node was killed
+                log.info("restarted: serving until t_end without running the apps again")
+                await node.clock.sleep_until(node.t_end)
+                entries = []
+            else:
+                entries = await _run_apps(node, config.apps)
             await publish_result(entries, partial=False)
             log.info("apps finished, result published")
 

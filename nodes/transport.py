@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from emulator.child_config import Endpoint, NodeConfig, NodeView
+from emulator.child_config import Endpoint, NodeConfig, NodePorts, NodeView
 from emulator.wire import HEADER, FramedStream, FrameTooLarge, TruncatedFrame
 from nodes.channel_hello import (
     HELLO_MAX_BYTES,
@@ -233,13 +233,16 @@ class Transport:
         """What this transport saw: connections, channels, and every rejection by kind."""
         return dict(self._counters)
 
-    async def bind(self) -> dict[str, object]:
-        """Bind one TCP listener per peer and the UDP socket; returns the ready-file info
-        ``{"tcp": {peer: port}, "udp": port}``."""
+    async def bind(self, ports: NodePorts | None = None) -> dict[str, object]:
+        """Bind one TCP listener per peer and the UDP socket (on ``ports`` when restarted,
+        SO_REUSEADDR as trio sets it); returns the ready-file info ``{"tcp": {peer: port},
+        "udp": port}``."""
         for peer in self._keys:
-            self.listeners[peer] = (await trio.open_tcp_listeners(0, host=self.host))[0]
+            port = ports.tcp.get(peer, 0) if ports is not None else 0
+            self.listeners[peer] = (await trio.open_tcp_listeners(port, host=self.host))[0]
         self.udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-        await self.udp.bind((self.host, 0))
+        self.udp.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        await self.udp.bind((self.host, ports.udp if ports is not None else 0))
         return {"tcp": {peer: listener.socket.getsockname()[1]
                         for peer, listener in self.listeners.items()},
                 "udp": self.udp.getsockname()[1]}

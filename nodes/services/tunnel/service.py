@@ -94,10 +94,12 @@ class TunnelService:
         self._services: dict[tuple[str, str], tuple] = {}  # (far node, name) -> backlog
         self._nursery: trio.Nursery | None = None
 
-    async def bind(self) -> dict[str, int]:
-        """A local listener per destination; returns {node: port} (for the programs' env)."""
+    async def bind(self, ports: dict[str, int] | None = None) -> dict[str, int]:
+        """A local listener per destination (on ``ports`` after a restart); returns
+        {node: port} (for the programs' env)."""
         for peer in self.routes:
-            self.listeners[peer] = (await trio.open_tcp_listeners(0, host=self.host))[0]
+            port = (ports or {}).get(peer, 0)
+            self.listeners[peer] = (await trio.open_tcp_listeners(port, host=self.host))[0]
         return {peer: listener.socket.getsockname()[1]
                 for peer, listener in self.listeners.items()}
 
