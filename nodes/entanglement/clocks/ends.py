@@ -25,12 +25,15 @@ BLOCKS = 8  # the rounds split in blocks: the spread of the block estimates is a
 
 class Start(msgspec.Struct, tag="start", array_like=True):
     """k -> k+1: round ``round`` uses pair ``pair`` of their link; apply X^``corr`` to your
-    half; every node measures at emulated time ``t_meas``."""
+    half (needed since ``t_up``, the sender's fusion); n0 measures at ``t_meas``, and every
+    node times its measurement so that its net precession is s_i ``tau`` (``measure_time``)."""
 
     round: int
     pair: int
     corr: int
     t_meas: float
+    tau: float
+    t_up: float
 
 
 class Parity(msgspec.Struct, tag="parity", array_like=True):
@@ -78,12 +81,18 @@ def last_flip(corr: int, sign: int) -> int:
     return corr ^ int(sign == -1)
 
 
-def echo_time(t_meas: float, t_stored: float, t_flip: float) -> float:
-    """When the last node (sign -1) measures: its half gathered +phi for a = t_flip - t_stored
-    before its X, so it precesses tau + a after it (tau = t_meas - t_stored, n0's time):
-    t_meas + 2a, net phase -2 pi delta tau (exact for a Bell pair up to request latencies; for
-    a fused GHZ the inner nodes' waits before fusing remain a bias ~ delta x wait)."""
-    return t_meas + 2 * (t_flip - t_stored)
+def held_time(t_stored: float, t_up: float, corr: int, t_fix: float) -> float:
+    """Signed time a received half has gathered its node's phase by ``t_fix`` (its correction):
+    + before the upstream fusion at ``t_up``, (-1)^corr between that and the correction (the
+    uncorrected branch has the half flipped)."""
+    start = min(t_up, t_fix)
+    return (max(start, t_stored) - t_stored) + (1 - 2 * corr) * (t_fix - max(start, t_stored))
+
+
+def measure_time(tau: float, sign: int, pre: float, t_last: float) -> float:
+    """When to measure: after its last operation at ``t_last`` the qubit gathers with sign s, so
+    pre + s (t - t_last) = s tau gives t = t_last + tau - s pre (a spin echo for s = -1)."""
+    return t_last + tau - sign * pre
 
 
 class RamseyEstimate:

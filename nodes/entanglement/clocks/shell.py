@@ -194,7 +194,9 @@ class ChainNode:
                 pair = await self._right_pair()
                 # a heralded half may be older than now: tau = t_meas - t_stored >= T
                 t_meas = self.node.clock.now() + self.app.interrogation_s
-                self.right.post(encoder.encode(Start(r, pair.pair, 0, t_meas)))
+                tau = t_meas - pair.t_stored
+                self.right.post(encoder.encode(Start(r, pair.pair, 0, t_meas, tau,
+                                                     pair.t_stored)))
                 nursery.start_soon(self._first_round, r, pair, t_meas, limiter)
 
     async def _first_round(self, r: int, pair, t_meas: float, limiter) -> None:
@@ -227,23 +229,31 @@ class ChainNode:
                 await self.arrived.wait()
         slot, t_stored = self.held.pop(start.pair)
         q = self.ops.ref(slot)
-        t_meas = start.t_meas
         if self.last:
+            t_x = self.node.clock.now()
             if ends.last_flip(start.corr, self.sign):
-                t_flip = await self.ops.gate("X", q)
-                if self.sign == -1:
-                    t_meas = ends.echo_time(start.t_meas, t_stored, t_flip)
+                t_x = await self.ops.gate("X", q)
+            pre = ends.held_time(t_stored, start.t_up, start.corr, t_x)
+            t_meas = ends.measure_time(start.tau, self.sign, pre, t_x)
         else:
             before, after = ends.inner_flips(start.corr, self.sign)
+            t_fix = self.node.clock.now()
             if before:
-                await self.ops.gate("X", q)
+                t_fix = await self.ops.gate("X", q)
             pair = await self._right_pair()
             r_half = self.ops.ref(pair.slot)
             await self.ops.gate("CNOT", q, r_half)
-            (m,), _ = await self.ops.measure_array([r_half], "Z")
+            (m,), t_f = await self.ops.measure_array([r_half], "Z")
+            # both halves gathered +phase until the fusion; then the flip (sign -1)
+            pre = (ends.held_time(t_stored, start.t_up, start.corr, t_fix) + (t_f - t_fix)
+                   + (t_f - pair.t_stored))
+            t_last = t_f
             if after:
-                await self.ops.gate("X", q)
-            self.right.post(encoder.encode(Start(start.round, pair.pair, int(m), start.t_meas)))
+                t_last = await self.ops.gate("X", q)
+                pre += t_last - t_f
+            t_meas = ends.measure_time(start.tau, self.sign, pre, t_last)
+            self.right.post(encoder.encode(Start(start.round, pair.pair, int(m), start.t_meas,
+                                                 start.tau, t_f)))
         await self.node.clock.sleep_until(t_meas)
         (bit,), _ = await self.ops.measure_array([q], "X")
         rest = 0 if self.last else await self._parity_of(start.round)
