@@ -15,6 +15,7 @@ from nodes.qkd.bb84.pass_results import pass_predictions, pass_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MICIUS = ROOT / "scenarios" / "micius-pass.toml"
+INTERCONTINENTAL = ROOT / "scenarios" / "micius-intercontinental.toml"
 LIAO_KHZ_BPS = 1000.0  # Liao et al. (2017): kilohertz key rate up to 1200 km
 
 
@@ -116,3 +117,15 @@ def test_pass_section_bins_batches_and_averages_the_model():
     assert bins[0]["predicted_sifted_rate_bps"] < predicted["sifted_rate_bps"] \
         < bins[2]["predicted_sifted_rate_bps"]
     assert 0.005 < predicted["qber"] < 0.02
+
+
+def test_intercontinental_relays_through_the_satellite_over_two_passes():
+    sc = load_scenario(INTERCONTINENTAL)
+    (relay,) = [app for app in sc.apps if type(app).__name__ == "RelayApp"]
+    assert relay.full_path == ["xinglong", "micius", "graz"]
+    passes = [link.quantum.pass_ for link in sc.links]
+    assert all(spec is not None and not spec.is_table for spec in passes)
+    assert [link.a for link in sc.links] == ["micius", "micius"]  # two downlinks
+    # both passes stay above the minimum elevation for the whole run
+    t = np.linspace(0, sc.scenario.duration_s, 61)
+    assert all(np.isfinite(spec.loss_at(t)).all() for spec in passes)
