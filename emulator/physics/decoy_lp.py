@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import msgspec
 import numpy as np
-from scipy.optimize import linprog
 
 from emulator.physics import decoy, sources
 
@@ -40,6 +39,8 @@ def bounds(photon_numbers: Sequence[Sequence[float]], gains: Sequence[float],
     ``photon_numbers[k]`` lists P_k(0), P_k(1), ...; entries past ``cutoff`` join the tail.
     ``signal`` indexes the intensity whose single-photon gain Q1 the key rate uses.
     """
+    from scipy.optimize import linprog  # here: ~0.7 CPU s of import every process avoids
+
     p = _rows(photon_numbers, cutoff)
     q = np.asarray(gains, dtype=np.float64)
     eq = np.asarray(error_gains, dtype=np.float64)
