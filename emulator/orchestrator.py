@@ -67,6 +67,7 @@ RESULT_EMULATED_S = 10.0  # emulated: final protocol rounds after the end
 RELAY_RESULT_TIMEOUT_S = 5.0  # wall: relays and daemon answer control/stop at once
 ABORT_RESULTS_S = 3.0  # wall: survivors' partial results after a failure
 EXIT_LINGER_S = 3.0  # wall: nodes and relays exiting on control/stop before we signal them
+FAILURE_SETTLE_S = 0.5  # wall: after a child died, for the failure of what it depended on
 # Stop order, highest first: nobody loses what it depends on while it shuts down.
 TIER_BROKER, TIER_DAEMON, TIER_RELAY, TIER_NODE, TIER_PROGRAM = 0, 1, 2, 3, 4
 
@@ -178,6 +179,7 @@ async def _abort(mqtt, state: RunState, supervisor: Supervisor) -> None:
 
 async def _fail_on_child_exit(supervisor: Supervisor, phases: trio.CancelScope) -> None:
     await supervisor.failed.wait()
+    await supervisor.settle_failures(FAILURE_SETTLE_S)  # before the stop makes exits expected
     phases.cancel()
 
 
@@ -247,7 +249,7 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
                     except* (ChildFailed, RunFailed) as group:
                         state.failure = failure_info(first_leaf(group))
                 if supervisor.failures:
-                    state.failure = failure_info(supervisor.failures[0])
+                    state.failure = failure_info(supervisor.root_failure())
                 if state.failure is not None:
                     if state.t_start:  # the apps had started
                         emulated_s = max(0.0, clock.now() - state.t_start)
@@ -258,7 +260,7 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
             if state.failure is None:
                 state.failure = failure_info(first_leaf(group))
         if supervisor.failures:  # a dead child explains the errors that followed it
-            state.failure = failure_info(supervisor.failures[0])
+            state.failure = failure_info(supervisor.root_failure())
 
     wall_s = time.monotonic() - wall_start
     return assemble(state, wall_s, emulated_s)

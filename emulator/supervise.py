@@ -247,6 +247,7 @@ class Supervisor:
         self.stopping = trio.Event()
         self.failures: list[ChildFailed] = []  # when not raised: children that died, in order
         self.failed = trio.Event()  # set at the first of them
+        self._failure_added = trio.Event()  # set (and replaced) at each of them
         self._watches: list[trio.CancelScope] = []  # shielded: only stop_all ends them
 
     async def start(self, child: Child, *, ready_timeout: float = 15.0) -> Child:
@@ -286,6 +287,18 @@ class Supervisor:
         for watch in self._watches:
             watch.cancel()
 
+    def root_failure(self) -> ChildFailed | None:
+        """The failure to report: the first of the lowest tier (a node that lost its daemon
+        died of the daemon's failure, not of its own)."""
+        return min(self.failures, key=lambda f: f.child.tier, default=None)
+
+    async def settle_failures(self, timeout_s: float) -> None:
+        """After the first failure, wait up to ``timeout_s`` for one in a lower tier: a node
+        exits as soon as its daemon connection closes, often before the daemon is reaped."""
+        with trio.move_on_after(timeout_s):
+            while not any(f.child.tier < self.failures[0].child.tier for f in self.failures):
+                await self._failure_added.wait()
+
     def _may_restart(self, child: Child) -> bool:
         policy = child.restart
         return (policy.mode == "on-failure" and child.restarts < policy.max_restarts
@@ -318,6 +331,8 @@ class Supervisor:
                 raise
             self.failures.append(failure)
             self.failed.set()
+            self._failure_added.set()
+            self._failure_added = trio.Event()
         finally:
             if child.process is not None:
                 await _terminate(child.process, self.grace_s)

@@ -146,6 +146,29 @@ async def test_unexpected_exit_fails_the_run_but_an_expected_one_does_not(tmp_pa
     assert_reaped(finisher.pid)
 
 
+async def test_the_root_failure_is_the_lowest_tier_even_when_it_is_reaped_second(tmp_path):
+    # A node exits the moment its daemon's connection closes, often before the daemon is
+    # reaped: the run must still report the daemon.
+    daemon = child(tmp_path, "daemon", "ready()\ntime.sleep(0.4)\nsys.exit(5)\n", tier=1)
+    node = child(tmp_path, "node", "ready()\ntime.sleep(0.25)\nsys.exit(1)\n", tier=3)
+    async with open_supervisor(raise_failures=False) as sup:
+        await sup.start_all([daemon, node])
+        await sup.failed.wait()
+        assert [f.child.name for f in sup.failures] == ["node"]
+        await sup.settle_failures(5.0)
+    assert [f.child.name for f in sup.failures] == ["node", "daemon"]
+    assert sup.root_failure().child is daemon
+
+    alone = child(tmp_path, "alone", "ready()\ntime.sleep(0.1)\nsys.exit(1)\n", tier=3)
+    async with open_supervisor(raise_failures=False) as sup:
+        await sup.start(alone)
+        await sup.failed.wait()
+        started = trio.current_time()
+        await sup.settle_failures(0.3)  # nothing below it fails: bounded by the timeout
+        assert 0.25 < trio.current_time() - started < 2.0
+        assert sup.root_failure().child is alone
+
+
 async def test_readiness_timeout(tmp_path):
     silent = child(tmp_path, "silent", "time.sleep(30)\n")
     with fails("was not ready within 0.3 s"):
