@@ -113,14 +113,16 @@ class LinkStateRouter:
     """Routing state machine of router ``name`` with point-to-point ``links`` (name -> config)."""
 
     def __init__(self, name: str, links: Mapping[str, LinkConfig], config: RoutingConfig,
-                 now: float) -> None:
+                 now: float, first_seq: int = 0) -> None:
+        """``first_seq``: our first LSA gets ``first_seq + 1`` (a restarted router passes
+        something larger than any seq it sent before, e.g. from the emulated time)."""
         self.name = name
         self.config = config
         self.links = {n: _Link(c, next_hello=now) for n, c in sorted(links.items())}
         self.lsdb: dict[str, _Entry] = {}
         self.routes: dict[str, Route] = {}
         self.counters: Counter[str] = Counter()
-        self._seq = 0
+        self._seq = first_seq
         self._origination_due: float | None = None
         self._originated_at = now
         self._throttled_from = -float("inf")  # last origination that counts for the throttle

@@ -75,6 +75,13 @@ class RoutedFrame(msgspec.Struct, tag="routed", frozen=True):
     payload: Annotated[bytes, msgspec.Meta(max_length=MAX_PAYLOAD + 1024)]
 
 
+class DatagramBody(msgspec.Struct, tag="dgram", frozen=True):
+    """The payload of a ``datagram`` routed frame: the destination ``port`` and the data."""
+
+    port: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
+    data: Annotated[bytes, msgspec.Meta(max_length=MAX_PAYLOAD)]
+
+
 class StreamSegment(msgspec.Struct, tag="seg", frozen=True):
     """One message of a reliable stream: the ``seq``-th message the sender wrote on ``stream``."""
 
@@ -98,9 +105,10 @@ StreamMessage = StreamSegment | StreamAck
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(Message)
 _STREAM_DECODER = msgspec.msgpack.Decoder(StreamMessage)
+_DATAGRAM_DECODER = msgspec.msgpack.Decoder(DatagramBody)
 
 
-def encode(message: Message | StreamMessage) -> bytes:
+def encode(message: Message | StreamMessage | DatagramBody) -> bytes:
     """MessagePack bytes of one message (tagged map)."""
     return _ENCODER.encode(message)
 
@@ -119,3 +127,11 @@ def decode_stream(data: bytes) -> StreamMessage:
         return _STREAM_DECODER.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedMessage(f"bad stream message: {exc}") from None
+
+
+def decode_datagram(data: bytes) -> DatagramBody:
+    """The port and data carried in a ``datagram`` routed frame, or ``MalformedMessage``."""
+    try:
+        return _DATAGRAM_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"bad datagram body: {exc}") from None
