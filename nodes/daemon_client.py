@@ -2,7 +2,8 @@
 
 ``open_daemon`` connects, authenticates with the node's token and runs a reader task that
 routes replies to the request that awaits them (by id) and pushed ``Detections`` to the
-per-link channel of the app that opened the detector. Errors from the daemon raise
+per-link channel of the app that opened the detector, and pushed ``PayloadArrived`` (flying
+qubits) to the channel of the link they arrived on. Errors from the daemon raise
 ``DaemonError`` in the requesting app.
 """
 
@@ -33,6 +34,7 @@ class DaemonClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, trio.MemorySendChannel] = {}
         self._detections: dict[str, trio.MemorySendChannel] = {}
+        self._payloads: dict[str, trio.MemorySendChannel] = {}
 
     async def request(self, message_type: type, **fields: object) -> object:
         """Send one request and return its reply; raises ``DaemonError`` on an error reply."""
@@ -54,6 +56,12 @@ class DaemonClient:
         self._detections[link] = send
         return receive
 
+    def payloads(self, link: str, buffer: int = 10_000) -> trio.MemoryReceiveChannel:
+        """Channel of ``PayloadArrived`` pushed for ``link`` (open it before FlightOpen)."""
+        send, receive = trio.open_memory_channel(buffer)
+        self._payloads[link] = send
+        return receive
+
     async def _read_loop(self) -> None:
         while True:
             payload = await self.framed.receive()
@@ -62,6 +70,8 @@ class DaemonClient:
             message = p.reply_decoder.decode(payload)
             if isinstance(message, p.Detections):
                 await self._detections[message.link].send(message)
+            elif isinstance(message, p.PayloadArrived):
+                await self._payloads[message.link].send(message)
             elif getattr(message, "id", None) in self._waiting:
                 await self._waiting[message.id].send(message)
             elif isinstance(message, p.Error):

@@ -315,6 +315,18 @@ class QuantumMemories:
         group = self._group(ref, now)
         self._remove_qubits(group, [group.refs.index(ref)], group.density(), now)
 
+    def move(self, ref: SlotRef, to_node: str, now: float) -> SlotRef:
+        """Move the qubit in ``ref`` into a free slot of ``to_node`` (a photon leaving one
+        memory for a fibre or entering another); its joint state with its partners is kept.
+        Raises ``NoFreeSlot`` (nothing moved)."""
+        group = self._group(ref, now)
+        (new,) = self._allocate([to_node])
+        group.refs[group.refs.index(ref)] = new
+        self._group_of[new] = group
+        self._stored_at[new] = now
+        self._release(ref)
+        return new
+
     # -- oracle views for the daemon's reports (never sent to nodes) --------------------------
 
     def state(self, refs: Sequence[SlotRef], now: float) -> np.ndarray:

@@ -105,7 +105,7 @@ class Error(msgspec.Struct, tag="error"):
 
     code: str  # bad_frame | too_large | unauthenticated | bad_version | not_allowed | unknown
     # | bad_request (invalid field values, non-fatal) | no_free_slot | empty_slot | expired
-    # | too_large_register (state level, non-fatal)
+    # | too_large_register (state level, non-fatal) | late (a switch after the budget)
     message: str
     id: int | None = None
     fatal: bool = False
@@ -261,12 +261,76 @@ class MemoryStats(msgspec.Struct, tag="memory_stats_reply"):
     free_slots: dict[str, int]
 
 
+# ---------------------------------------------------------------------------------------------
+# Qubits that travel (``links.flight``): a node sends one of its qubits into a fibre; the
+# receiving end is told when it arrives (``PayloadArrived``, pushed to the node that sent
+# ``FlightOpen`` for that link) with a noisy readout of the fibre's polarisation rotation; a
+# router then switches it out of its delay line (optionally through a waveplate) before its
+# switch budget ends. Docs: docs/protocol.md, "Qubits in flight".
+
+
+class FlightOpen(msgspec.Struct, tag="flight_open", forbid_unknown_fields=True):
+    """This end wants ``PayloadArrived`` pushes for payloads reaching it over ``link``."""
+
+    id: int
+    link: str
+
+
+class QubitSend(msgspec.Struct, tag="qubit_send", forbid_unknown_fields=True):
+    """Send the sender's own ``qubit`` into fibre ``link`` (its slot is freed at once)."""
+
+    id: int
+    link: str
+    qubit: QubitRef
+
+
+class Sent(msgspec.Struct, tag="sent"):
+    id: int
+    link: str
+    payload: int  # id of the payload in the run (the header's payload descriptor)
+    t: float  # emulated time it entered the fibre
+
+
+class PayloadSwitch(msgspec.Struct, tag="payload_switch", forbid_unknown_fields=True):
+    """Set the switch of this node's delay line: the payload leaves on ``link`` when its
+    spool ends, after the waveplate ``exp(-i |r|/2 r.sigma/|r|)`` if ``rotation`` r is given
+    (a rotation vector in rad). Only for a payload now in this node's delay line."""
+
+    id: int
+    link: str
+    payload: int
+    rotation: tuple[float, float, float] | None = None
+
+
+class Switched(msgspec.Struct, tag="switched"):
+    id: int
+    payload: int
+    t: float  # emulated time the switch was set
+    t_depart: float  # emulated time the payload leaves the delay line
+
+
+class PayloadArrived(msgspec.Struct, tag="payload_arrived"):
+    """Pushed to the receiving end of ``link``: the payload reached it at ``t`` (``present``)
+    or was lost in the fibre (``present`` false, pushed at its would-be arrival). Held in the
+    delay line until ``deadline`` (``slot`` = -1) or stored in memory ``slot``. ``reference``:
+    rotation vector (rad) of this end's noisy readout of the fibre's rotation, from the
+    header's reference light (the node corrects with its inverse)."""
+
+    link: str
+    payload: int
+    t: float
+    present: bool
+    slot: int = -1
+    deadline: float = 0.0
+    reference: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
 Request = (Hello | SourceStart | SourceStop | DetectorOpen | StatsRequest | EntangleStart
            | EntangleStop | PairAwait | QubitPrepare | QubitGate | QubitMeasure | BellMeasure
-           | QubitDiscard | MemoryStatsRequest)
+           | QubitDiscard | MemoryStatsRequest | FlightOpen | QubitSend | PayloadSwitch)
 Reply = (Welcome | SourceStarted | SourceStopped | DetectorOpened | Detections | Stats | Error
          | EntangleStarted | PairsDelivered | Prepared | Measured | BellResult | Done
-         | MemoryStats)
+         | MemoryStats | Sent | Switched | PayloadArrived)
 
 request_decoder = msgspec.msgpack.Decoder(Request)
 reply_decoder = msgspec.msgpack.Decoder(Reply)

@@ -1,0 +1,307 @@
+"""Flying-qubit link runtime: photonic qubits a node sends through a fibre to its neighbour.
+
+A ``QubitSend`` moves the sender's qubit out of its memory into the fibre (a slot of the
+``FLIGHT`` pseudo-node, so it stays entangled with what it was entangled with). Crossing the
+fibre it meets the fibre's rotation U(t) (``polarisation.drift_step``, one walk per fibre and
+direction, U = I at t = 0), its loss (and the far end's delay line's), and Raman photons
+that travel with it and depolarise it when stored (``physics.flight.noise_at_destination``).
+It arrives one fibre delay later: at a node with a delay line (``switch_budget_us`` > 0) it
+waits for ``PayloadSwitch`` until its spool ends, else it is lost as *late*; at any other node
+it is stored in memory. A cut or degraded quantum plane and Raman noise from the measured
+classical traffic come from the daemon's ``link_states`` (``emulator.daemon.traffic``), when
+it has them. The receiving end gets ``PayloadArrived`` with a noisy readout of U
+(``polarisation.gaussian_estimate``): a router may switch and rotate, never measure. Times
+are emulated (``EmulatedClock``), so a router's real latency counts against its budget.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import trio
+
+from emulator.daemon import memories as mem
+from emulator.daemon import protocol as p
+from emulator.daemon.links import LinkHost, LinkRuntime, Reply, name_word, not_allowed
+from emulator.daemon.session import Connection
+from emulator.hybrid_config import FlightFibre, NodeHybrid
+from emulator.physics import polarisation as pol
+from emulator.physics import states as st
+from emulator.physics.channels import fibre_delay, transmittance
+
+FLIGHT = "~flight"  # memories pseudo-node holding the qubits in fibres and delay lines
+FLIGHT_SLOTS = 100_000
+PUSH_BUFFER = 10_000
+LATE_MEMORY = 10_000  # payloads lost as late whose late switch is still answered "late"  # PayloadArrived queued per receiving connection before drops
+
+
+def rotation_vector(u: np.ndarray) -> tuple[float, float, float]:
+    """Rotation vector theta n (|theta| <= pi) of SU(2) ``u = cos(theta/2) I - i sin(theta/2)
+    n.sigma`` up to its sign: what a node needs to undo it with a waveplate."""
+    w = float(np.real(np.trace(u))) / 2
+    v = np.array([-float(np.imag(np.trace(u @ s))) / 2 for s in (st.X, st.Y, st.Z)])
+    if w < 0:
+        w, v = -w, -v
+    norm = float(np.linalg.norm(v))
+    if norm == 0.0:
+        return (0.0, 0.0, 0.0)
+    theta = 2 * math.atan2(norm, w)
+    return tuple(float(x) for x in v * (theta / norm))  # type: ignore[return-value]
+
+
+@dataclass
+class Payload:
+    """One qubit in a fibre or a delay line; only the daemon sees this."""
+
+    id: int
+    ref: mem.SlotRef  # its slot at FLIGHT
+    at: str  # the node it is travelling to, or sits at
+    link: str  # the fibre it is crossing or arrived on
+    noise: float = 0.0  # Raman photons per gate travelling with it
+    in_spool: bool = False
+    deadline: float = 0.0
+    switched_to: str | None = None
+    u: np.ndarray | None = None  # the rotation of the fibre it crossed last
+
+
+@dataclass
+class FlightPlane:
+    """State shared by every flight fibre of the daemon: payloads, events, per-node counts."""
+
+    host: LinkHost
+    hybrid: dict[str, NodeHybrid]
+    links: dict[str, FlightLinkRuntime] = field(default_factory=dict)
+    payloads: dict[int, Payload] = field(default_factory=dict)
+    events: list[tuple[float, int, str, int]] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)  # "<node>.<what>"
+    push: dict[tuple[str, str], trio.MemorySendChannel] = field(default_factory=dict)
+    late: dict[int, tuple[str, float]] = field(default_factory=dict)  # recent: node, deadline
+
+    def __post_init__(self) -> None:
+        self.rng = self.host.rng(name_word("flight"), 6)
+        self.ids = itertools.count(1)
+        self.order = itertools.count()
+        self.wake = trio.Event()
+        self.running = False
+
+    def budget(self, node: str) -> NodeHybrid:
+        return self.hybrid.get(node, NodeHybrid())
+
+    def schedule(self, t: float, what: str, payload: int) -> None:
+        heapq.heappush(self.events, (t, next(self.order), what, payload))
+        self.wake.set()
+        if not self.running:
+            self.running = True
+            self.host.spawn(self._run)
+
+    async def _run(self) -> None:
+        clock = self.host.clock
+        while True:
+            while not self.events:
+                self.wake = trio.Event()
+                await self.wake.wait()
+            t = self.events[0][0]
+            if t > clock.now():
+                self.wake = trio.Event()
+                with trio.move_on_at(clock.deadline(t)):
+                    await self.wake.wait()
+                continue
+            _, _, what, pid = heapq.heappop(self.events)
+            payload = self.payloads.get(pid)
+            if payload is not None:
+                {"arrive": self._arrive, "lost": self._fibre_lost, "depart": self._depart,
+                 "expire": self._expire}[what](payload, t)
+            await trio.lowlevel.checkpoint()
+
+    # -- the payload's life -------------------------------------------------------------------
+
+    def launch(self, payload: Payload, link: FlightLinkRuntime, t: float) -> None:
+        """``payload`` enters ``link``'s fibre at ``t``: rotation, loss, noise; arrives later."""
+        src = payload.at
+        dst = link.other(src)
+        u = payload.u = link.advance(src, t)
+        self.host.memories.apply_gate(FLIGHT, [payload.ref], u, t)
+        end = self.budget(dst)
+        spool = 10.0 ** (-end.delay_line_db_per_us * end.switch_budget_us / 10.0)
+        t_fibre, noise = link.transmittance, link.fibre.flight.noise_photons
+        states = getattr(self.host, "link_states", None)  # faults and measured traffic
+        if states is not None:
+            state = states.get(link.name)
+            t_fibre *= state.transmittance_factor()
+            if state.raman is not None:
+                noise += state.noise_photons(efficiency=1.0)
+        payload.noise = (payload.noise * t_fibre + noise) * spool
+        payload.at, payload.link, payload.in_spool = dst, link.name, False
+        self.counts[f"{link.name}.sent"] += 1
+        alive = self.rng.random() < t_fibre * spool
+        # a lost payload is known lost at its would-be arrival (the push goes then)
+        self.schedule(t + link.delay_s, "arrive" if alive else "lost", payload.id)
+
+    def _lost(self, payload: Payload, t: float, why: str) -> None:
+        self.host.memories.discard(FLIGHT, payload.ref, t)
+        del self.payloads[payload.id]
+        self.counts[f"{payload.at}.{why}"] += 1
+
+    def _fibre_lost(self, payload: Payload, t: float) -> None:
+        self._lost(payload, t, "lost_in_fibre")
+        self._notify(payload.at, p.PayloadArrived(payload.link, payload.id, t, False))
+
+    def _arrive(self, payload: Payload, t: float) -> None:
+        link = self.links[payload.link]
+        u_hat = pol.gaussian_estimate(payload.u, link.fibre.flight.estimation_sigma_rad, self.rng)
+        reference = rotation_vector(u_hat)
+        end = self.budget(payload.at)
+        if end.switch_budget_us > 0:
+            payload.in_spool = True
+            payload.deadline = t + end.switch_budget_us * 1e-6
+            self.schedule(payload.deadline, "expire", payload.id)
+            self.counts[f"{payload.at}.arrived"] += 1
+            self._notify(payload.at, p.PayloadArrived(payload.link, payload.id, t, True, -1,
+                                                      payload.deadline, reference))
+            return
+        p_dep = -math.expm1(-payload.noise / 2)
+        if p_dep > 0 and self.rng.random() < p_dep * 3 / 4:  # a sampled depolarising channel
+            pauli = st.PAULIS["XYZ"[int(self.rng.integers(3))]]
+            self.host.memories.apply_gate(FLIGHT, [payload.ref], pauli, t)
+        try:
+            ref = self.host.memories.move(payload.ref, payload.at, t)
+        except mem.NoFreeSlot:
+            self._lost(payload, t, "no_free_slot")
+            self._notify(payload.at, p.PayloadArrived(payload.link, payload.id, t, False))
+            return
+        del self.payloads[payload.id]
+        self.counts[f"{payload.at}.stored"] += 1
+        self._notify(payload.at, p.PayloadArrived(payload.link, payload.id, t, True, ref.slot, t,
+                                                  reference))
+
+    def _depart(self, payload: Payload, t: float) -> None:
+        assert payload.switched_to is not None
+        self.launch(payload, self.links[payload.switched_to], t)
+
+    def _expire(self, payload: Payload, t: float) -> None:
+        if payload.in_spool and payload.switched_to is None:
+            self._lost(payload, t, "late")
+            self.late[payload.id] = (payload.at, payload.deadline)  # to answer a late switch
+            while len(self.late) > LATE_MEMORY:
+                del self.late[next(iter(self.late))]
+
+    def _notify(self, node: str, message: p.PayloadArrived) -> None:
+        channel = self.push.get((message.link, node))
+        if channel is None:
+            self.counts[f"{node}.unheard"] += 1
+            return
+        try:
+            channel.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.counts[f"{node}.dropped_pushes"] += 1
+
+
+class FlightLinkRuntime(LinkRuntime):
+    """One fibre that carries flying qubits; its state lives in the shared ``FlightPlane``."""
+
+    kind = "flight"
+    requests = {p.FlightOpen: "flight_open", p.QubitSend: "qubit_send",
+                p.PayloadSwitch: "payload_switch"}
+
+    def __init__(self, fibre: FlightFibre, plane: FlightPlane) -> None:
+        self.fibre = fibre
+        self.name = fibre.name
+        self.ends = (fibre.a, fibre.b)
+        self.plane = plane
+        self.delay_s = float(fibre_delay(fibre.length_km))
+        self.transmittance = float(transmittance(fibre.length_km,
+                                                 fibre.flight.attenuation_db_per_km))
+        self.rng = plane.host.rng(name_word(fibre.name), 6)
+        self.u = {end: np.eye(2, dtype=complex) for end in self.ends}  # by the sending end
+        self.walked_to = dict.fromkeys(self.ends, 0.0)
+        plane.links[fibre.name] = self
+
+    def other(self, node: str) -> str:
+        return self.ends[1] if node == self.ends[0] else self.ends[0]
+
+    def advance(self, src: str, t: float) -> np.ndarray:
+        """The rotation of the fibre from ``src`` at ``t`` (its walk advanced, never back)."""
+        dt = t - self.walked_to[src]
+        if dt > 0:
+            self.u[src] = pol.drift_step(self.u[src], dt, self.fibre.flight.diffusion_rad2_per_s,
+                                         self.rng)
+            self.walked_to[src] = t
+        return self.u[src]
+
+    def counters(self) -> dict[str, float]:
+        return {"payloads_sent": self.plane.counts[f"{self.name}.sent"]}
+
+    def connection_closed(self, conn: Connection) -> None:
+        for end in self.ends:
+            if end == conn.node:
+                self.plane.push.pop((self.name, end), None)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def flight_open(self, conn: Connection, request: p.FlightOpen) -> Reply:
+        send, receive = trio.open_memory_channel(PUSH_BUFFER)
+        self.plane.push[(self.name, conn.node)] = send
+        conn.spawn(self._pump, conn, receive)
+        return p.Done(request.id, self.plane.host.clock.now())
+
+    @staticmethod
+    async def _pump(conn: Connection, receive: trio.MemoryReceiveChannel) -> None:
+        async with receive:
+            async for message in receive:
+                if not await conn.send(message):
+                    return
+
+    async def qubit_send(self, conn: Connection, request: p.QubitSend) -> Reply:
+        node = conn.node
+        assert node is not None
+        ref = mem.SlotRef(request.qubit.node, request.qubit.slot)
+        if ref.node != node:
+            return not_allowed(request, f"{node!r} may send only its own qubits")
+        plane, now = self.plane, self.plane.host.clock.now()
+        plane.host.expire()
+        try:
+            flying = plane.host.memories.move(ref, FLIGHT, now)
+        except mem.CutoffExpired:
+            return p.Error("expired", f"slot {ref.slot} passed its cutoff", id=request.id)
+        except mem.EmptySlot as exc:
+            return p.Error("empty_slot", str(exc), id=request.id)
+        payload = Payload(next(plane.ids), flying, node, self.name)
+        plane.payloads[payload.id] = payload
+        plane.counts[f"{node}.sends"] += 1
+        plane.launch(payload, self, now)
+        return p.Sent(request.id, self.name, payload.id, now)
+
+    async def payload_switch(self, conn: Connection, request: p.PayloadSwitch) -> Reply:
+        node = conn.node
+        plane, now = self.plane, self.plane.host.clock.now()
+        payload = plane.payloads.get(request.payload)
+        late = plane.late.get(request.payload)
+        if payload is None and late is not None and late[0] == node:
+            plane.counts[f"{node}.late_decisions"] += 1
+            return p.Error("late", f"payload {request.payload} left the delay line at "
+                                   f"{late[1]:.6f} s, switch set at {now:.6f} s", id=request.id)
+        if payload is None or payload.at != node or not payload.in_spool \
+                or payload.switched_to is not None:
+            plane.counts[f"{node}.refused"] += 1
+            return not_allowed(request, f"{node!r} holds no payload {request.payload} in its "
+                                        f"delay line")
+        if now > payload.deadline:
+            plane.counts[f"{node}.late_decisions"] += 1
+            return p.Error("late", f"payload {payload.id} left the delay line at "
+                                   f"{payload.deadline:.6f} s, switch set at {now:.6f} s",
+                           id=request.id)
+        if request.rotation is not None:
+            r = np.asarray(request.rotation, dtype=np.float64)
+            if not np.all(np.isfinite(r)):
+                return p.Error("bad_request", "rotation must be finite", id=request.id)
+            plane.host.memories.apply_gate(FLIGHT, [payload.ref], pol.su2(r), now)
+            plane.counts[f"{node}.rotations"] += 1
+        payload.switched_to = self.name
+        plane.counts[f"{node}.switches"] += 1
+        plane.schedule(payload.deadline, "depart", payload.id)
+        return p.Switched(request.id, payload.id, now, payload.deadline)

@@ -1,0 +1,69 @@
+"""Scenario parts of hybrid packets: a fibre that carries flying qubits (``[links.flight]``), a
+node's delay line and drift compensation (``[nodes.hybrid]``), and the model of a path.
+
+The daemon reads the first two (``emulator.daemon.links.flight``); nodes see only their own
+``compensate`` flag; the orchestrator turns a flow's path into ``physics.flight.Hop``s for
+``flow_model`` (the prediction is never computed by nodes). Documented in docs/scenarios.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+from emulator.physics.flight import Hop
+
+NonNegative = Annotated[float, Meta(ge=0)]
+
+
+class LinkFlight(Struct, forbid_unknown_fields=True):
+    """``[links.flight]``: photonic qubits may be sent through this fibre. ``noise_photons``:
+    Raman photons per gate in the payload's mode at the fibre's output (``raman.noise_photons``
+    at the configured duty cycle, efficiency 1); ``estimation_sigma_rad``: per-axis error of
+    the far end's readout of the header's reference polarisations."""
+
+    attenuation_db_per_km: NonNegative = 0.2
+    diffusion_rad2_per_s: NonNegative = 0.0
+    estimation_sigma_rad: NonNegative = 0.0
+    noise_photons: NonNegative = 0.0
+
+
+class NodeHybrid(Struct, forbid_unknown_fields=True):
+    """``[nodes.hybrid]``: a router's delay line (``switch_budget_us`` = 0: none, a payload
+    arriving here is stored in the node's memory) and whether the node corrects the drift of
+    the fibre a payload arrived on from the header's reference readout."""
+
+    switch_budget_us: NonNegative = 0.0
+    delay_line_db_per_us: NonNegative = 0.0
+    compensate: bool = True
+
+
+class FlightFibre(Struct):
+    """A ``[links.flight]`` fibre as the daemon sees it."""
+
+    name: str
+    a: str
+    b: str
+    length_km: float
+    flight: LinkFlight
+
+
+def path_hops(path: Sequence[str], fibres: Mapping[frozenset, FlightFibre],
+              nodes: Mapping[str, NodeHybrid]) -> list[Hop]:
+    """``physics.flight.Hop`` per fibre of ``path`` (node names, source first): the fibre's
+    physics and its far end's delay line and compensation (a flow's destination has no
+    delay line: ``hybrid.send`` checks it)."""
+    hops = []
+    for near, far in zip(path, path[1:]):
+        fibre = fibres[frozenset((near, far))].flight
+        end = nodes.get(far, NodeHybrid())
+        hops.append(Hop(
+            length_km=fibres[frozenset((near, far))].length_km,
+            attenuation_db_per_km=fibre.attenuation_db_per_km,
+            drift_rad2_per_s=fibre.diffusion_rad2_per_s, noise_photons=fibre.noise_photons,
+            compensated=end.compensate, estimation_sigma_rad=fibre.estimation_sigma_rad,
+            switch_budget_us=end.switch_budget_us,
+            delay_line_db_per_us=end.delay_line_db_per_us))
+    return hops

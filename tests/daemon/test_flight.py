@@ -1,0 +1,194 @@
+"""Flying qubits through the daemon over real TCP: alice -> router r1 -> bob on two fibres with
+loss, drift and Raman noise; the router switches (and compensates) from the pushed readouts.
+Delivered fractions and fidelities against ``physics.flight.flow_model`` within 4 standard
+errors (binomial, plus the model's run-to-run spread); late switches, refusals and routers
+that cannot measure."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import trio
+
+from emulator.child_config import DaemonConfig
+from emulator.daemon import protocol as p
+from emulator.daemon.links.flight import FLIGHT, rotation_vector
+from emulator.daemon.server import serve
+from emulator.hybrid_config import FlightFibre, LinkFlight, NodeHybrid, path_hops
+from emulator.physics import flight, polarisation
+from emulator.physics.channels import fibre_delay
+from emulator.scenario import NodeMemory
+from nodes.daemon_client import DaemonError, open_daemon
+
+TOKENS = {"alice": "tok-a", "r1": "tok-r", "bob": "tok-b"}
+# the six Bloch axis states (theta, phi) and the basis/outcome that finds them
+STATES = [((0.0, 0.0), "Z", 0), ((math.pi, 0.0), "Z", 1), ((math.pi / 2, 0.0), "X", 0),
+          ((math.pi / 2, math.pi), "X", 1), ((math.pi / 2, math.pi / 2), "Y", 0),
+          ((math.pi / 2, 3 * math.pi / 2), "Y", 1)]
+
+
+def make_config(compensate: bool, diffusion: float, sigma: float = 0.2,
+                budget_us: float = 50_000.0, noise: float = 0.05) -> DaemonConfig:
+    fibre = LinkFlight(attenuation_db_per_km=0.2, diffusion_rad2_per_s=diffusion,
+                       estimation_sigma_rad=sigma, noise_photons=noise)
+    memory = NodeMemory(slots=4096)
+    return DaemonConfig(
+        "test", time.monotonic(), 1.0, 11, dict(TOKENS), [],
+        memories={"alice": memory, "r1": memory, "bob": memory},
+        flight_fibres=[FlightFibre("a-r1", "alice", "r1", 10.0, fibre),
+                       FlightFibre("r1-b", "r1", "bob", 10.0, fibre)],
+        hybrid={"r1": NodeHybrid(budget_us, 2e-5, compensate),
+                "bob": NodeHybrid(0.0, 0.0, compensate)})
+
+
+def correction(reference) -> dict:
+    """QubitGate fields undoing the readout ``reference`` (a rotation vector)."""
+    r = np.asarray(reference)
+    angle = float(np.linalg.norm(r))
+    axis = tuple(float(x) for x in r / angle) if angle else (0.0, 0.0, 1.0)
+    return {"gate": "ROT", "axis": axis, "angle": -angle} if angle else {}
+
+
+async def run_router(r1, arrivals, compensate: bool, log: list) -> None:
+    async for arrived in arrivals:
+        if not arrived.present:
+            continue
+        rotation = tuple(-x for x in arrived.reference) if compensate else None
+        try:
+            await r1.request(p.PayloadSwitch, link="r1-b", payload=arrived.payload,
+                             rotation=rotation)
+        except DaemonError as exc:
+            log.append(exc.code)
+
+
+async def flow(config: DaemonConfig, n: int, compensate: bool, nursery):
+    """Send ``n`` random axis states alice -> bob through r1; bob measures each in its axis.
+    Returns (send times, correct outcomes, daemon)."""
+    daemon = await nursery.start(serve, config)
+    port = daemon.port
+    async with (open_daemon("127.0.0.1", port, "alice", "tok-a") as alice,
+                open_daemon("127.0.0.1", port, "r1", "tok-r") as r1,
+                open_daemon("127.0.0.1", port, "bob", "tok-b") as bob):
+        router_in = r1.payloads("a-r1")
+        await r1.request(p.FlightOpen, link="a-r1")
+        bob_in = bob.payloads("r1-b")
+        await bob.request(p.FlightOpen, link="r1-b")
+        refused: list[str] = []
+        rng = np.random.default_rng(3)
+        sent: dict[int, tuple[float, int]] = {}
+        correct: list[int] = []
+        times: list[float] = []
+        async with trio.open_nursery() as inner:
+            inner.start_soon(run_router, r1, router_in, compensate, refused)
+            for _ in range(n):
+                k = int(rng.integers(6))
+                (theta, phi), _, _ = STATES[k]
+                q = (await alice.request(p.QubitPrepare, theta=theta, phi=phi)).qubit
+                reply = await alice.request(p.QubitSend, link="a-r1", qubit=q)
+                sent[reply.payload] = (reply.t, k)
+            # every payload's fate is known one delay line + two fibres after its send
+            settle = 2 * float(fibre_delay(10.0)) + 0.05 + 0.2
+            with trio.move_on_after(settle):
+                async for arrived in bob_in:
+                    if not arrived.present:
+                        continue
+                    t, k = sent[arrived.payload]
+                    ref = p.QubitRef("bob", arrived.slot)
+                    if compensate and (fix := correction(arrived.reference)):
+                        await bob.request(p.QubitGate, qubits=[ref], **fix)
+                    _, basis, want = STATES[k]
+                    m = await bob.request(p.QubitMeasure, qubits=[ref], bases=[basis])
+                    correct.append(int(m.outcomes[0] == want))
+                    times.append(t)
+            inner.cancel_scope.cancel()
+        stats = await r1.request(p.MemoryStatsRequest)
+        assert stats.measurements == {}  # the router never measured
+    return np.array([t for t, _ in sent.values()]), np.array(correct), daemon, refused
+
+
+@pytest.mark.parametrize("compensate, diffusion", [(True, 5.0), (False, 0.6)])
+async def test_path_matches_flow_model(nursery, compensate: bool, diffusion: float) -> None:
+    config = make_config(compensate, diffusion)
+    n = 800
+    times, correct, daemon, refused = await flow(config, n, compensate, nursery)
+    assert refused == []
+    fibres = {frozenset((f.a, f.b)): f for f in config.flight_fibres}
+    hops = path_hops(["alice", "r1", "bob"], fibres, config.hybrid)
+    model = flight.flow_model(hops, times)
+    counts = daemon.flight.counts
+    assert counts["r1.late"] == 0 and counts["r1.switches"] == counts["r1.arrived"]
+    assert counts["r1.rotations"] == (counts["r1.switches"] if compensate else 0)
+    # delivered fraction: binomial over the n sends
+    se = math.sqrt(model.delivered * (1 - model.delivered) / n)
+    assert abs(correct.size / n - model.delivered) < 4 * se, (correct.size, model)
+    # fidelity (input-averaged over the six axis states, a 2-design): binomial + spread
+    f = model.fidelity
+    se = math.sqrt(f * (1 - f) / correct.size + model.fidelity_spread ** 2)
+    assert abs(correct.mean() - f) < 4 * se, (correct.mean(), model)
+    if compensate:
+        assert model.fidelity > 0.93  # and without, the drift costs visibly (below)
+    else:
+        assert model.fidelity < 0.9
+
+
+async def test_late_switch_is_refused_and_counted(nursery) -> None:
+    config = make_config(True, 0.0, budget_us=1.0)  # 1 us: no Python decides that fast
+    times, correct, daemon, refused = await flow(config, 60, True, nursery)
+    counts = daemon.flight.counts
+    assert correct.size == 0 and counts["r1.switches"] == 0
+    assert counts["r1.late"] == counts["r1.arrived"] > 0
+    assert set(refused) == {"late"}
+
+
+async def test_refusals_and_no_measurement_in_flight(nursery) -> None:
+    config = make_config(True, 0.0)
+    daemon = await nursery.start(serve, config)
+    port = daemon.port
+    async with (open_daemon("127.0.0.1", port, "alice", "tok-a") as alice,
+                open_daemon("127.0.0.1", port, "r1", "tok-r") as r1,
+                open_daemon("127.0.0.1", port, "bob", "tok-b") as bob):
+        arrivals = r1.payloads("a-r1")
+        await r1.request(p.FlightOpen, link="a-r1")
+        q = (await alice.request(p.QubitPrepare)).qubit
+        with pytest.raises(DaemonError) as err:  # only one's own qubit
+            await bob.request(p.QubitSend, link="r1-b", qubit=q)
+        assert err.value.code == "not_allowed"
+        with pytest.raises(DaemonError) as err:  # not an end of that fibre
+            await bob.request(p.QubitSend, link="a-r1", qubit=p.QubitRef("bob", 0))
+        assert err.value.code == "not_allowed"
+        sent = await alice.request(p.QubitSend, link="a-r1", qubit=q)
+        with pytest.raises(DaemonError) as err:  # a payload bob does not hold
+            await bob.request(p.PayloadSwitch, link="r1-b", payload=sent.payload)
+        assert err.value.code == "not_allowed"
+        with pytest.raises(DaemonError) as err:  # the sender's slot is free now
+            await alice.request(p.QubitMeasure, qubits=[q], bases=["Z"])
+        assert err.value.code == "empty_slot"
+        with trio.fail_after(5):
+            while not (arrived := await arrivals.receive()).present:
+                sent = await alice.request(p.QubitSend, link="a-r1",
+                                           qubit=(await alice.request(p.QubitPrepare)).qubit)
+        for flying in (p.QubitRef(FLIGHT, 0), p.QubitRef("r1", 0)):  # never measure a payload
+            with pytest.raises(DaemonError):
+                await r1.request(p.QubitMeasure, qubits=[flying], bases=["Z"])
+        with pytest.raises(DaemonError) as err:
+            await r1.request(p.PayloadSwitch, link="r1-b", payload=10**9)
+        assert err.value.code == "not_allowed"
+        done = await r1.request(p.PayloadSwitch, link="r1-b", payload=arrived.payload)
+        assert done.t_depart == pytest.approx(arrived.deadline)
+        with pytest.raises(DaemonError) as err:  # switched once only
+            await r1.request(p.PayloadSwitch, link="r1-b", payload=arrived.payload)
+        assert err.value.code == "not_allowed"
+    assert daemon.memories.measurements["r1"] == 0
+    assert daemon.flight.counts["r1.refused"] == 2
+
+
+def test_rotation_vector_inverts_su2() -> None:
+    rng = np.random.default_rng(5)
+    for u in polarisation.haar_su2(rng, 50):
+        w = rotation_vector(u)
+        assert np.linalg.norm(w) <= math.pi + 1e-9
+        back = polarisation.su2(np.asarray(w))
+        assert min(np.abs(back - u).max(), np.abs(back + u).max()) < 1e-9
