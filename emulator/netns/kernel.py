@@ -1,0 +1,97 @@
+"""The few kernel calls of ``--netns``: unshare/setns, TAP devices, ``ip -batch``.
+
+Namespaces are never named or bind-mounted: a node's namespace exists while a process is in
+it or holds it open (its holder, its node, its programs, the wires' TAP fds), so the kernel
+removes it, with its interfaces, addresses and routes, when they die, however they die.
+``setns`` acts on the calling thread only; every function here that switches namespace
+switches back before it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import struct
+import subprocess
+from collections.abc import Iterator
+
+CLONE_NEWNET = 0x40000000
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(OSError):
+    """A namespace or interface operation failed (message says which and why)."""
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise NetnsError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def unshare_net() -> None:
+    """Move the calling thread (process, when single-threaded) into a new network namespace."""
+    _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+
+
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace open at ``fd``."""
+    _check(_libc.setns(fd, CLONE_NEWNET), "setns")
+
+
+def ns_path(pid: int) -> str:
+    return f"/proc/{pid}/ns/net"
+
+
+@contextlib.contextmanager
+def entered(path: str) -> Iterator[None]:
+    """Run the body in the network namespace at ``path`` (e.g. ``/proc/<pid>/ns/net``), then
+    return to the current one. Sockets and TAPs created inside stay in that namespace."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
+def open_tap(name: str, mtu: int | None = None) -> int:
+    """Create the non-persistent TAP ``name`` in the current namespace; return its fd
+    (non-blocking). The device disappears when the fd is closed (the process dies)."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        raise NetnsError(exc.errno, f"TAP {name}: {exc.strerror}") from None
+    return fd
+
+
+def ip_batch(commands: list[str]) -> None:
+    """Run ``ip -batch -`` with ``commands`` in the current namespace (``ip`` is forked from
+    this thread, so it inherits this thread's namespace); NetnsError with ip's message."""
+    if not commands:
+        return
+    done = subprocess.run(["ip", "-batch", "-"], input="\n".join(commands) + "\n",
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise NetnsError(0, f"ip -batch failed: {done.stderr.strip()} (commands: "
+                            f"{'; '.join(commands)})")
+
+
+def write_sysctl(name: str, value: str) -> None:
+    """Set a ``net.*`` sysctl of the current namespace (/proc/sys/net is per namespace)."""
+    with open("/proc/sys/" + name.replace(".", "/"), "w") as handle:
+        handle.write(value)
