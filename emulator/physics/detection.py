@@ -64,7 +64,7 @@ def detect_frame(
     if n <= 0 or p_max <= 0.0:
         return empty
 
-    offsets = _candidate_offsets(rng, n, p_max)
+    offsets = candidate_offsets(rng, n, p_max)
     if offsets.size == 0:
         return empty
     slots = offsets.astype(np.uint64)
@@ -122,7 +122,7 @@ def _detect_mismatched(
     if n <= 0 or p_max <= 0.0:
         return FrameDetections(np.empty(0, np.uint64), np.empty(0, np.uint8),
                                np.empty(0, np.uint8))
-    slots = _candidate_offsets(rng, n, p_max).astype(np.uint64)
+    slots = candidate_offsets(rng, n, p_max).astype(np.uint64)
     slots += np.uint64(slot_start)
     bit, basis_a, index = choices_from_words(slot_words(key, slots), thresholds)
     coins = rng.integers(0, 4, slots.size, dtype=np.uint8)
@@ -142,7 +142,7 @@ def _detect_mismatched(
     return FrameDetections(slots, basis_b, outcome)
 
 
-def _candidate_offsets(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
+def candidate_offsets(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
     """Offsets in [0, n) of a Bernoulli(p) process, via geometric gaps (bounded batches)."""
     if p >= 1.0:
         return np.arange(n, dtype=np.int64)

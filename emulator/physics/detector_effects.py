@@ -20,7 +20,7 @@ import math
 import msgspec
 import numpy as np
 
-from emulator.physics.detection import FrameDetections
+from emulator.physics.detection import FrameDetections, candidate_offsets
 
 DETECTOR_SHIFT = 62  # key = slot + detector << 62: one sorted array, chains never cross detectors
 NEVER = -(1 << 60)  # "last click" of a detector that has not clicked
@@ -103,21 +103,17 @@ def qber_with_afterpulses(e_true, p_ap):
 
 def non_paralysable(keys: np.ndarray, dead: int) -> np.ndarray:
     """Mask of counted clicks among sorted ``keys``: a counted click at s blinds (s, s + dead]
-    and a click in the same slot. Clicks more than ``dead`` after the previous one are always
-    counted; the loop walks only chains of closer clicks, all chains at once."""
+    and a click in the same slot. The first of a run closer than ``dead`` is counted, the
+    second never; the loop walks only runs of three or more, all at once."""
     n = keys.size
-    counted = np.zeros(n, dtype=bool)
-    if n == 0:
-        return counted
-    start = np.ones(n, dtype=bool)
-    start[1:] = np.diff(keys) > dead
-    counted[start] = True
-    frontier = np.flatnonzero(start[:-1] & ~start[1:])  # chain heads followed by a conflict
+    start = np.ones(n + 1, dtype=bool)  # start[n]: a sentinel past the end
+    start[1:n] = np.diff(keys) > dead
+    counted = start[:n].copy()
+    frontier = np.flatnonzero(start[:-2] & ~start[1:-1] & ~start[2:])
     for _ in range(n):
         if frontier.size == 0:
             break
         nxt = np.searchsorted(keys, keys[frontier] + dead, side="right")
-        nxt = nxt[nxt < n]
         frontier = nxt[~start[nxt]]
         counted[frontier] = True
     return counted
@@ -133,114 +129,151 @@ def apply_effects(rng: np.random.Generator, found: FrameDetections, slot_end: in
     released after Exp(decay) slots and counted as an afterpulse in its own detector if it falls
     in an open gate after the dead time; an afterpulse's basis is the receiver's coin and its
     outcome its detector, so it is uncorrelated with the sender's bit. Every potential
-    afterpulse (of any click, recursively) is drawn first and sorted once; rounds then settle
-    which are present (parent counted) and counted, each at least the earliest disagreement.
+    afterpulse (of any click, recursively) is drawn first and merged once into the clicks,
+    sorted by (detector, slot). One chain walk takes every potential click as present; rounds
+    then settle only the clusters (runs closer than the dead time) holding an afterpulse.
     """
     if not effects.active and memory.pending_slot.size == 0:
         return found, EffectCounts()
     n_primary = found.slot.size
-    slot = [found.slot.astype(np.int64), memory.pending_slot]
-    det = [found.outcome, memory.pending_det]
-    parent = [np.full(n_primary + memory.pending_slot.size, -1, dtype=np.int64)]
-    size = n_primary + memory.pending_slot.size
-    generation = np.flatnonzero(np.concatenate(slot) < slot_end)
-    all_slot, all_det = np.concatenate(slot), np.concatenate(det)
-    for _ in range(64):  # generations of potential afterpulses; each ~P_ap times the last
-        k = _trap_delays(rng, generation.size, effects)
-        src = generation[k >= 0]
-        if src.size == 0:
-            break
-        child = all_slot[src] + k[k >= 0]
-        slot.append(child)
-        det.append(all_det[src])
-        parent.append(src)
-        generation = size + np.flatnonzero(child < slot_end)
-        size += src.size
-        all_slot, all_det = np.concatenate(slot), np.concatenate(det)
-    parent_of = np.concatenate(parent)
-    keys = all_slot + (all_det.astype(np.int64) << DETECTOR_SHIFT)
-    order = np.argsort(keys, kind="stable")  # the one sort: rounds keep this order
+    slots, dets, parents = _potential_events(rng, found, slot_end, effects, memory)
+    first = n_primary + memory.pending_slot.size  # potential afterpulses from here on
+    keys = slots + (dets.astype(np.int64) << DETECTOR_SHIFT)
+    order = _key_order(keys, found.outcome, n_primary)
+    size = keys.size
     rank = np.empty(size, dtype=np.int64)
     rank[order] = np.arange(size)
-    keys, s_slot, s_det = keys[order], all_slot[order], all_det[order]
-    s_parent = parent_of[order]
-    s_parent = np.where(s_parent >= 0, rank[np.maximum(s_parent, 0)], -1)
+    keys = keys[order]
+    child, parent = rank[first:], rank[parents]  # sorted positions of afterpulses, parents
     dead = effects.dead_slots
-    last = np.asarray(memory.last, dtype=np.int64)
-    base = (s_slot < slot_end) & (s_slot > last[s_det] + dead)  # else blinded by a past frame
-    orphan = s_parent < 0
-    has_parent = np.flatnonzero(~orphan)
-    # an ideal click with no potential click within `dead` either side is counted iff not
-    # blinded by a past frame; rounds walk only the others (U) and the afterpulses
-    near = np.zeros(size, dtype=bool)
-    close = np.diff(keys) <= dead
-    near[1:] |= close
-    near[:-1] |= close
-    counted = base & orphan & ~near
-    u = np.flatnonzero(near | ~orphan)
-    u_keys, u_base, u_parent = keys[u], base[u], s_parent[u]
-    u_child = np.flatnonzero(u_parent >= 0)
-    u_counted = counted[u]
-    for _ in range(u.size + 1):  # each round settles at least the earliest disagreement
-        present = u_base & (u_parent < 0)
-        present[u_child] = u_base[u_child] & counted[u_parent[u_child]]
-        idx = np.flatnonzero(present)
-        now = np.zeros(u.size, dtype=bool)
-        now[idx[non_paralysable(u_keys[idx], dead)]] = True
-        if np.array_equal(now, u_counted):
+    # live: slot_end > slot > last + dead of its detector (else blinded by a past frame)
+    b0, b1, b2, b3 = (int(np.searchsorted(keys, (d << DETECTOR_SHIFT) + b))
+                      for d in (0, 1) for b in (memory.last[d] + dead + 1, slot_end))
+    counted = np.zeros(size, dtype=bool)
+    walked = non_paralysable(np.concatenate((keys[b0:b1], keys[b2:b3])), dead)
+    counted[b0:b1], counted[b2:b3] = walked[:b1 - b0], walked[b1 - b0:]  # all present
+    if child.size:
+        start = np.ones(size, dtype=bool)
+        start[1:] = np.diff(keys) > dead
+        cluster = np.cumsum(start)
+        hard = np.zeros(int(cluster[-1]) + 1, dtype=bool)
+        hard[cluster[child]] = True
+        u = np.flatnonzero(hard[cluster])
+        parent_at = np.full(size, -1, dtype=np.int64)
+        parent_at[child] = parent
+        live = ((u >= b0) & (u < b1)) | ((u >= b2) & (u < b3))
+        _settle(counted, u, keys[u], live, parent_at[u], dead)
+
+    s_slot = keys & ((1 << DETECTOR_SHIFT) - 1)
+    later = s_slot >= slot_end  # carried to the next frame: pending ones, afterpulses alive
+    later[child] &= counted[parent]
+    carry = np.flatnonzero(later)
+    memory.pending_slot = s_slot[carry]
+    memory.pending_det = (keys[carry] >> DETECTOR_SHIFT).astype(np.uint8)
+    cidx = np.flatnonzero(counted)
+    n0 = int(np.searchsorted(cidx, b2))  # counted clicks of detector 0
+    if n0:
+        memory.last[0] = int(s_slot[cidx[n0 - 1]])
+    if n0 < cidx.size:
+        memory.last[1] = int(s_slot[cidx[-1]])
+    source = order[cidx]
+    is_primary = source < n_primary
+    prim = np.flatnonzero(is_primary)
+    basis = rng.integers(0, 2, cidx.size, dtype=np.uint8)  # an afterpulse's: the coin
+    basis[prim] = found.basis[source[prim]]
+    counts = EffectCounts(blocked=n_primary - prim.size, afterpulses=cidx.size - prim.size)
+    return _records(rng, s_slot[cidx], n0, basis, is_primary), counts
+
+
+def _potential_events(rng: np.random.Generator, found: FrameDetections, slot_end: int,
+                      effects: DetectorEffects, memory: DetectorMemory
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(slot, detector) of the frame's clicks, the pending afterpulses, then each generation of
+    potential afterpulses of those before ``slot_end``; and each afterpulse's parent index."""
+    slot = [found.slot.astype(np.int64), memory.pending_slot]
+    det = [found.outcome, memory.pending_det]
+    parent: list[np.ndarray] = []
+    g_slot, g_det = np.concatenate(slot), np.concatenate(det)
+    size = g_slot.size
+    g_index = np.flatnonzero(g_slot < slot_end)
+    if g_index.size < size:
+        g_slot, g_det = g_slot[g_index], g_det[g_index]
+    for _ in range(64):  # generations of potential afterpulses; each ~P_ap times the last
+        which, delay = _afterpulses(rng, g_slot.size, effects)
+        if which.size == 0:
             break
-        u_counted = now
-        counted[u] = now
-    else:  # pragma: no cover - each round settles at least one event
-        raise RuntimeError("detector effects did not settle")
-
-    alive = orphan.copy()
-    alive[has_parent] = counted[s_parent[has_parent]]
-    later = alive & (s_slot >= slot_end)
-    memory.pending_slot, memory.pending_det = s_slot[later], s_det[later]
-    for d in (0, 1):
-        mine = s_slot[counted & (s_det == d)]
-        if mine.size:
-            memory.last[d] = int(mine.max())
-    is_primary = order < n_primary
-    basis = np.zeros(size, dtype=np.uint8)
-    basis[is_primary] = found.basis[order[is_primary]]
-    coins = ~is_primary & counted
-    basis[coins] = rng.integers(0, 2, int(np.count_nonzero(coins)), dtype=np.uint8)
-    counts = EffectCounts(
-        blocked=int(n_primary - np.count_nonzero(counted & is_primary)),
-        afterpulses=int(np.count_nonzero(counted & ~is_primary)))
-    return _records(rng, s_slot, s_det, basis, counted, is_primary), counts
+        c_slot, c_det = g_slot[which] + delay, g_det[which]
+        slot.append(c_slot)
+        det.append(c_det)
+        parent.append(g_index[which])
+        before = np.flatnonzero(c_slot < slot_end)
+        g_index = size + before
+        g_slot, g_det = c_slot[before], c_det[before]
+        size += which.size
+    parents = np.concatenate(parent) if parent else np.empty(0, np.int64)
+    return np.concatenate(slot), np.concatenate(det), parents
 
 
-def _trap_delays(rng: np.random.Generator, m: int, e: DetectorEffects) -> np.ndarray:
-    """Per avalanche: slots to its afterpulse, or -1 (no trap, or released while blind or
-    between gates)."""
-    k = np.full(m, -1, dtype=np.int64)
-    if e.afterpulse_probability <= 0 or m == 0:
-        return k
-    trapped = np.flatnonzero(rng.random(m) < e.afterpulse_probability)
-    x = rng.exponential(e.decay_slots, trapped.size)
-    whole = np.floor(x)
-    ok = (x - whole < e.gate_fraction) & (whole > e.dead_slots)
-    k[trapped[ok]] = whole[ok].astype(np.int64)
-    return k
+def _key_order(keys: np.ndarray, outcome: np.ndarray, n_primary: int) -> np.ndarray:
+    """Stable argsort of ``keys`` whose first ``n_primary`` are the frame's clicks (increasing
+    slot): split by detector first, so the sort sees a few sorted runs."""
+    runs = np.concatenate((np.flatnonzero(outcome == 0), np.flatnonzero(outcome != 0),
+                           np.arange(n_primary, keys.size)))
+    return runs[np.argsort(keys[runs], kind="stable")]
 
 
-def _records(rng: np.random.Generator, slot: np.ndarray, det: np.ndarray, basis: np.ndarray,
-             counted: np.ndarray, is_primary: np.ndarray) -> FrameDetections:
-    """One record per slot; both detectors in one slot is a double click: a fair coin (the
-    basis is the ideal click's, if one of the two is)."""
-    idx = np.flatnonzero(counted)
-    order = idx[np.lexsort((~is_primary[idx], slot[idx]))]  # by slot, the ideal click first
-    s = slot[order]
-    first = np.ones(s.size, dtype=bool)
-    first[1:] = s[1:] != s[:-1]
-    outcome = det[order].copy()
-    double = np.flatnonzero(~first)  # the second click of a slot (other detector)
-    outcome[double - 1] = rng.integers(0, 2, double.size, dtype=np.uint8)
-    keep = order[first]
-    return FrameDetections(slot[keep].astype(np.uint64), basis[keep], outcome[first])
+def _settle(counted: np.ndarray, u: np.ndarray, keys: np.ndarray, live: np.ndarray,
+            parent: np.ndarray, dead: int) -> None:
+    """Counted among the events ``u`` (sorted keys; parent: sorted index or -1): present if
+    ``live`` and (no parent or parent counted), counted if present and not blinded. Iterates
+    from ``counted[u]`` to the fixed point; each round settles at least the earliest
+    disagreement, since a click depends only on earlier ones."""
+    child = np.flatnonzero(parent >= 0)
+    orphan = live & (parent < 0)
+    now = counted[u]
+    for _ in range(u.size + 1):
+        present = orphan.copy()
+        present[child] = live[child] & counted[parent[child]]
+        idx = np.flatnonzero(present)
+        new = np.zeros(u.size, dtype=bool)
+        new[idx[non_paralysable(keys[idx], dead)]] = True
+        if np.array_equal(new, now):
+            return
+        now = new
+        counted[u] = new
+    raise RuntimeError("detector effects did not settle")  # pragma: no cover
+
+
+def _afterpulses(rng: np.random.Generator, m: int, e: DetectorEffects
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``m`` avalanches give an afterpulse, and its delay in slots. A trap released
+    at x ~ Exp(decay) counts iff floor(x) = k > D and x - k < gate fraction: each avalanche
+    with P_ap (``afterpulse_yield``), and then k - D ~ Geometric(1 - e^{-1/decay})."""
+    p_ap = afterpulse_yield(e)
+    if p_ap <= 0 or m == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    which = candidate_offsets(rng, m, p_ap)
+    delay = e.dead_slots + rng.geometric(-math.expm1(-1.0 / e.decay_slots), which.size)
+    return which, delay
+
+
+def _records(rng: np.random.Generator, slot: np.ndarray, n0: int, basis: np.ndarray,
+             is_primary: np.ndarray) -> FrameDetections:
+    """One record per slot from counted clicks (detector 0's ``n0`` first, each by slot); both
+    detectors in one slot is a double click: a fair coin, the basis the ideal click's if one of
+    the two is."""
+    m = slot.size
+    order = np.argsort(slot, kind="stable")  # two sorted runs; ties: detector 0 first
+    s, b, prim = slot[order], basis[order], is_primary[order]
+    outcome = (order >= n0).astype(np.uint8)
+    second = np.flatnonzero(s[1:] == s[:-1]) + 1  # detector 1's click of a double
+    if second.size:
+        b[second - 1] = np.where(prim[second], b[second], b[second - 1])
+        outcome[second - 1] = rng.integers(0, 2, second.size, dtype=np.uint8)
+        keep = np.ones(m, dtype=bool)
+        keep[second] = False
+        s, b, outcome = s[keep], b[keep], outcome[keep]
+    return FrameDetections(s.astype(np.uint64), b, outcome)
 
 
 def outcome_gains(mu, eta_0, eta_1, p_dc):
