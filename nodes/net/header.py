@@ -30,6 +30,7 @@ EXTENSION = 0x80  # types 0x80..0xFE: optional, skipped by a receiver that does 
 
 PAYLOAD_NONE, PAYLOAD_QUBIT, PAYLOAD_EPR_HALF = 0, 1, 2
 FLAG_PAYLOAD_LOST = 0x01
+FLAG_PAYLOAD_LATE = 0x02  # with LOST: a router decided after its switch budget
 
 _TL = struct.Struct(">BH")
 _U32, _U64 = struct.Struct(">I"), struct.Struct(">Q")

@@ -1,0 +1,192 @@
+"""The trio shell of one node's hybrid plane (``nodes.net.hybrid.HybridCore``): one per node.
+
+Header datagrams (magic ``b"QH"``) come from the node's ``NetService``; payload arrivals are
+the daemon's ``PayloadArrived`` pushes on each of the node's ``[links.flight]`` fibres. The
+shell performs the core's actions: switches (daemon ``PayloadSwitch``, one task each so a
+slow reply never holds the next header), header sends (``NetService.send_udp``), deliveries
+to the local endpoint of the flow, discards. Header keys derive from each link's secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+
+import numpy as np
+import trio
+
+from emulator.daemon import protocol as p
+from nodes.daemon_client import DaemonError
+from nodes.net.forwarding import Forwarder, HeaderForwarder
+from nodes.net.header import MAGIC, HeaderCodec, HybridHeader, PayloadDescriptor
+from nodes.net.hybrid import Arrival, Delivered, Discard, HybridCore, SendHeader, Switch
+from nodes.sdk import NodeContext
+
+log = logging.getLogger("qnet.hybrid")
+
+HEADER_QUEUE = 4096  # header datagrams waiting for the shell's task; more are dropped
+DELIVERY_QUEUE = 100_000
+EXPIRE_EVERY_S = 0.25  # emulated
+MAX_LATENCY_SAMPLES = 5000
+
+
+def header_key(link_secret: bytes) -> bytes:
+    """The hybrid headers' MAC key of a link, derived from its secret (own purpose label)."""
+    return hmac.new(link_secret, b"qnet hybrid header v1", hashlib.sha256).digest()
+
+
+class HybridPlane:
+    """Runs ``HybridCore`` for one node: routers switch, destinations collect per flow."""
+
+    def __init__(self, node: NodeContext) -> None:
+        if node.net is None:
+            raise RuntimeError("hybrid packets need the routed plane (node.net)")
+        self.node = node
+        self.net = node.net
+        self.fibres = {link.id: (link.b if link.a == node.name else link.a)
+                       for link in node.view.links if getattr(link, "flight", None) is not None}
+        keys = {link: header_key(node.transport.link_key(peer))
+                for link, peer in self.fibres.items()}
+        self.forwarder = Forwarder(node.name)
+        hybrid = node.view.hybrid
+        self.core = HybridCore(HeaderForwarder(self.forwarder, keys),
+                               compensate=hybrid is None or hybrid.compensate)
+        self.codecs = {link: HeaderCodec(key) for link, key in keys.items()}
+        self._flows: dict[int, trio.MemorySendChannel] = {}
+        self._headers_in, self._headers_out = trio.open_memory_channel[tuple[bytes, str]](
+            HEADER_QUEUE)
+        self.decision_us: list[float] = []  # arrival (or header, if later) -> switch request
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def counters(self):
+        return self.core.counters
+
+    def flow(self, flow: int) -> trio.MemoryReceiveChannel:
+        """Where this node receives the packets of ``flow`` addressed to it."""
+        send, receive = trio.open_memory_channel[Delivered](DELIVERY_QUEUE)
+        self._flows[flow] = send
+        return receive
+
+    def codec_to(self, neighbour: str) -> tuple[str, HeaderCodec]:
+        """(link, codec) of the fibre to a neighbour (KeyError without one)."""
+        link = self.net.link_to(neighbour)
+        return link, self.codecs[link]
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        daemon = self.node.daemon
+        arrivals = {link: daemon.payloads(link) for link in self.fibres}
+        for link in self.fibres:
+            await daemon.request(p.FlightOpen, link=link)
+        self.net.register_udp_handler(MAGIC, self._on_datagram)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._headers)
+            for channel in arrivals.values():
+                nursery.start_soon(self._arrivals, channel)
+            nursery.start_soon(self._expire)
+            task_status.started()
+
+    def _on_datagram(self, data: bytes, neighbour: str, link: str) -> None:
+        try:
+            self._headers_in.send_nowait((data, link))
+        except trio.WouldBlock:
+            self.core.counters["hybrid_header_queue_full"] += 1
+
+    async def _headers(self) -> None:
+        async for data, link in self._headers_out:
+            self.forwarder.routes = self.net.routes
+            await self._perform(self.core.header(data, link, self.node.clock.now()), None)
+
+    async def _arrivals(self, channel: trio.MemoryReceiveChannel) -> None:
+        async for message in channel:
+            arrival = Arrival(message.link, message.payload, message.t, message.present,
+                              message.slot, message.deadline, message.reference)
+            await self._perform(self.core.arrival(arrival, self.node.clock.now()), arrival)
+
+    async def _expire(self) -> None:
+        clock = self.node.clock
+        while True:
+            await trio.sleep(clock.wall_duration(EXPIRE_EVERY_S))
+            await self._perform(self.core.expire(clock.now()), None)
+
+    async def _perform(self, actions: list, arrival: Arrival | None) -> None:
+        for action in actions:
+            if isinstance(action, Switch):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._switch, action)
+            elif isinstance(action, SendHeader):
+                if not self.net.send_udp(action.neighbour, action.data):
+                    self.core.counters["hybrid_header_send_failed"] += 1
+            elif isinstance(action, Delivered):
+                self._deliver(action)
+            elif isinstance(action, Discard):
+                ref = p.QubitRef(self.node.name, action.slot)
+                try:
+                    await self.node.daemon.request(p.QubitDiscard, qubits=[ref])
+                except DaemonError:
+                    self.core.counters["hybrid_discard_failed"] += 1
+
+    async def _switch(self, action: Switch) -> None:
+        started = self.node.clock.now()
+        kwargs = {"rotation": action.rotation} if action.rotation is not None else {}
+        try:
+            reply = await self.node.daemon.request(p.PayloadSwitch, link=action.link,
+                                                   payload=action.payload, **kwargs)
+            ok, t_set = True, reply.t
+        except DaemonError as exc:
+            if exc.code != "late":
+                log.warning("switch of payload %d refused: %s", action.payload, exc)
+            ok, t_set = False, self.node.clock.now()
+        if len(self.decision_us) < MAX_LATENCY_SAMPLES:
+            self.decision_us.append(max(0.0, (t_set - started)) * 1e6)
+        await self._perform(self.core.switched(action.payload, ok), None)
+
+    def _deliver(self, delivered: Delivered) -> None:
+        channel = self._flows.get(delivered.header.flow)
+        if channel is None:
+            self.core.counters["hybrid_unknown_flow"] += 1
+            return
+        try:
+            channel.send_nowait(delivered)
+        except trio.WouldBlock:
+            self.core.counters["hybrid_delivery_queue_full"] += 1
+
+
+_planes: dict[str, HybridPlane] = {}
+_starting: dict[str, trio.Event] = {}
+
+
+async def plane_for(node: NodeContext) -> HybridPlane:
+    """The node's one hybrid plane, started in ``node.services`` on first use."""
+    if node.name in _planes:
+        return _planes[node.name]
+    if node.name in _starting:
+        await _starting[node.name].wait()
+        return _planes[node.name]
+    _starting[node.name] = trio.Event()
+    plane = HybridPlane(node)
+    assert node.services is not None, "the node runs no services nursery"
+    await node.services.start(plane.run)
+    _planes[node.name] = plane
+    _starting[node.name].set()
+    return plane
+
+
+def make_header(node: NodeContext, dst: str, flow: int, seq: int, ttl: int, kind: int,
+                payload_id: int) -> HybridHeader:
+    """A new packet's header: emulated ns timestamp, the H reference (Stokes S1 = 1)."""
+    return HybridHeader(src=node.name, dst=dst, flow=flow, seq=seq, ttl=ttl,
+                        timestamp_ns=max(0, int(node.clock.now() * 1e9)),
+                        payload=PayloadDescriptor(kind, 0, 1, payload_id))
+
+
+def correction(reference) -> dict | None:
+    """QubitGate fields undoing a readout ``reference`` (rotation vector), None if identity."""
+    r = np.asarray(reference, dtype=np.float64)
+    angle = float(np.linalg.norm(r))
+    if angle == 0.0 or not math.isfinite(angle):
+        return None
+    return {"gate": "ROT", "axis": tuple(float(x) for x in r / angle), "angle": -angle}
