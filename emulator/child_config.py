@@ -24,6 +24,7 @@ from emulator.scenario import (
     LinkEntanglement,
     NodeMemory,
     QuantumLink,
+    Routing,
     Scenario,
     memory_of,
 )
@@ -217,6 +218,7 @@ class NodeConfig(msgspec.Struct):
     kms: NodeKms | None = None  # the key service, when the scenario declares SAEs
     ports: NodePorts | None = None  # set for a restart: bind these (else any free port)
     restarted: bool = False  # a restart after a crash: serve, but do not run the apps again
+    routing: Routing | None = None  # run nodes/net's routed plane (docs/net.md)
 
 
 def child_arguments(description: str) -> argparse.Namespace:

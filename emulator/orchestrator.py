@@ -57,7 +57,7 @@ from emulator.mqtt import MqttError
 from emulator.outcome import assemble, failure_info, first_leaf, make_run_dir
 from emulator.pki import kms_setup
 from emulator.programs import kms_environment, program_children, tunnel_configs, wait_programs
-from emulator.scenario import Fault, Link, Scenario, memory_of
+from emulator.scenario import Fault, Link, Scenario, memory_of, routing_of
 from emulator.supervise import Child, ChildFailed, Restart, Supervisor, open_supervisor
 
 STARTUP_MARGIN_S = 0.3  # wall seconds between control/start and the apps' start
@@ -298,7 +298,8 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         name=n.name, token=tokens[n.name], link_keys=link_keys[n.name],
         daemon=DaemonAddress("127.0.0.1", daemon.ready["port"]), mqtt=mqtt_address(telemetry.node_user(n.name)),
         view=node_view(scenario, n.name), apps=node_apps(scenario, n.name),
-        tunnel=tunnels.get(n.name), kms=kms.nodes[n.name] if kms is not None else None))
+        tunnel=tunnels.get(n.name), kms=kms.nodes[n.name] if kms is not None else None,
+        routing=routing_of(scenario)))
         for n in scenario.nodes]
     await supervisor.start_all(nodes, ready_timeout=READY_TIMEOUT_S)
     ready = {c.name: c.ready for c in nodes}  # tcp: one listening port per peer

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from emulator.collect import process_counters
 from emulator.programs import programs_section
 from emulator.results import app_sections, check_expectations
+from emulator.routing_report import routing_section
 
 if TYPE_CHECKING:
     from emulator.orchestrator import RunState
@@ -93,6 +94,7 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
         "programs": programs_section(state.children),
         **sections,
         **kms_section(state.node_results),
+        **routing_section(scenario, state.events),
         "events": state.events,
     }
     if state.failure is not None:

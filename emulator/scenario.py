@@ -362,6 +362,59 @@ class Expect(Struct, forbid_unknown_fields=True):
         return " and ".join(parts)
 
 
+class RoutingWeights(Struct, forbid_unknown_fields=True):
+    """``[routing.weights]`` of the ``weighted`` metric: cost = sum of weight x raw metric."""
+
+    length_km: NonNegative = 0.0
+    rtt_ms: NonNegative = 0.0
+    loss_db: NonNegative = 0.0
+    hop: NonNegative = 0.0
+
+
+class Routing(Struct, forbid_unknown_fields=True):
+    """``[routing]``: every node runs link-state routing over its links' classical channels
+    (nodes/net, docs/net.md); the timers are emulated seconds, the metric is the same
+    everywhere (``rtt`` is measured from the hellos, ``loss_db`` is the quantum link's)."""
+
+    hello_interval_s: Positive = 1.0
+    dead_interval_s: Positive = 4.0
+    retransmit_interval_s: Positive | None = None  # LSA retransmission; default: hello interval
+    metric: Literal["length_km", "rtt", "loss_db", "hops", "weighted"] = "length_km"
+    weights: RoutingWeights | None = None
+
+
+def _check_routing(sc: Scenario) -> None:
+    routing = sc.routing
+    if routing is None:
+        return
+    if routing.dead_interval_s <= routing.hello_interval_s:
+        raise ScenarioError("routing.dead_interval_s: must be longer than hello_interval_s")
+    if routing.metric == "weighted":
+        w = routing.weights
+        if w is None or not any((w.length_km, w.rtt_ms, w.loss_db, w.hop)):
+            raise ScenarioError("routing.weights: the weighted metric needs a weight > 0")
+    elif routing.weights is not None:
+        raise ScenarioError(f"routing.weights: only for metric = 'weighted', not "
+                            f"{routing.metric!r}")
+    pairs: set[frozenset[str]] = set()
+    for i, link in enumerate(sc.links):
+        pair = frozenset((link.a, link.b))
+        if pair in pairs:
+            raise ScenarioError(f"links[{i}]: routing needs at most one link between "
+                                f"{link.a!r} and {link.b!r}")
+        pairs.add(pair)
+
+
+def routing_of(sc: Scenario) -> Routing | None:
+    """The routing every node runs: ``[routing]``, or its defaults when an app kind needs the
+    routed plane (``AppKind.extra["routing"]``), else None."""
+    if sc.routing is not None:
+        return sc.routing
+    if any(kind_of(app).extra.get("routing") for app in sc.apps):
+        return Routing()
+    return None
+
+
 class Scenario(Struct, forbid_unknown_fields=True):
     """A validated scenario; ``apps`` holds each app's spec Struct (its kind's ``spec``)."""
 
@@ -372,6 +425,7 @@ class Scenario(Struct, forbid_unknown_fields=True):
     faults: list[Fault] = []
     expect: list[Expect] = []
     kms: Kms = msgspec.field(default_factory=Kms)
+    routing: Routing | None = None  # link-state routing in every node (docs/net.md)
 
     def saes(self) -> dict[str, str]:
         """Every declared SAE id and the node it is attached to."""
@@ -503,6 +557,7 @@ def _check_references(sc: Scenario) -> None:
                 raise ScenarioError(f"apps[{i}]: unknown node {node!r}")
     for i, fault in enumerate(sc.faults):
         _check_fault(fault, f"faults[{i}]", names, link_ids)
+    _check_routing(sc)
 
 
 def _check_fault(fault: Fault, path: str, names: set[str], link_ids: set[str]) -> None:

@@ -27,6 +27,7 @@ from emulator.clock import EmulatedClock
 from emulator.supervise import watch_parent
 from emulator.telemetry import NodeResult, StartMessage, StopMessage, TelemetryDecoder
 from nodes.daemon_client import open_daemon
+from nodes.net.service import NetService
 from nodes.sdk import NodeContext, current_app
 from nodes.services.kme.node import KeyService
 from nodes.services.tunnel.service import TunnelService
@@ -94,6 +95,9 @@ async def serve(config: NodeConfig, ready_file) -> None:
                 await node.event("transport_fault", counter=kind, message=message[:300])
 
         nursery.start_soon(report_transport_faults)
+        if config.routing is not None:  # the routed plane (nodes/net, docs/net.md)
+            node.net = NetService.for_node(
+                config, node.clock, lambda kind, fields: node.event(kind, **fields))
         write_ready(ready_file, **endpoint)
         log.info("ready: tcp %s udp %d", endpoint["tcp"], endpoint["udp"])
         stop = trio.Event()
@@ -109,6 +113,8 @@ async def serve(config: NodeConfig, ready_file) -> None:
             counters = {**transport.counters(), "telemetry_rejected": decoder.rejected_total}
             if tunnel is not None:
                 counters.update(tunnel.counters)
+            if node.net is not None:
+                counters.update(node.net.counters())
             services = {"kms": await keys.report()} if keys is not None else {}
             payload = NodeResult(node=config.name, apps=entries, counters=counters,
                                  partial=partial, services=services)
@@ -138,6 +144,8 @@ async def serve(config: NodeConfig, ready_file) -> None:
             await started.wait()
             log.info("start: t_start=%.3f t_end=%.3f peers=%s", node.t_start, node.t_end,
                      sorted(transport.peers))
+            if node.net is not None:  # before the apps, which may use it at once
+                await nursery.start(node.net.run, transport.udp, lambda: transport.peers)
             if config.restarted:  # the apps' sessions ended when this node was killed
                 log.info("restarted: serving until t_end without running the apps again")
                 await node.clock.sleep_until(node.t_end)

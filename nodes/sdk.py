@@ -48,6 +48,7 @@ class NodeContext:
     kme: Any = None  # the node's ETSI 014 KME (nodes/services/kme/service.Kme), if any
     tunnel: Any = None  # the node's program tunnels (nodes/services/tunnel), if any
     services: trio.Nursery | None = None  # tasks that live as long as the node, not the app
+    net: Any = None  # the routed plane (nodes/net/service.NetService), if the run routes
     t_start: float = 0.0  # emulated time at which apps start
     t_end: float = 0.0  # emulated time at which sources stop
     _rngs: dict[str, np.random.Generator] = field(default_factory=dict)

@@ -27,6 +27,7 @@ from nodes.net.forwarding import Deliver, Forward, Forwarder
 from nodes.net.linkstate import (
     LinkConfig,
     LinkStateRouter,
+    Metric,
     NeighbourDown,
     NeighbourUp,
     Route,
@@ -111,6 +112,31 @@ class RoutedStream:
         self._changed = trio.Event()
 
 
+def routing_config(routing: Any) -> RoutingConfig:
+    """The router core's config from a scenario's ``[routing]`` (``emulator.scenario.Routing``)."""
+    if routing.metric == "weighted":
+        w = routing.weights
+        metric = Metric(length_km=w.length_km, rtt_ms=w.rtt_ms, loss_db=w.loss_db, hop=w.hop)
+    else:
+        metric = Metric.named(routing.metric)
+    retransmit = routing.retransmit_interval_s or routing.hello_interval_s
+    return RoutingConfig(hello_interval=routing.hello_interval_s,
+                         dead_interval=routing.dead_interval_s, retransmit_interval=retransmit,
+                         min_lsa_interval=min(0.5, routing.hello_interval_s), metric=metric)
+
+
+def node_links(name: str, view: Any) -> dict[str, tuple[str, LinkConfig]]:
+    """Our links (name -> (neighbour, advertised metrics)) from the node's scenario view:
+    ``length_km`` as configured, ``loss_db`` of the quantum link (0 without one)."""
+    links = {}
+    for link in view.links:
+        quantum = link.quantum
+        loss = quantum.attenuation_db_per_km * link.length_km if quantum is not None else 0.0
+        links[link.id] = (link.b if link.a == name else link.a,
+                          LinkConfig(length_km=link.length_km, loss_db=loss))
+    return links
+
+
 class NetService:
     """Routing, forwarding, datagrams and streams of node ``name`` over its ``links``
     (link name -> (neighbour, LinkConfig)); times are the emulated ``clock``'s."""
@@ -140,6 +166,15 @@ class NetService:
         self._raw: socket.socket | None = None
         self._peers: Callable[[], Mapping[str, Any]] = dict
         self._by_address: dict[tuple[str, int], str] = {}
+
+    @classmethod
+    def for_node(cls, config: Any, clock: EmulatedClock, events: EventSink | None = None
+                 ) -> NetService:
+        """The service of a node process (``emulator.child_config.NodeConfig`` with routing);
+        the first LSA's seq is the emulated time in ms, so a restarted node's beats its old."""
+        return cls(config.name, node_links(config.name, config.view),
+                   routing_config(config.routing), clock,
+                   first_seq=max(0, int(1000 * clock.now())), events=events)
 
     # ---- API ------------------------------------------------------------------------------
 
