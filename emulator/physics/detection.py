@@ -143,16 +143,22 @@ def _detect_mismatched(
 
 
 def candidate_offsets(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
-    """Offsets in [0, n) of a Bernoulli(p) process, via geometric gaps (bounded batches)."""
+    """Offsets in [0, n) of a Bernoulli(p) process, via geometric gaps (bounded batches), drawn
+    as floor(E / lambda) + 1 with E ~ Exp(1): the ziggurat is ~2x faster than rng.geometric."""
     if p >= 1.0:
         return np.arange(n, dtype=np.int64)
     expected = n * p
+    scale = -1.0 / np.log1p(-p)  # 1 / lambda, (1 - p)^k = e^{-lambda k}
     parts: list[np.ndarray] = []
     position = -1  # offset of the last candidate so far
     for _ in range(64):  # each batch overshoots with prob. ~ 1e-9; 64 rounds is a safety bound
         size = int(expected + 6.0 * np.sqrt(expected) + 16)
-        gaps = rng.geometric(p, size)
-        positions = np.cumsum(gaps)
+        gaps = rng.standard_exponential(size)  # floor(E / lambda) + 1 ~ Geometric(p)
+        gaps *= scale
+        np.minimum(gaps, n + 1.0, out=gaps)  # a gap past the frame ends it: no int overflow
+        positions = gaps.astype(np.int64)
+        positions += 1
+        np.cumsum(positions, out=positions)
         positions += position
         if positions[-1] >= n:
             parts.append(positions[: np.searchsorted(positions, n)])
