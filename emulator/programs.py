@@ -7,7 +7,8 @@ environment (``program_env``): which node it is on, where to reach each other no
 hop by hop over the classical links: nodes/services/tunnel), where to listen for the other
 programs (``QNET_LISTEN``), and the node's key service (``QNET_KME_URL`` etc., when the node
 runs one). Its exit status lands in result.json ``programs`` (metric
-``programs.<node>:<name>.exit_code``); ``wait = true`` makes the run wait for it to end.
+``programs.<node>:<name>.exit_code``), the last JSON-object line of its log as ``result``;
+``wait = true`` makes the run wait for it to end.
 """
 
 from __future__ import annotations
@@ -147,8 +148,27 @@ def programs_section(children: list) -> list[dict]:
         if child.role == "program":  # child name "<node>.<program>"
             node, _, label = child.name.rpartition(".")
             out.append({"name": f"{node}:{label}", "node": node, "command": child.argv,
-                        "exit_code": child.exit_code, "log": str(child.log_path)})
+                        "exit_code": child.exit_code, "log": str(child.log_path),
+                        "result": program_result(child.log_path)})
     return out
+
+
+def program_result(log_path, tail_bytes: int = 1 << 20):
+    """A program's own result: the last line of its log (stdout and stderr) that is a JSON
+    object, e.g. examples/wireguard-qkd's key hashes; None if it printed none."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, 2) - tail_bytes))
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                return msgspec.json.decode(line)
+            except msgspec.DecodeError:
+                continue
+    return None
 
 
 def tunnel_configs(scenario) -> dict[str, TunnelConfig]:
