@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import wg_device as wg  # noqa: E402
 from icmp_ping import PingStream  # noqa: E402
 
-from nodes.apps.secure_echo.etsi014 import Etsi014Client  # noqa: E402
+from nodes.apps.secure_echo.etsi014 import Etsi014Client, KmeRefused  # noqa: E402
 
 KEY_BITS = 256  # a WireGuard PSK is 32 bytes
 DISCARD_PORT = 9  # RFC 863
@@ -83,14 +83,34 @@ def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def peer_sae(explicit: str | None) -> str:
-    """The other end's SAE id: ``--peer-sae`` or the one ``QNET_PEER_SAE_*`` qnet gives."""
-    if explicit:
-        return explicit
-    found = [v for k, v in os.environ.items() if k.startswith("QNET_PEER_SAE_")]
-    if len(found) != 1:
-        raise SystemExit(f"--peer-sae is needed: QNET_PEER_SAE_* gives {found or 'none'}")
-    return found[0]
+def env_suffix(node: str) -> str:
+    """``<NODE>`` of qnet's per-node variables: upper case, other characters as ``_``."""
+    return re.sub(r"[^A-Za-z0-9]", "_", node).upper()
+
+
+def from_peer_node(args) -> None:
+    """``--peer-node``: the peer's address and SAE from qnet's variables (docs/netns.md)."""
+    for field, variable in (("peer_addr", "QNET_PEER_ADDR_"), ("peer_sae", "QNET_PEER_SAE_")):
+        if getattr(args, field) is None and args.peer_node is not None:
+            setattr(args, field, os.environ.get(variable + env_suffix(args.peer_node)))
+        if getattr(args, field) is None:
+            raise SystemExit(f"--{field.replace('_', '-')} or --peer-node (with "
+                             f"{variable}<NODE> set) is needed")
+
+
+async def take_key(kme: Etsi014Client, slave_sae: str, wait_s: float) -> tuple[str, bytes]:
+    """One new 32-byte key shared with ``slave_sae``; waits (bounded) while the KME has none
+    yet (503: the QKD link has not delivered its first block)."""
+    with trio.fail_after(wait_s):
+        while True:
+            try:
+                [(key_id, key)] = await fetch(kme.enc_keys, slave_sae, 1, KEY_BITS)
+                return key_id, key
+            except KmeRefused as refused:
+                if refused.status != 503:
+                    raise
+                log(f"KME has no key for {slave_sae} yet: {refused}")
+                await trio.sleep(0.5)
 
 
 async def connect_control(address: str, port: int, timeout_s: float) -> trio.SocketStream:
@@ -162,7 +182,6 @@ async def fetch(call, *args):
 
 
 async def master(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> dict:
-    slave_sae = peer_sae(args.peer_sae)
     await control.send(Hello(wg.b64(tunnel.public), args.wg_port))
     peer = await control.receive()
     assert isinstance(peer, Hello), peer
@@ -171,7 +190,7 @@ async def master(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> di
     async with trio.open_nursery() as nursery:
         next_at = trio.current_time()
         for epoch in range(args.rotations + 1):
-            [(key_id, psk)] = await fetch(kme.enc_keys, slave_sae, 1, KEY_BITS)
+            key_id, psk = await take_key(kme, args.peer_sae, args.key_wait)
             await control.send(Rotate(epoch, key_id))
             answer = await control.receive()
             assert isinstance(answer, Installed) and answer.epoch == epoch, answer
@@ -197,13 +216,12 @@ async def master(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> di
 
 
 async def slave(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> dict:
-    master_sae = peer_sae(args.peer_sae)
     peer = await control.receive()
     assert isinstance(peer, Hello), peer
     await control.send(Hello(wg.b64(tunnel.public), args.wg_port))
     while not isinstance(message := await control.receive(), Done):
         assert isinstance(message, Rotate), message
-        psk = (await fetch(kme.dec_keys, master_sae, [message.key_ID]))[message.key_ID]
+        psk = (await fetch(kme.dec_keys, args.peer_sae, [message.key_ID]))[message.key_ID]
         if message.epoch == 0:
             await tunnel.configure(peer, psk)
         entry = await tunnel.install(message.epoch, message.key_ID, psk)
@@ -232,11 +250,14 @@ async def main(args) -> dict:
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--role", choices=["master", "slave"], required=True)
-    parser.add_argument("--peer-addr", required=True, help="the peer's underlay IP address")
+    parser.add_argument("--peer-node", help="the peer's qnet node (gives address and SAE)")
+    parser.add_argument("--peer-addr", help="the peer's underlay IP address")
     parser.add_argument("--listen-addr", default="0.0.0.0", help="slave: control listen IP")
     parser.add_argument("--tunnel-addr", required=True, help="this end's tunnel IP/prefix")
     parser.add_argument("--peer-tunnel-addr", required=True, help="the peer's tunnel IP")
-    parser.add_argument("--peer-sae", help="the other end's SAE id (default QNET_PEER_SAE_*)")
+    parser.add_argument("--peer-sae", help="the other end's SAE id")
+    parser.add_argument("--key-wait", type=float, default=30.0,
+                        help="master: seconds to wait for the KME's first key")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between keys")
     parser.add_argument("--rotations", type=int, default=3, help="key changes after the first")
     parser.add_argument("--ifname", help="default wq-<node> (UAPI sockets share /var/run, so "
@@ -248,6 +269,7 @@ def parse_args(argv: list[str] | None = None):
                         help="master: ICMP echo interval through the tunnel (0: none)")
     parser.add_argument("--ping-timeout", type=float, default=6.0)
     args = parser.parse_args(argv)
+    from_peer_node(args)
     if args.ifname is None:
         label = re.sub(r"[^A-Za-z0-9_-]", "", os.environ.get("QNET_NODE", args.role))
         args.ifname = f"wq-{label}"[:15]
