@@ -95,3 +95,40 @@ def write_sysctl(name: str, value: str) -> None:
     """Set a ``net.*`` sysctl of the current namespace (/proc/sys/net is per namespace)."""
     with open("/proc/sys/" + name.replace(".", "/"), "w") as handle:
         handle.write(value)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = os.O_CLOEXEC
+
+
+class TimerFd:
+    """A one-shot CLOCK_MONOTONIC timerfd: readable at its deadline to the microsecond, where
+    an epoll timeout (trio's sleeps) is rounded up to a whole millisecond."""
+
+    def __init__(self) -> None:
+        self.fd = _libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if self.fd < 0:
+            _check(-1, "timerfd_create")
+
+    def arm_after(self, seconds: float) -> None:
+        """Become readable ``seconds`` from now (at least 1 ns)."""
+        ns = max(1, int(seconds * 1e9))
+        spec = _Itimerspec(_Timespec(0, 0), _Timespec(ns // 1_000_000_000, ns % 1_000_000_000))
+        _check(_libc.timerfd_settime(self.fd, 0, ctypes.byref(spec), None), "timerfd_settime")
+
+    def clear(self) -> None:
+        """Consume an expiry (after the fd was readable); nothing if none is pending."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.fd, 8)
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -34,8 +34,15 @@ import trio
 from emulator import telemetry
 from emulator.child_config import Direction, MqttAddress, child_arguments, read_config, write_ready
 from emulator.netns import wire_capture
-from emulator.netns.kernel import entered, ip_batch, open_tap
-from emulator.relay_core import Counters, DatagramQueue, DirectionShaper, TimerLead, link_rng
+from emulator.netns.kernel import TimerFd, entered, ip_batch, open_tap
+from emulator.relay_core import (
+    MAX_TIMER_LEAD_S,
+    Counters,
+    DatagramQueue,
+    DirectionShaper,
+    TimerLead,
+    link_rng,
+)
 from emulator.supervise import exit_quietly_on_sigterm, watch_parent
 from emulator.telemetry import LinkControl, RelayReport, StopMessage, TelemetryDecoder
 
@@ -47,6 +54,8 @@ READ_BATCH = 64  # frames read per wake-up before other tasks get a turn
 BACKLOG_S = 0.05  # emulated seconds of serialization queued before frames are tail-dropped
 CORRUPT_MIN_BYTES = 1000
 METRICS_INTERVAL_S = 1.0
+CALIBRATION_SLEEPS = 20
+DUE_SLACK_S = 20e-6  # frames due this soon go out with the ones due now (one wake-up)
 FINAL_PUBLISH_TIMEOUT_S = 1.0
 
 # hook(direction "ab" | "ba", wall time.time(), frame, delivered): called once per frame, when
@@ -95,7 +104,6 @@ class Wire:
     def __init__(self, config: WireConfig) -> None:
         self.config = config
         self.counters = Counters()
-        self.timer = TimerLead()
         self.hooks: list[FrameHook] = []
         self.stop_requested = trio.Event()
         self.is_cut = False
@@ -110,7 +118,9 @@ class Wire:
                              for key in ("ab", "ba")}
         self.backlog = BACKLOG_S / config.time_scale
         self.queues = {key: DatagramQueue() for key in ("ab", "ba")}
-        self._wake = {key: trio.Event() for key in ("ab", "ba")}
+        self._rearm: dict[str, trio.CancelScope | None] = dict.fromkeys(("ab", "ba"))
+        self.timers = {key: TimerFd() for key in ("ab", "ba")}
+        self.timer = TimerLead()
         self.fds: dict[str, int] = {}
 
     # -- control ------------------------------------------------------------------------
@@ -152,6 +162,8 @@ class Wire:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+        for timer in self.timers.values():
+            timer.close()
 
     def _drop(self, key: str, kind: str, frame: bytes) -> None:
         self.counters.dropped += 1
@@ -180,7 +192,9 @@ class Wire:
             frame = bytes(flipped)
             self.counters.fault("corrupted")
         if self.queues[key].push(shaper.transmit(now, len(frame)), frame):
-            self._wake[key].set()
+            scope = self._rearm[key]
+            if scope is not None:  # the sender waits for a later deadline: wait for this one
+                scope.cancel()
 
     def _deliver(self, key: str, frames: list[bytes]) -> None:
         fd = self.fds["b" if key == "ab" else "a"]
@@ -211,21 +225,44 @@ class Wire:
             await trio.lowlevel.checkpoint()
 
     async def _send(self, key: str) -> None:
-        """Write queued frames of ``key`` when due (the timer asked ``lead`` early)."""
-        queue = self.queues[key]
+        """Write queued frames of ``key`` when due: a timerfd at the earliest deadline minus
+        the learned wake-up latency (``TimerLead``), re-armed (its wait cancelled) when an
+        earlier frame arrives."""
+        queue, timer = self.queues[key], self.timers[key]
         while True:
-            wake = self._wake[key] = trio.Event()
             deadline = queue.next_deadline()
-            target = deadline - self.timer.lead
-            if target > trio.current_time():
-                with trio.move_on_at(target) as scope:
-                    await wake.wait()
-                if scope.cancelled_caught:
+            wait = deadline - trio.current_time() - self.timer.lead
+            if wait > DUE_SLACK_S:
+                with trio.CancelScope() as scope:
+                    self._rearm[key] = scope
+                    if deadline == float("inf"):
+                        await trio.sleep_forever()
+                    timer.arm_after(wait)
+                    await trio.lowlevel.wait_readable(timer.fd)
+                self._rearm[key] = None
+                timer.clear()
+                if not scope.cancelled_caught:
                     self.timer.observe(trio.current_time() - deadline)
-            self._deliver(key, queue.pop_due(trio.current_time() + self.timer.lead))
+            due = trio.current_time() + self.timer.lead + DUE_SLACK_S
+            self._deliver(key, queue.pop_due(due))
             await trio.lowlevel.checkpoint()
 
+    async def calibrate_timer(self) -> None:
+        """Start the timer lead at the quantile of the timerfd's wake-up latency over
+        ``CALIBRATION_SLEEPS`` sleeps of 1 ms (it then tracks the lateness of deliveries)."""
+        timer, late = self.timers["ab"], []
+        for _ in range(CALIBRATION_SLEEPS):
+            target = trio.current_time() + 0.001
+            timer.arm_after(0.001)
+            await trio.lowlevel.wait_readable(timer.fd)
+            timer.clear()
+            late.append(trio.current_time() - target)
+        late.sort()
+        start = late[int(self.timer.quantile * (len(late) - 1))]
+        self.timer.lead = min(MAX_TIMER_LEAD_S, max(0.0, start))
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.calibrate_timer()
         async with trio.open_nursery() as nursery:
             for side in SIDES:
                 nursery.start_soon(self._receive, side)
