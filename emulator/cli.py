@@ -70,6 +70,9 @@ def run(
     broker: Annotated[str, typer.Option(help="embedded | mosquitto | mqtt://host:port")] = "embedded",
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="folder for logs and results")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    netns: Annotated[bool, typer.Option("--netns", help="each node in its own network "
+                                        "namespace, links as shaped Ethernet wires (root; "
+                                        "docs/netns.md)")] = False,
 ) -> None:
     """Run a scenario: start every process, supervise, collect results, tear down."""
     from emulator import broker as brokers
@@ -89,7 +92,18 @@ def run(
         _invalid(str(exc))
     except ValueError as exc:
         _invalid(f"--broker: {exc}")
-    options = RunOptions(broker=broker, run_dir=run_dir, progress=progress)
+    if netns:
+        from emulator.netns.plan import PlanError, make_plan
+        from emulator.netns.setup import why_not_available
+
+        if (missing := why_not_available()) is not None:
+            _error("cannot run", missing)
+            raise typer.Exit(EXIT_INVALID)
+        try:
+            make_plan(sc)
+        except (PlanError, ValueError) as exc:
+            _invalid(str(exc))
+    options = RunOptions(broker=broker, run_dir=run_dir, progress=progress, netns=netns)
     try:
         code, result = trio.run(run_scenario, sc, options, console)
     except (ChildFailed, RunFailed, OSError, brokers.BrokerError) as exc:

@@ -54,6 +54,7 @@ from emulator.collect import (
     wait_for,
 )
 from emulator.mqtt import MqttError
+from emulator.netns.setup import NODE_HOST, address_env, peer_endpoints, start_network
 from emulator.outcome import assemble, failure_info, first_leaf, make_run_dir
 from emulator.pki import kms_setup
 from emulator.programs import kms_environment, program_children, tunnel_configs, wait_programs
@@ -77,6 +78,7 @@ class RunOptions:
     broker: str = "embedded"
     run_dir: Path | None = None
     progress: bool = True
+    netns: bool = False  # every node in its own network namespace, links as wires (--netns)
 
 
 @dataclass
@@ -285,6 +287,14 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
             for link in scenario.links if link.entanglement is not None]), tier=TIER_DAEMON)
     await supervisor.start(daemon, ready_timeout=READY_TIMEOUT_S)
 
+    # 2b. --netns: a namespace per node, a wire per link, static routes (emulator/netns)
+    netns: dict[str, str] | None = None
+    if options.netns:
+        broker = mqtt_address(telemetry.ORCHESTRATOR)
+        plan, netns, relays = await start_network(
+            supervisor, state, [daemon.ready["port"], broker.port], direction, mqtt_address,
+            TIER_RELAY, READY_TIMEOUT_S)
+
     # 3. nodes (with tunnels for their programs, if any node runs one)
     tunnels = tunnel_configs(scenario)
     kms = kms_setup(scenario, state.run_dir, brokers.free_port)  # PKI + KMEs, if any SAE
@@ -299,28 +309,33 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         daemon=DaemonAddress("127.0.0.1", daemon.ready["port"]), mqtt=mqtt_address(telemetry.node_user(n.name)),
         view=node_view(scenario, n.name), apps=node_apps(scenario, n.name),
         tunnel=tunnels.get(n.name), kms=kms.nodes[n.name] if kms is not None else None,
-        routing=routing_of(scenario)))
+        routing=routing_of(scenario), host=NODE_HOST if netns else "127.0.0.1"))
         for n in scenario.nodes]
+    for node in nodes:
+        node.netns = netns[node.name] if netns else None
     await supervisor.start_all(nodes, ready_timeout=READY_TIMEOUT_S)
     ready = {c.name: c.ready for c in nodes}  # tcp: one listening port per peer
 
     def endpoint(node: str, peer: str) -> Endpoint:
         return Endpoint(tcp=ready[node]["tcp"][peer], udp=ready[node]["udp"])
 
-    # 4. relays, one per classical link
-    relays = [state.child(f"relay-{link.id}", "relay", "emulator.relay", RelayConfig(
-        run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
-        name=link.id, a=link.a, b=link.b, a_to_b=direction(link),
-        b_to_a=direction(link),
-        targets={"a": endpoint(link.a, link.b), "b": endpoint(link.b, link.a)},
-        mqtt=mqtt_address(telemetry.relay_user(link.id))), tier=TIER_RELAY)
-        for link in scenario.links]
-    await supervisor.start_all(relays, ready_timeout=READY_TIMEOUT_S)
-    peers: dict[str, dict[str, Endpoint]] = {n.name: {} for n in scenario.nodes}
-    for link, relay in zip(scenario.links, relays):
-        listen = relay.ready["listen"]
-        peers[link.a][link.b] = msgspec.convert(listen["a"], Endpoint)
-        peers[link.b][link.a] = msgspec.convert(listen["b"], Endpoint)
+    # 4. relays, one per classical link (with --netns the wires carry the links)
+    if netns:
+        peers = peer_endpoints(plan, scenario.links, ready)
+    else:
+        relays = [state.child(f"relay-{link.id}", "relay", "emulator.relay", RelayConfig(
+            run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale, seed=meta.seed,
+            name=link.id, a=link.a, b=link.b, a_to_b=direction(link),
+            b_to_a=direction(link),
+            targets={"a": endpoint(link.a, link.b), "b": endpoint(link.b, link.a)},
+            mqtt=mqtt_address(telemetry.relay_user(link.id))), tier=TIER_RELAY)
+            for link in scenario.links]
+        await supervisor.start_all(relays, ready_timeout=READY_TIMEOUT_S)
+        peers: dict[str, dict[str, Endpoint]] = {n.name: {} for n in scenario.nodes}
+        for link, relay in zip(scenario.links, relays):
+            listen = relay.ready["listen"]
+            peers[link.a][link.b] = msgspec.convert(listen["a"], Endpoint)
+            peers[link.b][link.a] = msgspec.convert(listen["b"], Endpoint)
 
     # 5. go
     t_start = state.t_start = clock.now() + STARTUP_MARGIN_S * meta.time_scale
@@ -330,7 +345,8 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
                        qos=1, retain=True)
     state.events.append({"kind": "start", "t_emu": t_start, "wall": time.time()})
     programs = program_children(scenario, state.run_dir, tunnels, ready, TIER_PROGRAM,
-                                kms_environment(kms, scenario))
+                                kms_environment(kms, scenario), netns,
+                                (lambda node: address_env(plan, node)) if netns else None)
     state.children += programs
     for program in programs:  # [[nodes.run]]: supervised, their exits are not failures
         await supervisor.start(program, ready_timeout=READY_TIMEOUT_S)
