@@ -105,6 +105,8 @@ class RelayConfig(msgspec.Struct):
     targets: dict[str, Endpoint]  # "a"/"b" -> that node's own listening endpoint
     host: str = "127.0.0.1"
     mqtt: MqttAddress | None = None
+    capture: str | None = None  # pcapng file of the link's classical traffic (qnet run --capture)
+    capture_max_bytes: int = 100_000_000
 
 
 class DaemonAddress(msgspec.Struct):

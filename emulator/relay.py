@@ -33,12 +33,19 @@ oversleep, measured at start-up and tracked afterwards.
 Cut/restore: ``cut()`` stops delivery in both directions. TCP bytes stay buffered (then the
 relay stops reading, so the sender's socket fills: a stalled fibre under TCP retransmission)
 and are delivered in order after ``restore()``; UDP datagrams are dropped and counted.
+``degrade`` adds a datagram loss probability (both directions, its own generator); a
+``LinkControl`` for the quantum plane only is the daemon's, not the relay's.
 
-Control (when ``config.mqtt`` is set; topics and payloads in ``emulator.telemetry``):
-``control/link/<name>`` (``LinkControl``: cut, restore, corrupt); ``control/stop`` publishes
-the final ``RelayReport`` to ``relay/<name>/result`` (qos 1, retained) and ends the relay.
-Counters also go to ``relay/<name>/metrics`` every second (qos 0). SIGTERM/SIGINT: final counters
+Control (when ``config.mqtt`` is set; ``emulator.relay_telemetry``): ``control/link/<name>``
+faults, ``relay/<name>/metrics`` each second, ``relay/<name>/traffic`` (bytes per direction,
+the daemon's Raman input); ``control/stop`` publishes the final ``RelayReport`` to
+``relay/<name>/result`` (qos 1, retained) and ends the relay. SIGTERM/SIGINT: final counters
 (at most 1 s spent on publishing), then exit 0.
+
+Capture (``config.capture``): what the relay delivers, as pcapng (``emulator.capture``)
+between synthetic hosts 10.0.0.1 (``a``) and 10.0.0.2 (``b``) on the nodes' real ports: UDP
+datagrams as UDP, TCP connections with handshake, segments and FIN. Closed (flushed) when the
+relay stops, SIGTERM included.
 """
 
 from __future__ import annotations
@@ -48,12 +55,14 @@ import functools
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 import msgspec
 import trio
 
-from emulator import telemetry
+from emulator import relay_telemetry, telemetry
+from emulator.capture import Host, PcapngWriter, TcpFlow, udp_frame
 from emulator.child_config import (
     Endpoint,
     RelayConfig,
@@ -61,6 +70,7 @@ from emulator.child_config import (
     read_config,
     write_ready,
 )
+from emulator.clock import EmulatedClock
 from emulator.relay_core import (
     MAX_TIMER_LEAD_S,
     Counters,
@@ -71,7 +81,7 @@ from emulator.relay_core import (
     link_rng,
 )
 from emulator.supervise import exit_quietly_on_sigterm, watch_parent
-from emulator.telemetry import LinkControl, RelayReport, StopMessage, TelemetryDecoder
+from emulator.telemetry import LinkControl, RelayReport
 
 log = logging.getLogger("qnet.relay")
 
@@ -82,7 +92,6 @@ CHUNK_SLICE_S = 0.002  # under a rate limit, read at most ~2 ms of serialization
 TCP_QUEUE_CHUNKS = 64  # chunks buffered per TCP direction before the relay stops reading
 UDP_QUEUE_BYTES = 4 * 1024 * 1024  # datagrams beyond this backlog are tail-dropped
 CALIBRATION_SLEEPS = 20
-METRICS_INTERVAL_S = 1.0
 FINAL_PUBLISH_TIMEOUT_S = 1.0
 CORRUPT_MIN_BYTES = 16384
 MAX_TCP_CONNECTIONS = 256  # concurrent joined connections per side; more are closed at once
@@ -130,6 +139,15 @@ class Relay:
         self.corrupted = 0
         self._tcp_open = dict.fromkeys(SIDES, 0)
         self.idle_timeout = max(IDLE_TIMEOUT_S, IDLE_TIMEOUT_S / config.time_scale)
+        self.clock = EmulatedClock(config.t0, config.time_scale)
+        self.extra_loss = 0.0  # a degrade fault's datagram loss probability
+        self._degrade_rng = link_rng(config.seed, config.name, "both", "degrade")
+        self.capture: PcapngWriter | None = None
+        self.hosts = {"a": Host.numbered(1), "b": Host.numbered(2)}
+
+    def now(self) -> float:
+        """Emulated time (for fault reports)."""
+        return self.clock.now()
 
     # -- cut / restore -------------------------------------------------------------------
     @property
@@ -147,6 +165,30 @@ class Relay:
         if not self._up.is_set():
             self._up.set()
             log.info("link %s restored", self.config.name)
+
+    def degrade(self, loss: float) -> None:
+        """Drop each datagram (either direction) with ``loss`` on top of the link's own."""
+        self.extra_loss = loss
+        log.info("link %s: extra datagram loss %g", self.config.name, loss)
+
+    def apply(self, message: LinkControl) -> str | None:
+        """Apply a fault to the classical plane; its effect, or None (not this plane's)."""
+        if message.plane == "quantum":
+            return None
+        if message.action == "cut":
+            self.cut()
+            return "classical cut (TCP held, UDP dropped)"
+        if message.action == "restore":
+            self.restore()
+            return "classical restored"
+        if message.action == "corrupt":
+            self.corrupt()
+            return "next large TCP chunk corrupted"
+        self.degrade(message.loss)
+        return f"classical extra datagram loss {message.loss:g}"
+
+    def _lost_to_degrade(self) -> bool:
+        return self.extra_loss > 0 and bool(self._degrade_rng.random() < self.extra_loss)
 
     def corrupt(self) -> None:
         """Flip one bit in the middle of the next large TCP chunk (either direction).
@@ -217,6 +259,12 @@ class Relay:
                     "udp": udp.getsockname()[1],
                 }
             await self.calibrate_timer()
+            if self.config.capture is not None:
+                self.capture = PcapngWriter(
+                    Path(self.config.capture), max_bytes=self.config.capture_max_bytes,
+                    interface=self.config.name, comment=(
+                        f"qnet link {self.config.name}: {self.hosts['a'].address} = "
+                        f"{self.config.a}, {self.hosts['b'].address} = {self.config.b}"))
             async with trio.open_nursery() as nursery:
                 for side in SIDES:
                     handler = functools.partial(self._handle_tcp, side)
@@ -225,6 +273,8 @@ class Relay:
                     nursery.start_soon(self._udp_deliver, side)
                 task_status.started()
         finally:
+            if self.capture is not None:
+                self.capture.close()
             for udp in self._udp_sockets.values():
                 udp.close()
             for group in listeners.values():
@@ -269,12 +319,24 @@ class Relay:
                         _other(sender), target.host, target.tcp, exc)  # fmt: skip
             await trio.aclose_forcefully(accepted)
             return
+        flow = None
+        if self.capture is not None:
+            port = accepted.socket.getpeername()[1]
+            flow = TcpFlow(self.capture, (self.hosts[sender], port),
+                           (self.hosts[_other(sender)], target.tcp))
+            flow.open(time.time())
         idle = trio.CancelScope(deadline=trio.current_time() + FIRST_BYTE_TIMEOUT_S)
-        with idle:
-            async with accepted, peer, trio.open_nursery() as nursery:
-                pump = functools.partial(self._pump, cancel=nursery.cancel_scope, idle=idle)
-                nursery.start_soon(pump, accepted, peer, _direction_of(sender))
-                nursery.start_soon(pump, peer, accepted, _direction_of(_other(sender)))
+        try:
+            with idle:
+                async with accepted, peer, trio.open_nursery() as nursery:
+                    pump = functools.partial(self._pump, cancel=nursery.cancel_scope,
+                                             idle=idle, flow=flow)
+                    nursery.start_soon(pump, accepted, peer, _direction_of(sender), "client")
+                    nursery.start_soon(pump, peer, accepted, _direction_of(_other(sender)),
+                                       "server")
+        finally:
+            if flow is not None:
+                flow.close(time.time())
         if idle.cancelled_caught:
             self._fault("idle_timeouts", "closed a connection from %s that stayed silent", sender)
 
@@ -289,13 +351,16 @@ class Relay:
         source: trio.SocketStream,
         sink: trio.SocketStream,
         key: str,
+        role: str,
         *,
         cancel: trio.CancelScope,
         idle: trio.CancelScope,
+        flow: TcpFlow | None = None,
     ) -> None:
         """Copy one direction of a TCP connection; when it ends, end the whole connection.
 
-        Every chunk read pushes the connection's ``idle`` deadline back."""
+        Every chunk read pushes the connection's ``idle`` deadline back; a delivered chunk
+        goes to the capture's ``flow`` as sent by ``role`` ("client" or "server")."""
         shaper = self.shapers[key]
         order = StreamOrder()
         chunk = self._chunk_size(key)
@@ -318,8 +383,11 @@ class Relay:
                         async for release, data in receive:
                             await self._sleep_until(release)
                             await self._wait_up()
-                            await sink.send_all(self._maybe_corrupt(data))
+                            data = self._maybe_corrupt(data)
+                            await sink.send_all(data)
                             self.counters.add(key, len(data))
+                            if flow is not None:
+                                flow.data(role, time.time(), data)
                 nursery.cancel_scope.cancel()
         finally:
             cancel.cancel()
@@ -342,7 +410,8 @@ class Relay:
                 self._fault("foreign_datagrams", "dropped a datagram from %s:%d on %s's socket",
                             source[0], source[1], sender)  # fmt: skip
                 continue
-            if self.is_cut or shaper.lost() or queue.pending_bytes + len(data) > UDP_QUEUE_BYTES:
+            if (self.is_cut or shaper.lost() or self._lost_to_degrade()
+                    or queue.pending_bytes + len(data) > UDP_QUEUE_BYTES):
                 self.counters.dropped += 1
                 continue
             if queue.push(shaper.transmit(trio.current_time(), len(data)), data):
@@ -377,41 +446,11 @@ class Relay:
                     self.counters.dropped += 1
                 else:
                     self.counters.add(key, len(payload))
+                    if self.capture is not None:
+                        self.capture.write(time.time(), udp_frame(
+                            self.hosts[sender], self.hosts[receiver], self._target(sender).udp,
+                            target.udp, payload))
             await trio.lowlevel.checkpoint()
-
-
-# -- MQTT control --------------------------------------------------------------------------
-async def _control(relay: Relay, mqtt, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Subscribe to the control topics, then apply cut/restore/corrupt/stop as they arrive.
-
-    Everything is decoded by ``TelemetryDecoder``; only this link's and the stop topic act.
-    """
-    run, name = relay.config.run_id, relay.config.name
-    decoder = TelemetryDecoder(run)
-    await mqtt.subscribe(telemetry.control_link(run, name), qos=1)
-    await mqtt.subscribe(telemetry.control_stop(run), qos=1)
-    task_status.started()
-    async for message in mqtt.messages():
-        before = decoder.rejected_total
-        got = decoder.decode(message.topic, message.payload)
-        if got is None:
-            if before == 0 and decoder.rejected_total:  # log the first one only
-                log.warning("link %s: dropped a control message on %s (%s)",
-                            name, message.topic, ", ".join(decoder.rejected))
-        elif isinstance(got.payload, StopMessage):
-            relay.request_stop()
-        elif isinstance(got.payload, LinkControl) and got.name == name:
-            {"cut": relay.cut, "restore": relay.restore,
-             "corrupt": relay.corrupt}[got.payload.action]()
-
-
-async def _publish_metrics(relay: Relay, mqtt) -> None:
-    topic = telemetry.relay_metrics(relay.config.run_id, relay.config.name)
-    deadline = trio.current_time()
-    while True:
-        deadline += METRICS_INTERVAL_S
-        await trio.sleep_until(deadline)
-        await mqtt.publish(topic, telemetry.encode(relay.report()), qos=0)
 
 
 async def serve(
@@ -432,8 +471,9 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(relay.run)
             if mqtt is not None:
-                await nursery.start(_control, relay, mqtt)
-                nursery.start_soon(_publish_metrics, relay, mqtt)
+                await nursery.start(relay_telemetry.control, relay, mqtt)
+                nursery.start_soon(relay_telemetry.publish_metrics, relay, mqtt)
+            nursery.start_soon(relay_telemetry.publish_traffic, relay, mqtt)
             task_status.started(relay)
             await relay.stop_requested.wait()
             if mqtt is not None:

@@ -185,12 +185,28 @@ class SatellitePass(Struct, forbid_unknown_fields=True):
         return np.power(10.0, -np.asarray(self.loss_at(t_run)) / 10.0)
 
 
+class Raman(Struct, forbid_unknown_fields=True):
+    """``[links.quantum.raman]``: the link's classical light shares the quantum fibre (Era10,
+    ``physics.raman``). Each end's transmitter launches ``launch_power_mw`` while a frame is on
+    the line; its duty cycle is the relay's measured bytes over ``line_rate_mbps``. Noise is
+    filtered by ``filter_nm`` at ``wavelength_nm``; the pump sees ``db_per_km`` (default the
+    quantum link's attenuation)."""
+
+    launch_power_mw: Positive = 1.0
+    rho_per_km_nm: Positive = 3e-9
+    filter_nm: Positive = 0.8
+    wavelength_nm: Positive = 1550.0
+    line_rate_mbps: Positive = 1000.0
+    db_per_km: NonNegative | None = None
+
+
 class QuantumLink(Struct, forbid_unknown_fields=True):
     attenuation_db_per_km: NonNegative = 0.2
     frame_ms: Annotated[float, Meta(gt=0, le=1000)] = 10.0
     source: Source = msgspec.field(default_factory=Source)
     detector: Detector = msgspec.field(default_factory=Detector)
     pass_: SatellitePass | None = msgspec.field(default=None, name="pass")  # time-varying loss
+    raman: Raman | None = None  # classical light in the same fibre (noise from measured load)
 
     def __post_init__(self) -> None:
         """A gate fits in one slot period."""
@@ -326,13 +342,19 @@ def memory_of(sc: Scenario, node: str) -> NodeMemory:
 
 
 class Fault(Struct, forbid_unknown_fields=True):
-    """A link fault (cut, restore, corrupt: ``link``) or a node crash (``node``, SIGKILL; with
-    ``restart_after_s`` emulated seconds later the supervisor starts it again)."""
+    """A link fault (cut, restore, corrupt, degrade: ``link``, on its classical or quantum
+    ``plane`` or both) or a node crash (``node``, SIGKILL; with ``restart_after_s`` emulated
+    seconds later the supervisor starts it again). ``degrade`` adds ``db`` of attenuation to
+    the quantum plane and the datagram loss probability ``loss`` to the classical plane;
+    ``for_s`` undoes a cut or a degrade that much later."""
 
     at_s: NonNegative
-    action: Literal["cut", "restore", "corrupt", "crash"]  # corrupt: flip a bit in a TCP chunk
+    action: Literal["cut", "restore", "corrupt", "degrade", "crash"]  # corrupt: flip a TCP bit
     link: Name | None = None
     node: Name | None = None
+    plane: Literal["classical", "quantum", "both"] = "both"
+    db: NonNegative = 0.0
+    loss: Probability = 0.0
     for_s: Positive | None = None
     restart_after_s: NonNegative | None = None
 
@@ -556,12 +578,14 @@ def _check_references(sc: Scenario) -> None:
             if node not in names:
                 raise ScenarioError(f"apps[{i}]: unknown node {node!r}")
     for i, fault in enumerate(sc.faults):
-        _check_fault(fault, f"faults[{i}]", names, link_ids)
+        check_fault(fault, f"faults[{i}]", names, link_ids)
     _check_routing(sc)
 
 
-def _check_fault(fault: Fault, path: str, names: set[str], link_ids: set[str]) -> None:
-    """A crash names a node (and no link or for_s); every other action names a link."""
+def check_fault(fault: Fault, path: str, names: set[str], link_ids: set[str]) -> None:
+    """A crash names a node (and no link, plane, degradation or for_s); every other action
+    names a link; db and loss belong to degrade, which needs one of them on its plane(s)."""
+    degraded = fault.db != 0 or fault.loss != 0
     if fault.action == "crash":
         if fault.node is None or fault.link is not None:
             raise ScenarioError(f"{path}: action 'crash' takes node, not link")
@@ -569,6 +593,8 @@ def _check_fault(fault: Fault, path: str, names: set[str], link_ids: set[str]) -
             raise ScenarioError(f"{path}.node: unknown node {fault.node!r}")
         if fault.for_s is not None:
             raise ScenarioError(f"{path}.for_s: a crash ends with restart_after_s")
+        if fault.plane != "both" or degraded:
+            raise ScenarioError(f"{path}: a crash has no plane, db or loss")
         return
     if fault.link is None or fault.node is not None:
         raise ScenarioError(f"{path}: action {fault.action!r} takes link, not node")
@@ -576,6 +602,18 @@ def _check_fault(fault: Fault, path: str, names: set[str], link_ids: set[str]) -
         raise ScenarioError(f"{path}.restart_after_s: only a crash is restarted")
     if fault.link not in link_ids:
         raise ScenarioError(f"{path}.link: unknown link {fault.link!r}")
+    if fault.action != "degrade" and degraded:
+        raise ScenarioError(f"{path}: db and loss belong to action 'degrade'")
+    if fault.action == "corrupt" and fault.plane == "quantum":
+        raise ScenarioError(f"{path}.plane: corrupt flips a bit of classical traffic")
+    if fault.action == "corrupt" and fault.for_s is not None:
+        raise ScenarioError(f"{path}.for_s: a corrupt fault is one flipped bit")
+    if fault.action == "degrade":
+        quantum = fault.plane != "classical" and fault.db > 0
+        classical = fault.plane != "quantum" and fault.loss > 0
+        if not (quantum or classical):
+            raise ScenarioError(f"{path}: degrade needs db > 0 (quantum plane) or loss > 0 "
+                                f"(classical plane) on plane {fault.plane!r}")
 
 
 def _check_pass(spec: SatellitePass, path: str) -> None:

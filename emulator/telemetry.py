@@ -1,8 +1,8 @@
 """Every MQTT topic and payload of a run: one typed struct per payload, one function per topic.
 
-Topics live under ``qnet/<run>/`` in four subtrees that no scenario name can collide with:
-``control/...`` (orchestrator only), ``node/<name>/...``, ``relay/<link>/...`` and
-``daemon/...``. Payloads are JSON (``msgspec.json``) so ``mosquitto_sub -t 'qnet/#' -v`` is
+Topics live under ``qnet/<run>/`` in five subtrees that no scenario name can collide with:
+``control/...`` (orchestrator only), ``node/<name>/...``, ``relay/<link>/...``,
+``daemon/...`` and ``request/...`` (``qnet fault`` to the orchestrator). Payloads are JSON (``msgspec.json``) so ``mosquitto_sub -t 'qnet/#' -v`` is
 readable. ``TelemetryDecoder`` is the one way in: size-bounded, typed by topic, and anything
 else is dropped and counted (never a traceback). ``credentials`` and ``acl`` give every
 process of a run its own broker account and the topics it may publish under.
@@ -25,6 +25,9 @@ __all__ = [
     "Account",
     "DaemonReport",
     "Decoded",
+    "FaultEffect",
+    "FaultReply",
+    "FaultRequest",
     "LinkControl",
     "NodeEvent",
     "NodeMetrics",
@@ -33,21 +36,27 @@ __all__ = [
     "StartMessage",
     "StopMessage",
     "TelemetryDecoder",
+    "TrafficReport",
     "acl",
     "connect",
     "control_filter",
     "control_link",
     "control_start",
+    "control_fault_reply",
     "control_stop",
     "credentials",
     "daemon_metrics",
+    "daemon_fault",
     "daemon_result",
     "encode",
     "node_events",
     "node_metrics",
     "node_result",
+    "relay_fault",
     "relay_metrics",
     "relay_result",
+    "relay_traffic",
+    "request_fault",
     "run_filter",
 ]
 
@@ -56,6 +65,7 @@ MAX_DEPTH = 32  # nesting allowed inside result entries (real ones use 3 levels)
 ORCHESTRATOR = "orchestrator"
 DAEMON = "daemon"
 OBSERVER = "observer"  # read-only login for people watching a run (mosquitto_sub)
+OPERATOR = "operator"  # login of `qnet fault`: may only ask the orchestrator for a fault
 
 Scalar = str | int | float | bool | None
 
@@ -79,10 +89,41 @@ class StopMessage(_Payload):
     reason: Literal["done", "abort"] = "done"
 
 
-class LinkControl(_Payload):
-    """``control/link/<link>``: a fault applied by that link's relay."""
+Plane = Literal["classical", "quantum", "both"]
 
-    action: Literal["cut", "restore", "corrupt"]
+
+class LinkControl(_Payload):
+    """``control/link/<link>``: a fault, applied by that link's relay (classical plane) and by
+    the daemon (quantum plane). ``degrade`` sets the extra attenuation ``db`` (quantum) and
+    extra datagram loss probability ``loss`` (classical) on ``plane``; zeros clear it."""
+
+    action: Literal["cut", "restore", "corrupt", "degrade"]
+    plane: Plane = "both"
+    db: float = 0.0
+    loss: float = 0.0
+
+
+class FaultReply(_Payload):
+    """``control/fault_reply``: the orchestrator's answer to a ``FaultRequest`` (same id)."""
+
+    id: str
+    ok: bool
+    error: str = ""
+
+
+# -- request/... (operator -> orchestrator) ---------------------------------------------------
+class FaultRequest(_Payload):
+    """``request/fault``: ``qnet fault`` asks the orchestrator to apply a fault now (it is
+    checked like a ``[[faults]]`` entry, then applied and recorded like one)."""
+
+    id: str
+    action: Literal["cut", "restore", "corrupt", "degrade", "crash"]
+    target: str  # a link, or a node for crash
+    plane: Plane = "both"
+    db: float = 0.0
+    loss: float = 0.0
+    for_s: float | None = None
+    restart_after_s: float | None = None
 
 
 # -- node/<name>/... --------------------------------------------------------------------------
@@ -135,6 +176,25 @@ class RelayReport(_Payload):
     counters: dict[str, int] = {}  # further counters (foreign datagrams, rejected, ...)
 
 
+class TrafficReport(_Payload):
+    """``relay/<link>/traffic`` (every ``emulator.relay.TRAFFIC_INTERVAL_S``): bytes each
+    direction delivered in the last ``window_s`` emulated seconds (the daemon's Raman input)."""
+
+    window_s: float
+    bytes_ab: int
+    bytes_ba: int
+
+
+class FaultEffect(_Payload):
+    """``relay/<link>/fault`` and ``daemon/fault``: what a process did on a ``LinkControl``."""
+
+    link: str
+    action: str
+    plane: str
+    effect: str
+    t_emu: float
+
+
 class DaemonReport(_Payload):
     """``daemon/metrics`` and ``daemon/result`` (retained, on stop): the daemon's counters."""
 
@@ -143,6 +203,7 @@ class DaemonReport(_Payload):
     bad_frames: int = 0
     measurements: dict[str, int] = {}  # node -> measurements it requested
     counters: dict[str, int] = {}
+    link_state: dict[str, dict[str, float]] = {}  # link -> faults and Raman noise applied
 
 
 # -- topics ------------------------------------------------------------------------------------
@@ -166,6 +227,26 @@ def control_stop(run: str) -> str:
 
 def control_link(run: str, link: str) -> str:
     return f"qnet/{run}/control/link/{link}"
+
+
+def control_fault_reply(run: str) -> str:
+    return f"qnet/{run}/control/fault_reply"
+
+
+def request_fault(run: str) -> str:
+    return f"qnet/{run}/request/fault"
+
+
+def relay_traffic(run: str, link: str) -> str:
+    return f"qnet/{run}/relay/{link}/traffic"
+
+
+def relay_fault(run: str, link: str) -> str:
+    return f"qnet/{run}/relay/{link}/fault"
+
+
+def daemon_fault(run: str) -> str:
+    return f"qnet/{run}/daemon/fault"
 
 
 def node_result(run: str, node: str) -> str:
@@ -212,16 +293,21 @@ _BY_LEAF: dict[tuple[str, str], type[_Payload]] = {
     ("node", "events"): NodeEvent,
     ("relay", "result"): RelayReport,
     ("relay", "metrics"): RelayReport,
+    ("relay", "traffic"): TrafficReport,
+    ("relay", "fault"): FaultEffect,
 }
-_CONTROL: dict[str, type[_Payload]] = {"start": StartMessage, "stop": StopMessage}
-_DAEMON: dict[str, type[_Payload]] = {"result": DaemonReport, "metrics": DaemonReport}
+_CONTROL: dict[str, type[_Payload]] = {"start": StartMessage, "stop": StopMessage,
+                                       "fault_reply": FaultReply}
+_DAEMON: dict[str, type[_Payload]] = {"result": DaemonReport, "metrics": DaemonReport,
+                                      "fault": FaultEffect}
+_REQUEST: dict[str, type[_Payload]] = {"fault": FaultRequest}
 
 
 class Decoded(msgspec.Struct, frozen=True):
     """A received payload, its place in the topic tree and, for node/relay, whose it is."""
 
-    subtree: Literal["control", "node", "relay", "daemon"]
-    leaf: str  # result, metrics, events, start, stop, link
+    subtree: Literal["control", "node", "relay", "daemon", "request"]
+    leaf: str  # result, metrics, events, traffic, fault, start, stop, link, fault_reply
     name: str  # node or link name; "" for control start/stop and the daemon
     payload: Any
 
@@ -275,6 +361,8 @@ class TelemetryDecoder:
             return None
         if parts[0] == "daemon" and len(parts) == 2 and parts[1] in _DAEMON:
             return "daemon", parts[1], "", _DAEMON[parts[1]]
+        if parts[0] == "request" and len(parts) == 2 and parts[1] in _REQUEST:
+            return "request", parts[1], "", _REQUEST[parts[1]]
         if len(parts) == 3 and parts[1] and (parts[0], parts[2]) in _BY_LEAF:
             return parts[0], parts[2], parts[1], _BY_LEAF[(parts[0], parts[2])]
         return None
@@ -326,16 +414,20 @@ def relay_user(link: str) -> str:
 def credentials(run: str, nodes: list[str], links: list[str]) -> dict[str, Account]:
     """A fresh account per process of a run, keyed by ``orchestrator``, ``daemon``,
     ``node.<name>`` and ``relay.<link>`` (also its username; names cannot contain ``:``),
-    plus ``observer``, which may only read (for a person with ``mosquitto_sub``).
+    plus ``observer``, which may only read (for a person with ``mosquitto_sub``), and
+    ``operator`` (``qnet fault``), which may only publish ``request/fault`` and read
+    ``control/``.
 
     Only the orchestrator publishes under ``control/``; a node only under ``node/<its
     name>/``, a relay under ``relay/<its link>/``, the daemon under ``daemon/``. Every child
-    subscribes to ``control/`` only.
+    subscribes to ``control/`` only, except the daemon, which also reads the relays'
+    ``traffic`` (Raman noise from measured load).
     """
     control = (control_filter(run),)
     accounts: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ORCHESTRATOR: ((control_filter(run),), (run_filter(run),)),
-        DAEMON: ((f"qnet/{run}/daemon/#",), control),
+        DAEMON: ((f"qnet/{run}/daemon/#",), (*control, f"qnet/{run}/relay/+/traffic")),
+        OPERATOR: ((request_fault(run),), control),
         # the broker serves this run only, so the observer may also ask for all of qnet/#
         # (what `mosquitto_sub -t 'qnet/#'` subscribes to)
         OBSERVER: ((), (run_filter(run), "qnet/#")),

@@ -158,8 +158,8 @@ def test_empty_payload_is_a_cleared_retained_message_not_a_reject() -> None:
 def test_credentials_are_per_process_and_fresh_per_run() -> None:
     first = telemetry.credentials(RUN, ["alice", "bob"], ["alice-bob"])
     again = telemetry.credentials(RUN, ["alice", "bob"], ["alice-bob"])
-    assert set(first) == {"orchestrator", "daemon", "observer", "node.alice", "node.bob",
-                          "relay.alice-bob"}
+    assert set(first) == {"orchestrator", "daemon", "observer", "operator", "node.alice",
+                          "node.bob", "relay.alice-bob"}
     assert all(account.username == key for key, account in first.items())
     passwords = [a.password for a in first.values()] + [a.password for a in again.values()]
     assert len(set(passwords)) == len(passwords)  # no two processes or runs share one
@@ -177,7 +177,13 @@ def test_acl_gives_control_to_the_orchestrator_only() -> None:
     assert rules["subscribe"]["orchestrator"] == [f"qnet/{RUN}/#"]
     # the observer reads the run, also as `mosquitto_sub -t 'qnet/#'` (one run per broker)
     assert rules["subscribe"]["observer"] == [f"qnet/{RUN}/#", "qnet/#"]
-    others = [u for u in rules["subscribe"] if u not in ("orchestrator", "observer")]
+    # the operator (`qnet fault`) may only ask the orchestrator, which applies the fault
+    assert rules["publish"]["operator"] == [f"qnet/{RUN}/request/fault"]
+    # the daemon also reads the relays' measured traffic (Raman noise)
+    assert rules["subscribe"]["daemon"] == [f"qnet/{RUN}/control/#",
+                                            f"qnet/{RUN}/relay/+/traffic"]
+    others = [u for u in rules["subscribe"]
+              if u not in ("orchestrator", "observer", "daemon")]
     assert all(rules["subscribe"][u] == [f"qnet/{RUN}/control/#"] for u in others)
     publishers = [u for u, topics in rules["publish"].items()
                   if any(t.startswith(f"qnet/{RUN}/control/") for t in topics)]

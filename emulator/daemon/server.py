@@ -31,6 +31,7 @@ from emulator.daemon.links.heralded import HeraldedLinkRuntime
 from emulator.daemon.links.photon import PhotonLinkRuntime
 from emulator.daemon.session import Connection, SessionLimits, Sessions
 from emulator.daemon.taps import Taps
+from emulator.daemon.traffic import LinkStates
 
 log = logging.getLogger("qnet.daemon")
 
@@ -67,6 +68,7 @@ class Daemon:
         self.port = 0
         self._freed = trio.Event()
         self._pair_ids = 0
+        self.link_states = LinkStates()
         self.photon_links = {x.name: PhotonLinkRuntime(x, self) for x in config.links}
         links_at: dict[str, int] = {}
         for x in config.entanglement_links:
@@ -203,6 +205,7 @@ class Daemon:
         counters["pairs_expired"] = sum(self.memories.expired.values())
         counters["cpu_ms"] = round(time.process_time() * 1e3)
         return telemetry.DaemonReport(
+            link_state=self.link_states.report(),
             connections=s.counters["connections"],
             rejected_connections=s.rejected(),
             bad_frames=s.counters["rejected_bad_frame"] + s.counters["rejected_too_large"]
@@ -231,12 +234,32 @@ async def serve(config: DaemonConfig, limits: SessionLimits = SessionLimits(), *
         task_status.started(daemon)
 
 
+async def _link_message(daemon: Daemon, mqtt, got: telemetry.Decoded | None) -> None:
+    """A fault (``control/link/<link>``: applied, effect published on ``daemon/fault``) or a
+    relay's measured traffic (Raman noise) for ``daemon.link_states``; anything else is
+    ignored (the decoder counts what it rejected)."""
+    if got is None:
+        return
+    if isinstance(got.payload, telemetry.TrafficReport):
+        daemon.link_states.traffic(got.name, got.payload)
+    elif isinstance(got.payload, telemetry.LinkControl):
+        effect = daemon.link_states.control(got.name, got.payload)
+        if effect is not None:
+            log.info("link %s: %s", got.name, effect)
+            await mqtt.publish(telemetry.daemon_fault(daemon.config.run_id), telemetry.encode(
+                telemetry.FaultEffect(got.name, got.payload.action, got.payload.plane,
+                                      effect, daemon.clock.now())), qos=1)
+
+
 async def _telemetry(daemon: Daemon, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Publish the report each second; on ``control/stop`` publish it retained and stop."""
     config = daemon.config
     assert config.mqtt is not None
     async with telemetry.connect(config.mqtt, f"qnet-{config.run_id}-daemon") as mqtt:
         await mqtt.subscribe(telemetry.control_stop(config.run_id), qos=1)
+        await mqtt.subscribe(telemetry.control_link(config.run_id, "+"), qos=1)
+        await mqtt.subscribe(telemetry.relay_traffic(config.run_id, "+"), qos=0)
+        decoder = telemetry.TelemetryDecoder(config.run_id)
         task_status.started()
         async with trio.open_nursery() as nursery:
             async def metrics() -> None:
@@ -249,6 +272,8 @@ async def _telemetry(daemon: Daemon, *, task_status=trio.TASK_STATUS_IGNORED) ->
             async for message in mqtt.messages():
                 if message.topic == telemetry.control_stop(config.run_id):
                     break
+                await _link_message(daemon, mqtt, decoder.decode(message.topic,
+                                                                 message.payload))
             nursery.cancel_scope.cancel()
         with trio.move_on_after(FINAL_PUBLISH_TIMEOUT_S) as scope:
             await mqtt.publish(telemetry.daemon_result(config.run_id),

@@ -28,6 +28,7 @@ from emulator.clock import EmulatedClock
 from emulator.daemon import protocol as p
 from emulator.daemon.memories import QuantumMemories
 from emulator.daemon.taps import Taps
+from emulator.daemon.traffic import LinkStates
 
 if TYPE_CHECKING:
     from emulator.daemon.session import Connection
@@ -41,6 +42,7 @@ class LinkHost(Protocol):
     clock: EmulatedClock
     memories: QuantumMemories
     taps: Taps
+    link_states: LinkStates  # faults and classical load per link (``daemon.traffic``)
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the daemon's nursery: an exception in it ends the daemon."""

@@ -57,6 +57,7 @@ class HeraldedLinkRuntime(LinkRuntime):
         self.flight_event = trio.Event()
         self.scope: trio.CancelScope | None = None
         self.generated = 0
+        self.state = host.link_states.add(link.name)  # quantum-plane faults (daemon.traffic)
 
     def counters(self) -> dict[str, float]:
         return {"pairs_generated": self.generated}
@@ -143,6 +144,9 @@ class HeraldedLinkRuntime(LinkRuntime):
             self.host.expire()
             if not self.has_room():
                 continue  # another user took the last slot while we waited
+            factor = self.state.transmittance_factor()  # a cut or degraded fibre thins heralds
+            if factor < 1.0 and not self.rng.random() < factor:
+                continue
             pair = self.host.new_pair_id()
             true = self.true_fraction >= 1.0 or self.rng.random() < self.true_fraction
             ref_a, ref_b = self.memories.store_pair(*self.ends,

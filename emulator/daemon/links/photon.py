@@ -5,6 +5,10 @@ One task per running source samples the receiver's clicks frame by frame in emul
 §4), buffering them until ``b`` opens its detector. When processing falls behind the clock,
 every frame already due is sampled in one call (cost follows detections, not frames), so a
 tiny ``frame_ms`` costs lag, reported in ``Stats``, never a stall.
+
+Each frame asks the link's ``traffic.LinkState`` for the quantum plane's faults (a cut makes the
+transmittance 0, a degrade adds dB) and for the Raman noise of the classical traffic measured
+on the same fibre, which joins the dark counts (``physics.raman.effective_dark_count``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from emulator.child_config import DaemonLink
 from emulator.daemon import protocol as p
 from emulator.daemon.links import LinkHost, LinkRuntime, Reply, name_word, not_allowed
 from emulator.daemon.session import Connection
-from emulator.physics import channels, detection, detector_effects, detectors, sources
+from emulator.daemon.traffic import raman_source
+from emulator.physics import channels, detection, detector_effects, detectors, raman, sources
 from emulator.prf import intensity_thresholds
 
 log = logging.getLogger("qnet.daemon")
@@ -71,6 +76,9 @@ class PhotonLinkRuntime(LinkRuntime):
         )
         self.schedule = q.pass_  # time-varying channel loss (satellite pass), or None
         self.p_dc = q.detector.per_gate_dark_count(q.source.rate_hz)
+        self.state = host.link_states.add(link.name, raman_source(
+            q.raman, link.length_km, q.attenuation_db_per_km, q.detector.gate_width_ns,
+            q.source.rate_hz, q.detector.efficiency))
         self.e_det = q.detector.misalignment
         self.eta_1 = (None if q.detector.efficiency_1 is None else self.eta
                       * q.detector.efficiency_1 / max(q.detector.efficiency, 1e-300))
@@ -204,10 +212,14 @@ class PhotonLinkRuntime(LinkRuntime):
                 now = self.clock.now()
                 lag = max(0.0, now - due)
                 end = self._catch_up(run, start, end, now)
-                eta = self.eta_at(run, start, end)
+                eta = self.eta_at(run, start, end) * self.state.transmittance_factor()
+                noise = self.state.noise_photons()
+                self.state.pulse_weighted(end - start, noise)
+                p_dc = self.p_dc if noise == 0 else float(
+                    raman.effective_dark_count(self.p_dc, noise))
                 found = detection.detect_frame(
                     self.rng, run.key, start, end, self.sampled_intensities(run, eta),
-                    run.probabilities, eta, self.p_dc, self.e_det, eta_1=self.eta_1_at(eta),
+                    run.probabilities, eta, p_dc, self.e_det, eta_1=self.eta_1_at(eta),
                 )
                 found = self.detector_effects(found, end)
                 if self.host.taps:

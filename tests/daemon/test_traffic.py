@@ -1,0 +1,162 @@
+"""The daemon's link state (emulator.daemon.traffic): quantum-plane faults and Raman noise from
+measured classical traffic, and what the photon runtime does with them (click rates against
+the gain formula with the effective dark count, within 4 binomial sigma)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import trio
+
+from emulator.child_config import DaemonConfig, DaemonLink
+from emulator.daemon import protocol as p
+from emulator.daemon.server import _link_message, serve
+from emulator.daemon.traffic import LinkState, LinkStates, raman_source
+from emulator.physics import channels, raman
+from emulator.physics.detectors import background_yield, gain
+from emulator.scenario import Detector, QuantumLink, Raman, Source
+from emulator.telemetry import Decoded, FaultEffect, LinkControl, TrafficReport
+from tests.daemon.test_server import KEY, TOKENS, Peer
+
+RAMAN = Raman(launch_power_mw=1.0, rho_per_km_nm=3e-9, filter_nm=0.8, wavelength_nm=1550.0,
+              line_rate_mbps=100.0)
+LENGTH_KM, RATE_HZ, MU, EFF = 25.0, 1e8, 0.5, 0.1
+
+
+def state() -> LinkState:
+    return LinkState("a-b", raman_source(RAMAN, LENGTH_KM, 0.2, None, RATE_HZ, EFF))
+
+
+def test_cut_restore_and_degrade_set_the_transmittance_factor() -> None:
+    s = state()
+    assert s.transmittance_factor() == 1.0
+    assert s.control(LinkControl("cut", plane="classical")) is None  # the relay's plane
+    assert s.control(LinkControl("cut")) == "quantum transmittance 0"
+    assert s.transmittance_factor() == 0.0
+    s.control(LinkControl("degrade", plane="quantum", db=3.0))
+    assert s.transmittance_factor() == 0.0  # still cut
+    s.control(LinkControl("restore", plane="quantum"))
+    assert math.isclose(s.transmittance_factor(), 10 ** -0.3)
+    s.control(LinkControl("degrade", db=0.0))
+    assert s.transmittance_factor() == 1.0
+    assert s.control(LinkControl("corrupt")) is None
+
+
+def test_noise_follows_the_duty_cycle_of_each_direction() -> None:
+    s = state()
+    assert s.noise_photons() == 0.0
+    # 1.25 MB a->b and 0.25 MB b->a in 1 s on a 100 Mbit/s line: duty 0.1 and 0.02
+    s.traffic(TrafficReport(window_s=1.0, bytes_ab=1_250_000, bytes_ba=250_000))
+    assert math.isclose(s.duty_ab, 0.1) and math.isclose(s.duty_ba, 0.02)
+    w, gate = 1e-3, 1.0 / RATE_HZ
+    by_hand = (0.1 * w * math.exp(-raman.attenuation_per_km(0.2) * LENGTH_KM) * 3e-9 * 0.8
+               * LENGTH_KM + 0.02 * w * 3e-9 * 0.8 * -math.expm1(
+                   -2 * raman.attenuation_per_km(0.2) * LENGTH_KM)
+               / (2 * raman.attenuation_per_km(0.2)))
+    photons = by_hand * 1550e-9 / (raman.PLANCK_J_S * raman.LIGHT_SPEED_M_S) * gate * EFF
+    assert math.isclose(s.noise_photons(), photons, rel_tol=1e-12)
+    assert math.isclose(s.depolarising_probability(), -math.expm1(-photons / EFF / 2))
+    s.traffic(TrafficReport(window_s=1.0, bytes_ab=10**9, bytes_ba=0))  # saturates at 1
+    assert s.duty_ab == 1.0 and s.duty_ba == 0.0
+
+
+def test_pulse_weighted_report_and_unknown_links() -> None:
+    s = state()
+    s.traffic(TrafficReport(window_s=1.0, bytes_ab=1_250_000, bytes_ba=0))
+    s.pulse_weighted(300, s.noise_photons())
+    s.traffic(TrafficReport(window_s=1.0, bytes_ab=0, bytes_ba=0))
+    s.pulse_weighted(100, s.noise_photons())
+    report = s.report()
+    assert math.isclose(report["duty_ab_mean"], 0.075)
+    assert report["pulses"] == 400 and report["noise_photons_now"] == 0.0
+    states = LinkStates()
+    states.add("a-b")
+    assert states.control("x-y", LinkControl("cut")) is None
+    states.traffic("x-y", TrafficReport(window_s=1.0, bytes_ab=1, bytes_ba=1))
+    assert states.ignored == 2 and not states.get("a-b").cut
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, topic: str, payload: bytes, **_) -> None:
+        self.published.append((topic, payload))
+
+
+async def test_mqtt_messages_reach_the_link_state_and_effects_are_published(nursery) -> None:
+    daemon = await nursery.start(serve, config(RAMAN))
+    mqtt = Recorder()
+    await _link_message(daemon, mqtt, Decoded("control", "link", "a-b", LinkControl("cut")))
+    await _link_message(daemon, mqtt, Decoded("relay", "traffic", "a-b", TrafficReport(
+        window_s=0.5, bytes_ab=625_000, bytes_ba=0)))
+    await _link_message(daemon, mqtt, None)
+    link = daemon.link_states.get("a-b")
+    assert link.cut and math.isclose(link.duty_ab, 0.1)
+    (topic, payload), = mqtt.published
+    assert topic == "qnet/test/daemon/fault"
+    effect = __import__("msgspec").json.decode(payload, type=FaultEffect)
+    assert (effect.link, effect.action, effect.effect) == ("a-b", "cut", "quantum transmittance 0")
+    assert daemon.report().link_state["a-b"]["cut"] == 1.0
+
+
+def config(raman_config: Raman | None) -> DaemonConfig:
+    quantum = QuantumLink(source=Source(rate_hz=RATE_HZ, mu=MU), frame_ms=10.0,
+                          detector=Detector(efficiency=EFF), raman=raman_config)
+    link = DaemonLink("a-b", "alice", "bob", LENGTH_KM, quantum)
+    return DaemonConfig("test", time.monotonic(), 1.0, 7, dict(TOKENS), [link])
+
+
+async def clicks(nursery, *, duty: float, cut: bool = False) -> tuple[int, int, LinkState]:
+    """Run the source ~0.15 s with the given a->b duty cycle; (pulses, clicks, state)."""
+    daemon = await nursery.start(serve, config(RAMAN))
+    link = daemon.link_states.get("a-b")
+    link.traffic(TrafficReport(window_s=1.0, bytes_ab=round(duty * 12_500_000), bytes_ba=0))
+    if cut:
+        link.control(LinkControl("cut", plane="quantum"))
+    alice = await Peer.connect(daemon.port, "alice")
+    bob = await Peer.connect(daemon.port, "bob")
+    assert isinstance(await bob.ask(p.DetectorOpen(1, "a-b")), p.DetectorOpened)
+    assert isinstance(await alice.ask(p.SourceStart(1, "a-b", KEY)), p.SourceStarted)
+    found = 0
+    async with trio.open_nursery() as inner:
+        async def read_bob() -> None:
+            nonlocal found
+            while True:
+                message = await bob.receive()
+                found += len(message.outcome)
+                if message.last:
+                    return
+
+        inner.start_soon(read_bob)
+        await trio.sleep(0.15)
+        stopped = await alice.ask(p.SourceStop(2, "a-b"))
+    return stopped.pulses, found, link
+
+
+def within_4_sigma(pulses: int, found: int, q: float) -> bool:
+    return abs(found - pulses * q) <= 4 * math.sqrt(pulses * q * (1 - q))
+
+
+async def test_photon_clicks_follow_gain_with_raman_dark_counts(nursery) -> None:
+    eta = float(channels.transmittance(LENGTH_KM, 0.2)) * EFF
+    quiet_q = float(gain(MU, eta, background_yield(1e-6)))
+    for duty in (0.0, 0.05):
+        pulses, found, link = await clicks(nursery, duty=duty)
+        n = link.noise_photons()
+        assert (n > 1e-3) == (duty > 0)
+        q = float(gain(MU, eta, background_yield(raman.effective_dark_count(1e-6, n))))
+        assert pulses > 5e6 and within_4_sigma(pulses, found, q), (duty, found / pulses, q)
+        assert math.isclose(link.report()["noise_photons_mean"], n)
+        if duty:  # the noise is visible: far beyond 4 sigma of the quiet fibre's gain
+            assert not within_4_sigma(pulses, found, quiet_q)
+
+
+async def test_a_cut_quantum_plane_leaves_only_noise_and_dark_counts(nursery) -> None:
+    pulses, found, link = await clicks(nursery, duty=0.05, cut=True)
+    y0 = float(background_yield(raman.effective_dark_count(1e-6, link.noise_photons())))
+    assert within_4_sigma(pulses, found, y0)
+    assert link.report()["cut_pulses"] == link.report()["pulses"] == pulses
+    assert np.isfinite(y0)
