@@ -13,7 +13,7 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-from emulator.physics.flight import Hop
+from emulator.physics.flight import FlowPrediction, Hop, flow_model, late_fraction
 
 NonNegative = Annotated[float, Meta(ge=0)]
 
@@ -67,3 +67,29 @@ def path_hops(path: Sequence[str], fibres: Mapping[frozenset, FlightFibre],
             switch_budget_us=end.switch_budget_us,
             delay_line_db_per_us=end.delay_line_db_per_us))
     return hops
+
+
+def flow_prediction(scenario, path: Sequence[str], send_times: Sequence[float],
+                    decision_us: Mapping[str, Sequence[float]]) -> FlowPrediction:
+    """The model of a flow over ``path`` (from the scenario's physics): ``flow_model`` at its
+    send times (since the fibres' calibration at t = 0), with each router's late share from
+    its measured decision latencies (``late_fraction``; none measured, none late)."""
+    fibres = {frozenset((x.a, x.b)): FlightFibre(x.id, x.a, x.b, x.length_km, x.flight)
+              for x in scenario.links if x.flight is not None}
+    nodes = {n.name: n.hybrid for n in scenario.nodes if n.hybrid is not None}
+    hops = path_hops(path, fibres, nodes)
+    late = [late_fraction(decision_us.get(far, []), hop.switch_budget_us)
+            if hop.switch_budget_us > 0 else 0.0 for far, hop in zip(path[1:], hops)]
+    return flow_model(hops, send_times, late=late)
+
+
+def daemon_counts(sections: dict, daemon_report: Mapping | None) -> None:
+    """Fill each ``hybrid`` entry's ``router_measurements`` (the daemon's measurement count
+    of the routers on its paths at start and end: they may switch and rotate, never
+    measure) in place."""
+    measured = (daemon_report or {}).get("measurements")
+    if measured is None:
+        return
+    for entry in sections.get("hybrid", []):
+        routers = {n for key in ("path", "path_at_end") for n in (entry.get(key) or [])[1:-1]}
+        entry["router_measurements"] = sum(int(measured.get(n, 0)) for n in routers)

@@ -57,7 +57,8 @@ class HybridPlane:
         self._flows: dict[int, trio.MemorySendChannel] = {}
         self._headers_in, self._headers_out = trio.open_memory_channel[tuple[bytes, str]](
             HEADER_QUEUE)
-        self.decision_us: list[float] = []  # arrival (or header, if later) -> switch request
+        self.decision_us: list[float] = []  # payload arrival -> switch set (emulated us)
+        self._arrived_at: dict[int, float] = {}
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -104,13 +105,18 @@ class HybridPlane:
         async for message in channel:
             arrival = Arrival(message.link, message.payload, message.t, message.present,
                               message.slot, message.deadline, message.reference)
+            if arrival.present and arrival.slot < 0:  # in our delay line: the budget runs
+                self._arrived_at[arrival.payload] = arrival.t
             await self._perform(self.core.arrival(arrival, self.node.clock.now()), arrival)
 
     async def _expire(self) -> None:
         clock = self.node.clock
         while True:
             await trio.sleep(clock.wall_duration(EXPIRE_EVERY_S))
-            await self._perform(self.core.expire(clock.now()), None)
+            now = clock.now()
+            await self._perform(self.core.expire(now), None)
+            for pid in [k for k, t in self._arrived_at.items() if now - t > EXPIRE_EVERY_S * 4]:
+                del self._arrived_at[pid]  # never switched: its header was dropped
 
     async def _perform(self, actions: list, arrival: Arrival | None) -> None:
         for action in actions:
@@ -130,7 +136,7 @@ class HybridPlane:
                     self.core.counters["hybrid_discard_failed"] += 1
 
     async def _switch(self, action: Switch) -> None:
-        started = self.node.clock.now()
+        arrived = self._arrived_at.pop(action.payload, self.node.clock.now())
         kwargs = {"rotation": action.rotation} if action.rotation is not None else {}
         try:
             reply = await self.node.daemon.request(p.PayloadSwitch, link=action.link,
@@ -141,7 +147,7 @@ class HybridPlane:
                 log.warning("switch of payload %d refused: %s", action.payload, exc)
             ok, t_set = False, self.node.clock.now()
         if len(self.decision_us) < MAX_LATENCY_SAMPLES:
-            self.decision_us.append(max(0.0, (t_set - started)) * 1e6)
+            self.decision_us.append(max(0.0, t_set - arrived) * 1e6)
         await self._perform(self.core.switched(action.payload, ok), None)
 
     def _deliver(self, delivered: Delivered) -> None:

@@ -136,7 +136,7 @@ class FlightPlane:
             if state.raman is not None:
                 noise += state.noise_photons(efficiency=1.0)
         payload.noise = (payload.noise * t_fibre + noise) * spool
-        payload.at, payload.link, payload.in_spool = dst, link.name, False
+        payload.at, payload.link, payload.in_spool, payload.switched_to = dst, link.name, False, None
         self.counts[f"{link.name}.sent"] += 1
         alive = self.rng.random() < t_fibre * spool
         # a lost payload is known lost at its would-be arrival (the push goes then)
