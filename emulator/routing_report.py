@@ -36,6 +36,8 @@ def _faults(events: list[dict]) -> list[dict]:
             out.append({"at": _at(e), "action": "crash", "node": e["node"]})
         elif e.get("kind") == "node_restarted":
             out.append({"at": _at(e), "action": "restart", "node": e["node"]})
+    for fault in out:
+        fault["target_key"] = fault.get("link") or fault.get("node")
     return sorted(out, key=lambda f: f["at"])
 
 
@@ -57,15 +59,17 @@ def routing_section(scenario: Scenario, events: list[dict]) -> dict:
                      if e.get("kind") == "route_changed" and e.get("changed"))
     faults = _faults(events)
     per_fault = []
-    for k, fault in enumerate(faults):
-        until = faults[k + 1]["at"] if k + 1 < len(faults) else float("inf")
+    ordered = sorted(events, key=_at)
+    for fault in faults:
         entry: dict[str, Any] = {"at_s": fault["at"], "action": fault["action"],
                                  "target": fault.get("link") or fault.get("node"),
                                  "detection_ms": None, "convergence_ms": None}
-        detected = next((e for e in sorted(events, key=_at) if _noticed(fault, e, scenario)),
-                        None)
-        if detected is not None and _at(detected) < until:
+        later = [f for f in faults if f["at"] > fault["at"] and f["target_key"] == fault["target_key"]]
+        until_same = later[0]["at"] if later else float("inf")
+        detected = next((e for e in ordered if _noticed(fault, e, scenario)), None)
+        if detected is not None and _at(detected) < until_same:
             t_det = last = _at(detected)
+            until = min((f["at"] for f in faults if f["at"] > t_det), default=float("inf"))
             for t in changes:
                 if t_det <= t < until and t - last <= routing.dead_interval_s:
                     last = t
