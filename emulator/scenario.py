@@ -21,6 +21,7 @@ import numpy as np
 from msgspec import Meta, Struct
 
 from emulator.apps import PluginError, kind_of, kinds
+from emulator.hybrid_config import LinkFlight, NodeHybrid
 from emulator.physics import detector_effects, satellite, sources
 from emulator.physics.channels import fibre_delay
 from emulator.programs import NodeProgram, ProgramError, check_programs
@@ -66,6 +67,7 @@ class Node(Struct, forbid_unknown_fields=True):
     run: list[NodeProgram] = []  # user programs started beside the node (emulator/programs.py)
     sae: list[Sae] = []  # SAEs attached to this node's KME (docs/kms.md)
     domain: Name | None = None  # its operator: whose CA certifies its KME and SAEs (docs/kms.md)
+    hybrid: NodeHybrid | None = None  # delay line and drift compensation (hybrid packets)
 
 
 class ClassicalLink(Struct, forbid_unknown_fields=True):
@@ -76,6 +78,8 @@ class ClassicalLink(Struct, forbid_unknown_fields=True):
     jitter_ms: NonNegative = 0.0
     loss: Probability = 0.0
     rate_mbps: Positive | None = 1000.0
+    mtu: Annotated[int, Meta(ge=1280, le=9000)] = 1500  # --netns: the wire's MTU (IPv6 >= 1280)
+    subnet: str | None = None  # --netns: the wire's IPv4 subnet (default plan: docs/netns.md)
 
 
 class Source(Struct, forbid_unknown_fields=True):
@@ -148,8 +152,13 @@ class SatellitePass(Struct, forbid_unknown_fields=True):
     the pass's (0 = closest approach); the source starts at ``start_s``. See docs/scenarios.md."""
 
     altitude_km: Positive = 500.0
-    closest_range_km: Positive = 645.0
+    closest_range_km: Positive | None = None  # default 645; or the station and orbit below
     min_elevation_deg: Annotated[float, Meta(ge=0, lt=90)] = 10.0
+    station_lat_deg: Annotated[float, Meta(ge=-90, le=90)] | None = None  # all three, or none
+    station_lon_deg: Annotated[float, Meta(ge=-180, le=360)] | None = None
+    node_lon_deg: float | None = None  # the orbit's ascending node (Earth-fixed) at time 0
+    inclination_deg: Annotated[float, Meta(ge=0, le=180)] = 97.4  # Micius: Sun-synchronous
+    earth_rotation: bool = True  # with a station: the Earth turns under the orbit
     start_s: float = -150.0
     divergence_rad: Positive = 5e-6
     aperture_radius_m: Positive = 0.5
@@ -165,9 +174,19 @@ class SatellitePass(Struct, forbid_unknown_fields=True):
         return self.loss_db is not None
 
     def geometry(self, t_run) -> satellite.PassPoint:
-        return satellite.pass_geometry(self.altitude_km, self.closest_range_km,
+        if self.station_lat_deg is not None:
+            return satellite.station_pass(self.orbit(), np.add(t_run, self.start_s),
+                                          math.radians(self.min_elevation_deg))
+        return satellite.pass_geometry(self.altitude_km, self.closest_range_km or 645.0,
                                        np.add(t_run, self.start_s),
                                        math.radians(self.min_elevation_deg))
+
+    def orbit(self) -> satellite.Orbit:
+        """The station under the orbit (``station_*`` and ``node_lon_deg`` given)."""
+        return satellite.Orbit(self.altitude_km, math.radians(self.inclination_deg),
+                               math.radians(self.node_lon_deg or 0.0),
+                               math.radians(self.station_lat_deg or 0.0),
+                               math.radians(self.station_lon_deg or 0.0), self.earth_rotation)
 
     def loss_at(self, t_run):
         """Channel loss (dB) at ``t_run`` seconds after the source's start: +inf below the
@@ -223,6 +242,7 @@ class Link(Struct, forbid_unknown_fields=True):
     classical: ClassicalLink = msgspec.field(default_factory=ClassicalLink)
     quantum: QuantumLink | None = None
     entanglement: LinkEntanglement | None = None  # heralded pair generation; see below
+    flight: LinkFlight | None = None  # flying qubits of hybrid packets (emulator/hybrid_config)
 
     @property
     def id(self) -> str:
@@ -630,8 +650,31 @@ def _check_pass(spec: SatellitePass, path: str) -> None:
                 raise ValueError("loss_t_s and loss_db differ in length")
         except ValueError as exc:
             raise ScenarioError(f"{path}.loss_t_s: {exc}") from None
-    elif spec.closest_range_km < spec.altitude_km:
+    elif spec.closest_range_km is not None and spec.closest_range_km < spec.altitude_km:
         raise ScenarioError(f"{path}.closest_range_km: below the altitude")
+    _check_station(spec, path)
+
+
+def _check_station(spec: SatellitePass, path: str) -> None:
+    """A station needs latitude, longitude and the orbit's node, replaces closest_range_km, and
+    must see the satellite above the minimum elevation."""
+    given = [spec.station_lat_deg is not None, spec.station_lon_deg is not None,
+             spec.node_lon_deg is not None]
+    if not any(given):
+        return
+    if not all(given):
+        missing = [f for f, g in zip(("station_lat_deg", "station_lon_deg", "node_lon_deg"),
+                                     given, strict=True) if not g]
+        raise ScenarioError(f"{path}.{missing[0]}: a station needs station_lat_deg, "
+                            "station_lon_deg and node_lon_deg")
+    if spec.closest_range_km is not None or spec.is_table:
+        raise ScenarioError(f"{path}.station_lat_deg: a station's geometry replaces "
+                            "closest_range_km and a loss table")
+    highest = satellite.highest_elevation(spec.orbit())
+    if highest < math.radians(spec.min_elevation_deg):
+        raise ScenarioError(f"{path}.node_lon_deg: the satellite never rises above "
+                            f"min_elevation_deg at this station (highest "
+                            f"{math.degrees(highest):.1f} deg)")
 
 
 def _read_loss_csvs(raw: dict, base: Path) -> None:

@@ -1,14 +1,18 @@
 """Satellite pass geometry (range and elevation against time) and the resulting link loss,
 or a loss table (time, dB) interpolated; delay of the matching classical link from the range.
 
-Circular orbit, spherical non-rotating Earth (R = 6371 km, GM = 398600.4418 km^3/s^2), ground
-station at a fixed angular distance ``beta`` from the orbital plane: the Earth's rotation
-shifts a LEO pass by a few percent in time and is neglected. Units: km, s, rad. Loss model in
+Circular orbit, spherical Earth (R = 6371 km, GM = 398600.4418 km^3/s^2). Two geometries:
+``pass_geometry``, a station at a fixed angular distance ``beta`` from the orbital plane
+(non-rotating Earth: the rotation shifts a LEO pass by a few percent in time), and
+``station_pass``, a station at latitude/longitude under an orbit of given inclination and
+ascending node, with the Earth turning under it. Units: km, s, rad. Loss model in
 ``free_space``; Micius numbers and their sources: docs/physics.md, "Free-space and satellite
 links".
 """
 
 from __future__ import annotations
+
+import math
 
 import msgspec
 import numpy as np
@@ -18,6 +22,7 @@ from emulator.physics import free_space
 EARTH_RADIUS_KM = 6371.0
 EARTH_GM_KM3_S2 = 398_600.4418
 LIGHT_SPEED_KM_S = 299_792.458
+EARTH_ROTATION_RAD_S = 7.2921150e-5  # sidereal rate (IERS)
 
 
 def slant_range(altitude_km, elevation_rad, earth_radius_km=EARTH_RADIUS_KM):
@@ -65,6 +70,87 @@ def pass_geometry(altitude_km: float, closest_range_km: float, t_s,
     big_l = np.sqrt(r * r + rs * rs - 2 * r * rs * cos_gamma)
     elev = np.arcsin((rs * cos_gamma - r) / big_l)
     return PassPoint(t, big_l, elev, elev >= min_elevation_rad)
+
+
+class Orbit(msgspec.Struct, frozen=True):
+    """A circular orbit and a ground station, angles in rad: orbit altitude, inclination,
+    longitude of the ascending node at pass time 0 (Earth-fixed), station latitude and
+    longitude; ``rotating``: the Earth turns under the orbit at ``EARTH_ROTATION_RAD_S``."""
+
+    altitude_km: float
+    inclination_rad: float
+    node_lon_rad: float
+    lat_rad: float
+    lon_rad: float
+    rotating: bool = True
+
+
+def _station(o: Orbit, t: np.ndarray) -> np.ndarray:
+    """Unit vectors to the station at times t (inertial frame = Earth-fixed at t = 0)."""
+    lon = o.lon_rad + (EARTH_ROTATION_RAD_S * t if o.rotating else 0.0 * t)
+    c = math.cos(o.lat_rad)
+    return np.stack([c * np.cos(lon), c * np.sin(lon), np.full_like(lon, math.sin(o.lat_rad))])
+
+
+def _plane(o: Orbit) -> tuple[np.ndarray, np.ndarray]:
+    """In-plane unit vectors: p to the ascending node, q 90 degrees further along the orbit."""
+    cn, sn, ci, si = (math.cos(o.node_lon_rad), math.sin(o.node_lon_rad),
+                      math.cos(o.inclination_rad), math.sin(o.inclination_rad))
+    return np.array([cn, sn, 0.0]), np.array([-ci * sn, ci * cn, si])
+
+
+def cross_track_angle(o: Orbit) -> float:
+    """beta at pass time 0: the station's angle from the orbital plane, sin beta = n . g with
+    n = p x q the orbit normal."""
+    p, q = _plane(o)
+    return float(math.asin(np.clip(np.cross(p, q) @ _station(o, np.zeros(1))[:, 0], -1, 1)))
+
+
+def node_longitude(altitude_km: float, closest_range_km: float, inclination_rad: float,
+                   lat_rad: float, lon_rad: float, ascending: bool = True) -> float:
+    """Ascending-node longitude putting the non-rotating closest approach at
+    ``closest_range_km``: sin beta = sin i cos(lat) sin(node - lon) + cos i sin(lat), station
+    east of the track (beta > 0); ``ascending``: the pass on the northbound half."""
+    r, rs = EARTH_RADIUS_KM, EARTH_RADIUS_KM + altitude_km
+    beta = math.acos((r * r + rs * rs - closest_range_km**2) / (2 * r * rs))
+    x = ((math.sin(beta) - math.cos(inclination_rad) * math.sin(lat_rad))
+         / (math.sin(inclination_rad) * math.cos(lat_rad)))
+    if abs(x) > 1:
+        raise ValueError("no orbit of this inclination passes that close to the station")
+    d = math.asin(x)
+    for node in ((d, math.pi - d) if ascending else (math.pi - d, d)):
+        o = Orbit(altitude_km, inclination_rad, lon_rad + node, lat_rad, lon_rad, False)
+        p, _ = _plane(o)  # northbound at the nearest point u0: cos u0 > 0, i.e. g . p > 0
+        if (p @ _station(o, np.zeros(1))[:, 0] > 0) == ascending:
+            return float(math.remainder(lon_rad + node, 2 * math.pi))
+    return float(math.remainder(lon_rad + d, 2 * math.pi))  # pragma: no cover - one matches
+
+
+def highest_elevation(o: Orbit) -> float:
+    """Elevation at the pass's closest approach on a non-rotating Earth (rad): the station at
+    beta from the plane sees the satellite at range L(beta), elevation from ``elevation``."""
+    r, rs = EARTH_RADIUS_KM, EARTH_RADIUS_KM + o.altitude_km
+    big_l = math.sqrt(r * r + rs * rs - 2 * r * rs * math.cos(cross_track_angle(o)))
+    return float(elevation(o.altitude_km, big_l))
+
+
+def station_pass(o: Orbit, t_s, min_elevation_rad: float = 0.0) -> PassPoint:
+    """Range and elevation at times ``t_s`` from the station. Pass time 0: the satellite at
+    the point of its orbit nearest the station (its closest approach on a non-rotating Earth),
+    argument of latitude u0 = atan2(g . q, g . p); then u = u0 + omega t. Range L = |s - g|,
+    sin(elevation) = (s - g) . g_hat / L."""
+    t = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
+    p, q = _plane(o)
+    g0 = _station(o, np.zeros(1))[:, 0]
+    u = math.atan2(g0 @ q, g0 @ p) + orbital_rate(o.altitude_km) * t
+    sat = (EARTH_RADIUS_KM + o.altitude_km) * (np.outer(p, np.cos(u)) + np.outer(q, np.sin(u)))
+    g = _station(o, t)
+    d = sat - EARTH_RADIUS_KM * g
+    big_l = np.sqrt(np.einsum("ij,ij->j", d, d))
+    elev = np.arcsin(np.einsum("ij,ij->j", d, g) / big_l)
+    shape = np.shape(t_s)
+    big_l, elev = big_l.reshape(shape), elev.reshape(shape)
+    return PassPoint(np.asarray(t_s, dtype=np.float64), big_l, elev, elev >= min_elevation_rad)
 
 
 class Optics(msgspec.Struct, frozen=True):

@@ -68,3 +68,48 @@ def test_interpolated_loss_table():
     p = sat.pass_geometry(500.0, 645.0, [0.0, 120.0], math.radians(40))
     overhead, low = sat.pass_loss_db(p, sat.MICIUS_DOWNLINK)
     assert math.isfinite(overhead) and math.isinf(low)  # 49 deg visible, ~22 deg below 40
+
+
+XINGLONG = (math.radians(40.4), math.radians(117.6))
+SUN_SYNCHRONOUS = math.radians(97.4)
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+def test_station_pass_without_rotation_is_the_cross_track_pass(ascending):
+    """Station, inclination and node on a non-rotating Earth reduce to the closest-range model
+    exactly (same beta): range and elevation agree to 1e-9 km / rad over the whole pass."""
+    node = sat.node_longitude(500.0, 645.0, SUN_SYNCHRONOUS, *XINGLONG, ascending=ascending)
+    orbit = sat.Orbit(500.0, SUN_SYNCHRONOUS, node, *XINGLONG, rotating=False)
+    t = np.linspace(-400, 400, 801)
+    got, want = sat.station_pass(orbit, t, math.radians(10)), sat.pass_geometry(500.0, 645.0, t)
+    assert np.allclose(got.range_km, want.range_km, atol=1e-9, rtol=0)
+    assert np.allclose(got.elevation_rad, want.elevation_rad, atol=1e-9, rtol=0)
+    assert math.degrees(sat.highest_elevation(orbit)) == pytest.approx(49.0, abs=0.1)
+    # northbound (ascending) or southbound at the nearest point: the satellite's latitude rises
+    p, q = sat._plane(orbit)
+    g = np.array([math.cos(XINGLONG[0]) * math.cos(XINGLONG[1]),
+                  math.cos(XINGLONG[0]) * math.sin(XINGLONG[1]), math.sin(XINGLONG[0])])
+    u0 = math.atan2(g @ q, g @ p)
+    assert (math.cos(u0) > 0) == ascending
+
+
+def test_station_pass_with_rotation_follows_the_turning_earth():
+    """With the Earth turning (0.35 km/s at 40 N against 7.6 km/s), the closest range and its
+    time move by little; elevation keeps the static range relation (spherical Earth)."""
+    node = sat.node_longitude(500.0, 645.0, SUN_SYNCHRONOUS, *XINGLONG)
+    orbit = sat.Orbit(500.0, SUN_SYNCHRONOUS, node, *XINGLONG)
+    t = np.linspace(-200, 200, 4001)
+    p = sat.station_pass(orbit, t, math.radians(10))
+    assert p.range_km.min() == pytest.approx(645.0, abs=1.0)
+    assert abs(t[p.range_km.argmin()]) < 5.0
+    assert np.allclose(p.elevation_rad, sat.elevation(500.0, p.range_km), atol=1e-9)
+    within = t[p.range_km <= 1200.0]
+    assert 240 < within[-1] - within[0] < 330
+    # a scalar time gives scalars; the loss at the published ranges still holds
+    assert np.shape(sat.station_pass(orbit, 0.0).range_km) == ()
+    loss = sat.pass_loss_db(p, sat.MICIUS_DOWNLINK)
+    assert loss.min() == pytest.approx(30.0, abs=1.0)
+    assert np.interp(1200.0, p.range_km[:2000][::-1], loss[:2000][::-1]) == pytest.approx(
+        40.0, abs=1.0)
+    with pytest.raises(ValueError, match="no orbit"):
+        sat.node_longitude(500.0, 645.0, math.radians(10.0), *XINGLONG)  # track too far south
