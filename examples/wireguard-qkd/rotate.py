@@ -188,7 +188,7 @@ async def master(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> di
     ping = PingStream(args.peer_tunnel_addr, args.ping_interval, args.ping_timeout)
     matches = []
     async with trio.open_nursery() as nursery:
-        next_at = trio.current_time()
+        next_at = 0.0
         for epoch in range(args.rotations + 1):
             key_id, psk = await take_key(kme, args.peer_sae, args.key_wait)
             await control.send(Rotate(epoch, key_id))
@@ -205,8 +205,10 @@ async def master(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> di
             matches.append(answer.sha256 == entry["sha256"] and entry["handshake_at"] is not None)
             log(f"epoch {epoch}: peer hash {'matches' if matches[-1] else 'DIFFERS'}, "
                 f"handshake at {entry['handshake_at']}")
-            if epoch == 0 and args.ping_interval > 0:
-                nursery.start_soon(ping.run)
+            if epoch == 0:  # the schedule starts once the tunnel is up
+                next_at = trio.current_time()
+                if args.ping_interval > 0:
+                    nursery.start_soon(ping.run)
             next_at += args.interval
             await trio.sleep_until(next_at)
         ping.stop()
