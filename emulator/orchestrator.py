@@ -288,7 +288,7 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
     await supervisor.start(daemon, ready_timeout=READY_TIMEOUT_S)
 
     # 2b. --netns: a namespace per node, a wire per link, static routes (emulator/netns)
-    netns: dict[str, str] | None = None
+    netns: dict[str, tuple[str, str]] | None = None  # node -> (network, PID namespace)
     if options.netns:
         broker = mqtt_address(telemetry.ORCHESTRATOR)
         plan, netns, relays = await start_network(
@@ -312,7 +312,7 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         routing=routing_of(scenario), host=NODE_HOST if netns else "127.0.0.1"))
         for n in scenario.nodes]
     for node in nodes:
-        node.netns = netns[node.name] if netns else None
+        node.netns = netns[node.name][0] if netns else None
     await supervisor.start_all(nodes, ready_timeout=READY_TIMEOUT_S)
     ready = {c.name: c.ready for c in nodes}  # tcp: one listening port per peer
 

@@ -206,13 +206,14 @@ def kms_environment(kms, scenario):
 
 def program_children(scenario, run_dir, tunnels: dict[str, TunnelConfig],
                      node_ready: dict[str, dict], tier: int,
-                     kms_env=None, netns: dict[str, str] | None = None,
+                     kms_env=None, netns: dict[str, tuple[str, str]] | None = None,
                      ip_env=None) -> list:
     """One supervised child per ``[[nodes.run]]`` (its exit is never a run failure).
 
     ``node_ready`` holds each node's ready file (its tunnel ports); ``kms_env(node, program)``
     gives the key-service variables of a node's program, if the node runs a KME. With
-    ``--netns``, ``netns[node]`` is the namespace its programs start in and ``ip_env(node)``
+    ``--netns``, ``netns[node]`` the namespaces (network, PID of their children) its programs
+    start in and ``ip_env(node)``
     their address variables (emulator/netns/setup.py)."""
     children = []
     for node in scenario.nodes:
@@ -224,9 +225,12 @@ def program_children(scenario, run_dir, tunnels: dict[str, TunnelConfig],
                 env = {**ip_env(node.name), **env}
             children.append(Child(
                 name=f"{node.name}.{program.label}", role="program",
-                argv=command_line(program), log_path=run_dir / f"{node.name}.{program.label}.log",
+                argv=(command_line(program) if not netns else
+                      [sys.executable, "-m", "emulator.netns.enter", "--", *command_line(program)]),
+                log_path=run_dir / f"{node.name}.{program.label}.log",
                 tier=tier, env=env, expected_exit=True,
-                netns=netns.get(node.name) if netns is not None else None))
+                netns=netns[node.name][0] if netns else None,
+                pidns=netns[node.name][1] if netns else None))
     return children
 
 

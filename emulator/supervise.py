@@ -54,6 +54,7 @@ TERMINATE_GRACE_S = 3.0
 READY_POLL_S = 0.01
 _PR_SET_PDEATHSIG = 1
 _CLONE_NEWNET = 0x40000000
+_CLONE_NEWPID = 0x20000000
 _libc = ctypes.CDLL(None, use_errno=True)
 log = logging.getLogger("qnet.supervise")
 
@@ -131,6 +132,7 @@ class Child:
     expected_exit: bool = False  # set when the run asked it to stop
     on_ready: Callable[[Child], None] | None = None  # called each time it is ready (restarts)
     netns: str | None = None  # network namespace to start in (/proc/<pid>/ns/net; --netns)
+    pidns: str | None = None  # PID namespace of its children (/proc/<pid>/ns/pid; --netns)
 
     @property
     def pid(self) -> int | None:
@@ -144,16 +146,17 @@ class Child:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _die_with_parent(parent: int, netns_fd: int | None = None) -> None:
+def _die_with_parent(parent: int, namespaces: list[tuple[int, int]] = ()) -> None:
     """In the forked child, before exec: SIGKILL when the spawning thread dies, and SIGINT
     back to its default (a background shell job's children inherit it ignored); enter the
-    network namespace open at ``netns_fd`` if given."""
+    namespaces (fd, CLONE_NEW* kind) if given."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
-    if netns_fd is not None and _libc.setns(netns_fd, _CLONE_NEWNET) != 0:
-        os._exit(126)
+    for fd, kind in namespaces:
+        if _libc.setns(fd, kind) != 0:
+            os._exit(126)
 
 
 def _spawn(child: Child) -> ChildProcess:
@@ -163,18 +166,20 @@ def _spawn(child: Child) -> ChildProcess:
     child.log_path.parent.mkdir(parents=True, exist_ok=True)
     log_fd = os.open(child.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     parent = os.getpid()
-    netns_fd = None if child.netns is None else os.open(child.netns, os.O_RDONLY | os.O_CLOEXEC)
+    namespaces = [(os.open(path, os.O_RDONLY | os.O_CLOEXEC), kind)
+                  for path, kind in ((child.netns, _CLONE_NEWNET), (child.pidns, _CLONE_NEWPID))
+                  if path is not None]
     try:
         popen = subprocess.Popen(
             child.argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
             start_new_session=True,  # Ctrl-C reaches the orchestrator only; it ends the children
             env={**os.environ, **(child.env or {})},
-            preexec_fn=lambda: _die_with_parent(parent, netns_fd),
+            preexec_fn=lambda: _die_with_parent(parent, namespaces),
         )
     finally:
         os.close(log_fd)
-        if netns_fd is not None:
-            os.close(netns_fd)
+        for fd, _ in namespaces:
+            os.close(fd)
     return ChildProcess(popen)
 
 

@@ -26,7 +26,16 @@ import msgspec
 import trio
 
 from emulator.child_config import child_arguments, read_config, write_ready
-from emulator.netns.kernel import ip_batch, ns_path, setns, unshare_net, write_sysctl
+from emulator.netns.kernel import (
+    CLONE_NEWNET,
+    CLONE_NEWPID,
+    die_with_parent,
+    ip_batch,
+    ns_path,
+    setns,
+    unshare,
+    write_sysctl,
+)
 from emulator.supervise import exit_quietly_on_sigterm, watch_parent
 
 log = logging.getLogger("qnet.netns")
@@ -87,9 +96,31 @@ async def _join(port: int, root_fd: int, own_fd: int, inside: trio.SocketStream)
         nursery.start_soon(_copy, outside, inside)
 
 
-async def _main(config: NamespaceConfig, ready_file) -> None:
+def start_pid_namespace() -> int:
+    """Fork the init of a new PID namespace (its pid, seen from here): it reaps orphans and
+    dies with this process (PR_SET_PDEATHSIG), and when it dies the kernel kills every process
+    of its namespace. Children of the node and its programs are started in it (the supervisor
+    enters ``pid_for_children``), so a program's own children never outlive the run."""
+    unshare(CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:  # pid 1 of the new namespace
+        try:
+            die_with_parent()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM,
+                                                      signal.SIGINT})
+            while True:
+                with contextlib.suppress(ChildProcessError):
+                    while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                        pass
+                signal.sigwait({signal.SIGCHLD})
+        finally:
+            os._exit(0)
+    return pid
+
+
+async def _main(config: NamespaceConfig, ready_file, init_pid: int) -> None:
     root_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    unshare_net()
+    unshare(CLONE_NEWNET)
     own_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     configure_namespace(config)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -98,7 +129,8 @@ async def _main(config: NamespaceConfig, ready_file) -> None:
                 listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
                 handler = functools.partial(_join, port, root_fd, own_fd)
                 nursery.start_soon(trio.serve_listeners, handler, listeners)
-            write_ready(ready_file, netns=ns_path(os.getpid()))
+            write_ready(ready_file, netns=ns_path(os.getpid()),
+                        pidns=f"/proc/{init_pid}/ns/pid")
             log.info("node %s: namespace ready, forwarding %s", config.node, config.forward)
 
             async def orphaned() -> None:
@@ -117,7 +149,9 @@ def main() -> None:
     args = child_arguments("qnet node namespace")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
-    trio.run(_main, read_config(args.config, NamespaceConfig), args.ready_file)
+    config = read_config(args.config, NamespaceConfig)
+    init_pid = start_pid_namespace()  # before trio starts any thread
+    trio.run(_main, config, args.ready_file, init_pid)
 
 
 if __name__ == "__main__":

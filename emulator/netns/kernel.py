@@ -13,11 +13,14 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import signal
 import struct
 import subprocess
 from collections.abc import Iterator
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
+PR_SET_PDEATHSIG = 1
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
@@ -34,14 +37,20 @@ def _check(result: int, what: str) -> None:
         raise NetnsError(errno, f"{what}: {os.strerror(errno)}")
 
 
-def unshare_net() -> None:
-    """Move the calling thread (process, when single-threaded) into a new network namespace."""
-    _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+def unshare(flags: int) -> None:
+    """``unshare(2)``: CLONE_NEWNET moves the calling thread into a new network namespace,
+    CLONE_NEWPID puts this process's future children into a new PID namespace."""
+    _check(_libc.unshare(flags), f"unshare({flags:#x})")
 
 
-def setns(fd: int) -> None:
-    """Move the calling thread into the network namespace open at ``fd``."""
-    _check(_libc.setns(fd, CLONE_NEWNET), "setns")
+def die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: SIGKILL this process when the thread that forked it ends."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def setns(fd: int, kind: int = CLONE_NEWNET) -> None:
+    """Move the calling thread into the namespace open at ``fd`` (network by default)."""
+    _check(_libc.setns(fd, kind), "setns")
 
 
 def ns_path(pid: int) -> str:

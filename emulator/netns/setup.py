@@ -99,7 +99,7 @@ async def start_network(supervisor, state, forward: list[int], direction, mqtt_a
                         tier: int, ready_timeout: float):
     """Start a namespace holder per node, then a wire per link, then the static routes.
 
-    Returns (plan, {node: namespace path}, wire children). ``forward``: the root-namespace
+    Returns (plan, {node: (network namespace, PID namespace of its children)}, wires). ``forward``: the root-namespace
     ports the nodes reach on 127.0.0.1 (daemon, broker); ``direction(link)`` a link's
     ``Direction``; ``mqtt_address(user)`` a login."""
     scenario, meta = state.scenario, state.scenario.scenario
@@ -109,6 +109,7 @@ async def start_network(supervisor, state, forward: list[int], direction, mqtt_a
                for node in plan.nodes]
     await supervisor.start_all(holders, ready_timeout=ready_timeout)
     netns = {node: child.ready["netns"] for node, child in zip(plan.nodes, holders)}
+    pidns = {node: child.ready["pidns"] for node, child in zip(plan.nodes, holders)}
     capture = getattr(state, "capture_dir", None)
     wires = [state.child(f"relay-{link.id}", "relay", "emulator.netns.shaper", wire_config(
         plan, link, netns, run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale,
@@ -118,4 +119,4 @@ async def start_network(supervisor, state, forward: list[int], direction, mqtt_a
         tier=tier) for link in scenario.links]
     await supervisor.start_all(wires, ready_timeout=ready_timeout)
     await install_static_routes(plan, netns)
-    return plan, netns, wires
+    return plan, {node: (netns[node], pidns[node]) for node in plan.nodes}, wires
