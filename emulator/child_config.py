@@ -17,6 +17,7 @@ from typing import TypeVar
 import msgspec
 
 from emulator.apps import kind_of
+from emulator.hybrid_config import FlightFibre, NodeHybrid
 from emulator.programs import TunnelConfig
 from emulator.scenario import (
     Kms,
@@ -73,6 +74,8 @@ class DaemonConfig(msgspec.Struct):
     memories: dict[str, NodeMemory] = {}  # node -> its quantum memory (state level)
     clocks: dict[str, float] = {}  # node -> its clock detuning in Hz (absent = 0)
     entanglement_links: list[DaemonEntanglementLink] = []
+    flight_fibres: list[FlightFibre] = []  # [links.flight]: fibres that carry flying qubits
+    hybrid: dict[str, NodeHybrid] = {}  # node -> its [nodes.hybrid] (delay line)
 
 
 class Direction(msgspec.Struct):
@@ -80,6 +83,9 @@ class Direction(msgspec.Struct):
 
     delay_s: float = 0.0
     jitter_s: float = 0.0
+    # [[t_s, delay_s], ...] in emulated seconds since the run's start, interpolated; replaces
+    # delay_s (a satellite pass's light time, emulator/physics/satellite.py)
+    delay_schedule: list[tuple[float, float]] | None = None
     loss: float = 0.0  # applies to UDP datagrams only
     rate_bps: float | None = None
 
@@ -135,6 +141,7 @@ class NodeView(msgspec.Struct):
     other_links: list[LinkEnds]
     memory: NodeMemory
     duration_s: float
+    hybrid: NodeHybrid | None = None  # its own [nodes.hybrid] (delay line, compensation)
 
     def link(self, name: str) -> Link | LinkEnds:
         for link in [*self.links, *self.other_links]:
@@ -169,7 +176,8 @@ def node_view(sc: Scenario, name: str) -> NodeView:
     others = [LinkEnds(link.id, link.a, link.b) for link in sc.links
               if name not in (link.a, link.b)]
     return NodeView(nodes=[n.name for n in sc.nodes], links=mine, other_links=others,
-                    memory=memory_of(sc, name), duration_s=sc.scenario.duration_s)
+                    memory=memory_of(sc, name), duration_s=sc.scenario.duration_s,
+                    hybrid=next(n.hybrid for n in sc.nodes if n.name == name))
 
 
 def node_apps(sc: Scenario, name: str) -> list[NodeApp]:

@@ -259,6 +259,8 @@ class Relay:
                     "udp": udp.getsockname()[1],
                 }
             await self.calibrate_timer()
+            for shaper in self.shapers.values():  # a delay schedule counts from emulated 0
+                shaper.origin = self.clock.deadline(0.0)
             if self.config.capture is not None:
                 self.capture = PcapngWriter(
                     Path(self.config.capture), max_bytes=self.config.capture_max_bytes,

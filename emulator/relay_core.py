@@ -62,6 +62,12 @@ class DirectionShaper:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
         self.delay = direction.delay_s / time_scale
+        # a time-varying delay (satellite pass): wall seconds after ``origin``, the trio time
+        # of emulated 0 (the shell sets it), against wall delays
+        self.schedule = None if direction.delay_schedule is None else tuple(
+            np.asarray(column, dtype=np.float64) / time_scale
+            for column in zip(*direction.delay_schedule, strict=True))
+        self.origin = 0.0
         self.jitter = direction.jitter_s / time_scale
         self.loss = direction.loss
         self.wall_rate_bps = None if direction.rate_bps is None else direction.rate_bps * time_scale
@@ -77,10 +83,17 @@ class DirectionShaper:
         """Occupy the link with a chunk arriving at ``now``; return its delivery time."""
         departure = max(now, self.link_free)
         self.link_free = departure + self.serialization(nbytes)
-        extra = self.delay
+        extra = self.delay_at(now)
         if self.jitter > 0:
             extra += self._jitter_rng.uniform(-self.jitter, self.jitter)
         return self.link_free + max(0.0, extra)
+
+    def delay_at(self, now: float) -> float:
+        """Wall delay of a chunk leaving at ``now``: fixed, or the schedule's, interpolated
+        (held at its ends)."""
+        if self.schedule is None:
+            return self.delay
+        return float(np.interp(now - self.origin, *self.schedule))
 
     def lost(self) -> bool:
         """Draw whether the next datagram is lost (Bernoulli with probability ``loss``)."""

@@ -260,6 +260,17 @@ class Link(Struct, forbid_unknown_fields=True):
                          + satellite.light_time(spec.geometry(0.0).range_km))
         return float(fibre_delay(self.length_km))
 
+    def classical_delay_schedule(self, step_s: float = 1.0,
+                                 span_s: float = 3600.0) -> list[tuple[float, float]] | None:
+        """On a satellite pass (geometry, no configured delay): (run time, fibre delay + L/c)
+        every ``step_s`` up to ``span_s`` (the relay holds the last); pass time is counted from
+        the run's start here, from the source's on the quantum link (~1 s apart, 25 us)."""
+        spec = self.quantum.pass_ if self.quantum is not None else None
+        if self.classical.delay_ms is not None or spec is None or spec.is_table:
+            return None
+        return satellite.delay_schedule(spec.geometry, float(fibre_delay(self.length_km)),
+                                        step_s, span_s)
+
 
 # ---------------------------------------------------------------------------------------------
 # Entanglement layer (issue 4): node memories, heralded links, and the apps that use them.

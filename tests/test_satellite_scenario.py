@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -138,3 +139,33 @@ def test_intercontinental_relays_through_the_satellite_over_two_passes():
     # both passes stay above the minimum elevation for the whole run
     t = np.linspace(0, sc.scenario.duration_s, 61)
     assert all(np.isfinite(spec.loss_at(t)).all() for spec in passes)
+
+
+def test_classical_delay_follows_the_range_over_the_pass():
+    """The relay's delay schedule is fibre + L(t)/c at every second of the pass; the shaper
+    interpolates it on its wall clock from emulated 0 (time scale 2 halves both axes)."""
+    from emulator.child_config import Direction
+    from emulator.physics.satellite import light_time
+    from emulator.relay_core import DirectionShaper, link_rng
+
+    link = load_scenario(MICIUS).links[0]
+    schedule = link.classical_delay_schedule()
+    t, delay = np.array(schedule).T
+    spec = link.quantum.pass_
+    assert np.allclose(delay, light_time(spec.geometry(t).range_km), rtol=1e-12, atol=0)
+    assert delay[0] == pytest.approx(link.classical_delay_s)
+    assert delay[134] == pytest.approx(2.15e-3, rel=0.01)  # 645 km, near closest approach
+    assert delay[273] == pytest.approx(4.0e-3, rel=0.01)  # 1200 km again at the end
+    fixed = msgspec.structs.replace(link, classical=msgspec.structs.replace(
+        link.classical, delay_ms=3.0))
+    assert fixed.classical_delay_schedule() is None
+    table = parse_scenario(raw_pass(start_s=0, loss_t_s=[0, 10], loss_db=[40, 30])).links[0]
+    assert table.classical_delay_schedule() is None
+    shaper = DirectionShaper(Direction(delay_schedule=schedule, rate_bps=None), 2.0,
+                             jitter_rng=link_rng(1, "l", "ab", "j"),
+                             loss_rng=link_rng(1, "l", "ab", "l"))
+    shaper.origin = 100.0  # trio time of emulated 0
+    for emulated in (0.0, 10.3, 134.0, 200.7):
+        now = 100.0 + emulated / 2.0
+        want = float(np.interp(emulated, t, delay)) / 2.0
+        assert shaper.transmit(now, 100) - now == pytest.approx(want, rel=1e-9)

@@ -196,6 +196,16 @@ def interpolate_loss_db(t_s, table_t_s, table_db):
                     np.inf)
 
 
+def delay_schedule(geometry, fixed_s: float, step_s: float = 1.0,
+                   span_s: float = 3600.0) -> list[tuple[float, float]]:
+    """[(t, fixed_s + L(t)/c)] every ``step_s`` for t in [0, span_s] from ``geometry(t)`` (a
+    PassPoint of times); the range changes by < 8 km/s, so linear interpolation between 1 s
+    points is within ~0.1 ns of L/c. A LEO pass lasts minutes: an hour covers any run of one."""
+    t = np.arange(0.0, span_s + step_s / 2, step_s)
+    delay = fixed_s + light_time(geometry(t).range_km)
+    return [(float(a), float(b)) for a, b in zip(t, delay, strict=True)]
+
+
 def light_time(range_km):
     """One-way delay of the classical (and quantum) free-space link: L / c in s."""
     return np.asarray(range_km) / LIGHT_SPEED_KM_S
