@@ -73,6 +73,11 @@ def run(
     netns: Annotated[bool, typer.Option("--netns", help="each node in its own network "
                                         "namespace, links as shaped Ethernet wires (root; "
                                         "docs/netns.md)")] = False,
+    capture: Annotated[bool, typer.Option("--capture", help="each relay writes its link's "
+                                          "classical traffic to capture-<link>.pcapng in "
+                                          "the run folder")] = False,
+    capture_max_mb: Annotated[float, typer.Option("--capture-max-mb", help="largest "
+                                                  "capture file (MB)")] = 100.0,
 ) -> None:
     """Run a scenario: start every process, supervise, collect results, tear down."""
     from emulator import broker as brokers
@@ -103,7 +108,11 @@ def run(
             make_plan(sc)
         except (PlanError, ValueError) as exc:
             _invalid(str(exc))
-    options = RunOptions(broker=broker, run_dir=run_dir, progress=progress, netns=netns)
+    if capture and not capture_max_mb > 0:
+        _error("invalid option", f"--capture-max-mb: must be > 0, got {capture_max_mb:g}")
+        raise typer.Exit(EXIT_INVALID)
+    options = RunOptions(broker=broker, run_dir=run_dir, progress=progress, netns=netns,
+                         capture_max_bytes=round(capture_max_mb * 1e6) if capture else None)
     try:
         code, result = trio.run(run_scenario, sc, options, console)
     except (ChildFailed, RunFailed, OSError, brokers.BrokerError) as exc:
@@ -193,6 +202,37 @@ def sweep(
                       f"{q.get('predicted', {}).get('gllp_bits_per_pulse', 0):.3e}), "
                       f"{q.get('secret_key_rate_bps', 0):,.0f} bit/s, exit {point.exit_code}")
     console.print(f"wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+
+
+@app.command()
+def fault(
+    run_dir: Annotated[Path, typer.Argument(help="folder of a running run")],
+    action: Annotated[str, typer.Argument(help="cut | restore | degrade | corrupt | crash")],
+    target: Annotated[str, typer.Argument(help="a link (a crash: a node)")],
+    plane: Annotated[str, typer.Option(help="classical | quantum | both")] = "both",
+    db: Annotated[float, typer.Option(help="degrade: extra quantum attenuation (dB)")] = 0.0,
+    loss: Annotated[float, typer.Option(help="degrade: extra datagram loss (0..1)")] = 0.0,
+    for_s: Annotated[float | None, typer.Option("--for", help="undo a cut or degrade after "
+                                                "this many emulated s")] = None,
+    restart_after: Annotated[float | None, typer.Option(
+        "--restart-after", help="crash: restart the node after this many emulated s")] = None,
+) -> None:
+    """Apply a fault to a running run now (its orchestrator checks, applies and records it).
+
+    Exit 0 applied, 2 invalid (the reason is printed), 1 the run is not running or did not
+    answer."""
+    from emulator.fault_cli import FaultRefused, RunUnreachable, send_fault
+
+    try:
+        send_fault(run_dir, action, target, plane=plane, db=db, loss=loss, for_s=for_s,
+                   restart_after_s=restart_after)
+    except FaultRefused as exc:
+        _error("invalid fault", str(exc))
+        raise typer.Exit(EXIT_INVALID)
+    except RunUnreachable as exc:
+        _error("run not reachable", str(exc))
+        raise typer.Exit(EXIT_EXPECTATION)
+    console.print(f"{action} {target} applied", highlight=False)
 
 
 @app.command("list")

@@ -1,5 +1,5 @@
-"""The orchestrator's side of the telemetry plane: collect what children report, inject faults,
-show progress.
+"""The orchestrator's side of the telemetry plane: collect what children report (and queue
+``qnet fault`` requests for ``emulator.faults``), show progress.
 
 Every received message goes through ``telemetry.TelemetryDecoder`` (bounded, typed by topic);
 what fails, or names a node or link the scenario does not have, is dropped and counted in
@@ -9,7 +9,7 @@ what fails, or names a node or link the scenario does not have, is dropped and c
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -22,7 +22,8 @@ from emulator.clock import EmulatedClock
 from emulator.mqtt import MqttClient
 from emulator.telemetry import (
     DaemonReport,
-    LinkControl,
+    FaultEffect,
+    FaultRequest,
     NodeEvent,
     NodeMetrics,
     NodeResult,
@@ -32,7 +33,6 @@ from emulator.telemetry import (
 
 if TYPE_CHECKING:
     from emulator.orchestrator import RunState
-    from emulator.scenario import Fault
     from emulator.supervise import Child
 
 PROGRESS_REFRESH_S = 0.25
@@ -68,6 +68,18 @@ def _store(state: RunState, got: telemetry.Decoded, nodes: set[str], links: set[
         return True
     if isinstance(payload, DaemonReport):
         state.daemon_reports[got.leaf] = msgspec.structs.asdict(payload)
+        return True
+    if isinstance(payload, FaultEffect):
+        if got.subtree == "relay" and got.name != payload.link:
+            return False
+        state.events.append({"kind": "fault_effect", "process": got.subtree,
+                             **msgspec.structs.asdict(payload)})
+        return True
+    if isinstance(payload, FaultRequest):
+        try:
+            state.fault_requests[0].send_nowait(payload)
+        except trio.WouldBlock:
+            return False
         return True
     return got.subtree == "control"  # our own control messages come back to us
 
@@ -112,32 +124,6 @@ def process_counters(state: RunState, child: Child) -> dict[str, int] | None:
         return flat | report.get("counters", {}) | {
             f"measurements.{node}": n for node, n in report.get("measurements", {}).items()}
     return None
-
-
-async def inject_faults(mqtt: MqttClient, state: RunState, clock: EmulatedClock,
-                        t_start: float, crash: Callable[[Fault], Awaitable[None]]) -> None:
-    """Publish each scenario fault on its link's control topic at its emulated time; a node
-    crash is ``crash(fault)``'s (the orchestrator's, through the supervisor)."""
-    async def one(fault) -> None:
-        if fault.action == "crash":
-            await clock.sleep_until(t_start + fault.at_s)
-            await crash(fault)
-            return
-        topic = telemetry.control_link(state.run_id, fault.link)
-        await clock.sleep_until(t_start + fault.at_s)
-        await mqtt.publish(topic, telemetry.encode(LinkControl(fault.action)), qos=1)
-        state.events.append({"kind": "fault", "link": fault.link, "action": fault.action,
-                             "t_emu": clock.now()})
-        if fault.for_s is not None and fault.action != "corrupt":
-            opposite = "restore" if fault.action == "cut" else "cut"
-            await clock.sleep_until(t_start + fault.at_s + fault.for_s)
-            await mqtt.publish(topic, telemetry.encode(LinkControl(opposite)), qos=1)
-            state.events.append({"kind": "fault", "link": fault.link, "action": opposite,
-                                 "t_emu": clock.now()})
-
-    async with trio.open_nursery() as nursery:
-        for fault in state.scenario.faults:
-            nursery.start_soon(one, fault)
 
 
 def progress_status(latest_metrics: dict[str, dict]) -> str:

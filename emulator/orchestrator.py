@@ -28,6 +28,7 @@ import trio
 from rich.console import Console
 
 from emulator import broker as brokers
+from emulator import faults as run_faults
 from emulator import telemetry
 from emulator.child_config import (
     DaemonAddress,
@@ -49,7 +50,6 @@ from emulator.clock import EmulatedClock
 from emulator.collect import (
     RunFailed,
     collect,
-    inject_faults,
     show_progress,
     wait_for,
 )
@@ -79,6 +79,7 @@ class RunOptions:
     run_dir: Path | None = None
     progress: bool = True
     netns: bool = False  # every node in its own network namespace, links as wires (--netns)
+    capture_max_bytes: int | None = None  # --capture: each relay writes capture-<link>.pcapng
 
 
 @dataclass
@@ -98,6 +99,9 @@ class RunState:
     failure: dict | None = None  # what ended the run early (None: it ran to the end)
     t_start: float = 0.0  # emulated time the apps started
     gone: set[str] = field(default_factory=set)  # nodes crashed for good (no result awaited)
+    fault_log: list[dict] = field(default_factory=list)  # result.json faults (emulator.faults)
+    fault_requests: tuple = field(default_factory=lambda: trio.open_memory_channel[
+        telemetry.FaultRequest](run_faults.REQUEST_QUEUE))  # qnet fault, queued by collect
 
     def child(self, name: str, role: str, module: str, config=None,
               tier: int = TIER_NODE) -> Child:
@@ -120,6 +124,14 @@ def direction(link: Link) -> Direction:
         delay_s=link.classical_delay_s, jitter_s=c.jitter_ms / 1000.0, loss=c.loss,
         rate_bps=c.rate_mbps * 1e6 if c.rate_mbps is not None else None,
     )
+
+
+def _capture(run_dir: Path, link: str, options: RunOptions) -> dict:
+    """RelayConfig fields of ``--capture`` (none without it)."""
+    if options.capture_max_bytes is None:
+        return {}
+    return {"capture": str(run_dir / f"capture-{link}.pcapng"),
+            "capture_max_bytes": options.capture_max_bytes}
 
 
 async def _crash_node(state: RunState, clock: EmulatedClock, fault: Fault) -> None:
@@ -227,6 +239,9 @@ async def execute(scenario: Scenario, options: RunOptions, console: Console) -> 
                                log_path=run_dir / "broker.log", ready_probe=broker_ready)
                 state.children.append(broker)
                 await supervisor.start(broker, ready_timeout=READY_TIMEOUT_S)
+                if accounts is not None:  # `qnet fault RUN_DIR ...` logs in with this
+                    run_faults.write_operator_file(run_dir, state.run_id, host, port,
+                                                   accounts[telemetry.OPERATOR])
 
             def mqtt_address(user: str) -> MqttAddress:
                 if accounts is None:
@@ -328,7 +343,8 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
             name=link.id, a=link.a, b=link.b, a_to_b=direction(link),
             b_to_a=direction(link),
             targets={"a": endpoint(link.a, link.b), "b": endpoint(link.b, link.a)},
-            mqtt=mqtt_address(telemetry.relay_user(link.id))), tier=TIER_RELAY)
+            mqtt=mqtt_address(telemetry.relay_user(link.id)),
+            **_capture(state.run_dir, link.id, options)), tier=TIER_RELAY)
             for link in scenario.links]
         await supervisor.start_all(relays, ready_timeout=READY_TIMEOUT_S)
         peers: dict[str, dict[str, Endpoint]] = {n.name: {} for n in scenario.nodes}
@@ -351,7 +367,9 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
     for program in programs:  # [[nodes.run]]: supervised, their exits are not failures
         await supervisor.start(program, ready_timeout=READY_TIMEOUT_S)
     async with trio.open_nursery() as faults:
-        faults.start_soon(inject_faults, mqtt, state, clock, t_start,
+        faults.start_soon(run_faults.serve_requests, mqtt, state, clock, t_start,
+                          lambda fault: _crash_node(state, clock, fault))
+        faults.start_soon(run_faults.inject_scheduled, mqtt, state, clock, t_start,
                           lambda fault: _crash_node(state, clock, fault))
         await show_progress(state, clock, t_start, meta.duration_s, console,
                             options.progress)

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from emulator.coexistence import raman_section
 from emulator.collect import process_counters
+from emulator.faults import faults_section
 from emulator.programs import programs_section
 from emulator.results import app_sections, check_expectations
 from emulator.routing_report import routing_section
@@ -79,6 +81,12 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
             "classical": {k: counters.get(k) for k in ("bytes_ab", "bytes_ba", "messages",
                                                        "dropped")},
         })
+        quantum = state.daemon_reports.get("result", {}).get("link_state", {}).get(link.id)
+        if quantum is not None:  # faults and Raman noise the daemon applied (daemon.traffic)
+            links[-1]["quantum_state"] = quantum
+        coexistence = raman_section(link, counters, quantum, emulated_s)
+        if coexistence is not None:
+            links[-1]["raman"] = coexistence
     result = {
         "scenario": scenario.scenario.name,
         "seed": scenario.scenario.seed,
@@ -97,6 +105,8 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
         **routing_section(scenario, state.events),
         "events": state.events,
     }
+    if state.fault_log:
+        result["faults"] = faults_section(state.fault_log, state.events)
     if state.failure is not None:
         result.update(ok=False, failure=state.failure, nodes=state.node_results,
                       expectations=[])

@@ -65,3 +65,43 @@ def test_planes_and_degrade_validate() -> None:
     assert [(f.action, f.plane, f.db, f.loss, f.for_s) for f in sc.faults] == [
         ("cut", "quantum", 0.0, 0.0, 1.0), ("degrade", "both", 3.0, 0.1, 0.5),
         ("degrade", "classical", 0.0, 0.2, None)]
+
+
+def test_a_run_time_request_is_checked_like_a_scenario_fault() -> None:
+    from emulator.faults import fault_of
+    from emulator.telemetry import FaultRequest
+
+    nodes, links = {"alice", "bob"}, {"alice-bob"}
+    fault = fault_of(FaultRequest("1", "degrade", "alice-bob", plane="quantum", db=2.5), 1.5,
+                     nodes, links)
+    assert (fault.at_s, fault.link, fault.plane, fault.db) == (1.5, "alice-bob", "quantum", 2.5)
+    crash = fault_of(FaultRequest("2", "crash", "bob", restart_after_s=1), 0, nodes, links)
+    assert (crash.node, crash.restart_after_s) == ("bob", 1.0)
+    for request, message in [
+            (FaultRequest("3", "cut", "carol-dave"), r"^fault\.link: unknown link 'carol-dave'"),
+            (FaultRequest("4", "crash", "carol"), r"^fault\.node: unknown node 'carol'"),
+            (FaultRequest("5", "degrade", "alice-bob", loss=2), r"<= 1.0 - at `fault\.loss`"),
+            (FaultRequest("6", "cut", "alice-bob", for_s=0), r"> 0.0 - at `fault\.for_s`")]:
+        with pytest.raises(ScenarioError, match=message):
+            fault_of(request, 0.0, nodes, links)
+
+
+def test_the_faults_section_joins_each_fault_with_its_effects() -> None:
+    from emulator.faults import faults_section
+
+    log = [{"at_s": 1.0, "action": "cut", "target": "a-b", "plane": "both", "t_emu": 11.0},
+           {"at_s": 2.0, "action": "restore", "target": "a-b", "plane": "both", "t_emu": 12.0},
+           {"at_s": 3.0, "action": "crash", "target": "bob", "t_emu": 13.0}]
+    events = [
+        {"kind": "fault_effect", "process": "relay", "link": "a-b", "action": "cut",
+         "effect": "classical cut", "t_emu": 11.01},
+        {"kind": "fault_effect", "process": "daemon", "link": "a-b", "action": "cut",
+         "effect": "quantum transmittance 0", "t_emu": 11.02},
+        {"kind": "fault_effect", "process": "relay", "link": "a-b", "action": "cut",
+         "effect": "late, after the restore", "t_emu": 12.5},
+        {"kind": "node_down", "node": "bob", "exit_code": -9, "t_emu": 13.1}]
+    rows = faults_section(log, events)
+    assert rows[0]["effect"] == "relay: classical cut; daemon: quantum transmittance 0"
+    assert rows[1]["effect"] == "no process reported an effect"
+    assert rows[2]["effect"] == "node_down (exit -9) at 13.100"
+    assert all("t_emu" not in row for row in rows)
