@@ -72,15 +72,17 @@ def path_hops(path: Sequence[str], fibres: Mapping[frozenset, FlightFibre],
 def flow_prediction(scenario, path: Sequence[str], send_times: Sequence[float],
                     decision_us: Mapping[str, Sequence[float]]) -> FlowPrediction:
     """The model of a flow over ``path`` (from the scenario's physics): ``flow_model`` at its
-    send times (since the fibres' calibration at t = 0), with each router's late share from
-    its measured decision latencies (``late_fraction``; none measured, none late)."""
+    send times since its first (the daemon calibrates each fibre, U = I, as the first payload
+    crosses it), with each router's late share from its measured decision latencies
+    (``late_fraction``; none measured, none late)."""
     fibres = {frozenset((x.a, x.b)): FlightFibre(x.id, x.a, x.b, x.length_km, x.flight)
               for x in scenario.links if x.flight is not None}
     nodes = {n.name: n.hybrid for n in scenario.nodes if n.hybrid is not None}
     hops = path_hops(path, fibres, nodes)
     late = [late_fraction(decision_us.get(far, []), hop.switch_budget_us)
             if hop.switch_budget_us > 0 else 0.0 for far, hop in zip(path[1:], hops)]
-    return flow_model(hops, send_times, late=late)
+    since = [t - min(send_times) for t in send_times]
+    return flow_model(hops, since, late=late)
 
 
 def daemon_counts(sections: dict, daemon_report: Mapping | None) -> None:

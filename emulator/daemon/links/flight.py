@@ -3,7 +3,7 @@
 A ``QubitSend`` moves the sender's qubit out of its memory into the fibre (a slot of the
 ``FLIGHT`` pseudo-node, so it stays entangled with what it was entangled with). Crossing the
 fibre it meets the fibre's rotation U(t) (``polarisation.drift_step``, one walk per fibre and
-direction, U = I at t = 0), its loss (and the far end's delay line's), and Raman photons
+direction, U = I when the first payload crosses it: its calibration), its loss (and the far end's delay line's), and Raman photons
 that travel with it and depolarise it when stored (``physics.flight.noise_at_destination``).
 It arrives one fibre delay later: at a node with a delay line (``switch_budget_us`` > 0) it
 waits for ``PayloadSwitch`` until its spool ends, else it is lost as *late*; at any other node
@@ -218,7 +218,7 @@ class FlightLinkRuntime(LinkRuntime):
                                                  fibre.flight.attenuation_db_per_km))
         self.rng = plane.host.rng(name_word(fibre.name), 6)
         self.u = {end: np.eye(2, dtype=complex) for end in self.ends}  # by the sending end
-        self.walked_to = dict.fromkeys(self.ends, 0.0)
+        self.walked_to: dict[str, float | None] = dict.fromkeys(self.ends)
         plane.links[fibre.name] = self
 
     def other(self, node: str) -> str:
@@ -226,6 +226,8 @@ class FlightLinkRuntime(LinkRuntime):
 
     def advance(self, src: str, t: float) -> np.ndarray:
         """The rotation of the fibre from ``src`` at ``t`` (its walk advanced, never back)."""
+        if self.walked_to[src] is None:  # calibrated (U = I) as the first payload crosses
+            self.walked_to[src] = t
         dt = t - self.walked_to[src]
         if dt > 0:
             self.u[src] = pol.drift_step(self.u[src], dt, self.fibre.flight.diffusion_rad2_per_s,

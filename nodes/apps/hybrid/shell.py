@@ -28,6 +28,7 @@ from nodes.sdk import NodeContext
 log = logging.getLogger("qnet.hybrid.send")
 
 CHUNK = 256  # records per stream message
+MEASURE_BATCH = 16  # the sender measures its kept halves this many at a time
 
 
 class Records(msgspec.Struct):
@@ -55,7 +56,9 @@ async def _sender(node: NodeContext, app: HybridSendApp, plane: HybridPlane) -> 
     out: dict = {"role": "src", "sent": 0, "no_route": 0, "send_errors": 0, "path": None}
     with trio.move_on_at(clock.deadline(t_stop)):
         out["path"] = list((await net.wait_route(app.dst)).path)
-    records, times = [], []
+    records: list = []
+    times: list[float] = []
+    kept: list[tuple[int, p.QubitRef]] = []  # (seq, the sender's half), measured in batches
     t_next = max(clock.now(), node.t_start + app.start_s)
     seq = 0
     while (app.count == 0 or seq < app.count) and clock.now() < t_stop:
@@ -66,11 +69,10 @@ async def _sender(node: NodeContext, app: HybridSendApp, plane: HybridPlane) -> 
             out["no_route"] += 1
             continue
         link, codec = plane.codec_to(hop)
+        keep = None
         try:
             if app.payload == "pair":
-                keep = (await daemon.request(p.QubitPrepare, theta=np.pi / 2)).qubit
-                fly = (await daemon.request(p.QubitPrepare)).qubit
-                await daemon.request(p.QubitGate, gate="CNOT", qubits=[keep, fly])
+                keep, fly = await _prepare_pair(daemon)
             else:
                 k = int(rng.integers(6))
                 (theta, phi), _, _ = estimate.STATES[k]
@@ -79,6 +81,8 @@ async def _sender(node: NodeContext, app: HybridSendApp, plane: HybridPlane) -> 
         except DaemonError as exc:
             out["send_errors"] += 1
             log.warning("send %d: %s", seq, exc)
+            if keep is not None:  # the kept half of a pair that never left
+                await daemon.request(p.QubitDiscard, qubits=[keep])
             continue
         kind = PAYLOAD_EPR_HALF if app.payload == "pair" else PAYLOAD_QUBIT
         header = make_header(node, app.dst, app.flow, seq, app.ttl, kind, sent.payload)
@@ -86,18 +90,45 @@ async def _sender(node: NodeContext, app: HybridSendApp, plane: HybridPlane) -> 
             plane.counters["hybrid_header_send_failed"] += 1
         times.append(sent.t)
         if app.payload == "pair":
-            basis = int(rng.integers(3))
-            m = await daemon.request(p.QubitMeasure, qubits=[keep],
-                                     bases=[estimate.BASES[basis]])
-            records.append((seq, basis, m.outcomes[0]))
+            kept.append((seq, keep))
+            if len(kept) >= MEASURE_BATCH:
+                records.extend(await _measure_kept(daemon, rng, kept))
         else:
             records.append((seq, k, 0))
         seq += 1
+    records.extend(await _measure_kept(daemon, rng, kept))
     out["sent"] = seq
     out["send_times"] = times
     out["path_at_end"] = list(r.path) if (r := net.route(app.dst)) is not None else None
     theirs = await _exchange(node, app, records, opener=False)
     out.update(_estimate(app, records, theirs))
+    return out
+
+
+async def _prepare_pair(daemon) -> tuple[p.QubitRef, p.QubitRef]:
+    """Phi+ in two fresh slots: |+>|0> (both prepared at once), then CNOT."""
+    refs: dict[str, p.QubitRef] = {}
+
+    async def prepare(role: str, theta: float) -> None:
+        refs[role] = (await daemon.request(p.QubitPrepare, theta=theta)).qubit
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(prepare, "keep", float(np.pi / 2))
+        nursery.start_soon(prepare, "fly", 0.0)
+    await daemon.request(p.QubitGate, gate="CNOT", qubits=[refs["keep"], refs["fly"]])
+    return refs["keep"], refs["fly"]
+
+
+async def _measure_kept(daemon, rng: np.random.Generator,
+                        kept: list[tuple[int, p.QubitRef]]) -> list[tuple[int, int, int]]:
+    """Measure the kept halves, each in a random basis, in one request; empties ``kept``."""
+    if not kept:
+        return []
+    bases = [int(b) for b in rng.integers(3, size=len(kept))]
+    m = await daemon.request(p.QubitMeasure, qubits=[ref for _, ref in kept],
+                             bases=[estimate.BASES[b] for b in bases])
+    out = [(seq, b, m.outcomes[i]) for i, ((seq, _), b) in enumerate(zip(kept, bases))]
+    kept.clear()
     return out
 
 

@@ -1,0 +1,84 @@
+"""End to end through ``qnet run``: hybrid packets over qchip-campus's three routers, with and
+without drift compensation — delivered fraction and fidelity within 4 standard errors of the
+orchestrator's model (binomial over the counts, plus the model's run-to-run spread), the
+routers never measured, F >= 0.97 with compensation — and a switch budget below the routers'
+decision latency, which loses packets as late at time_scale 1 and none at 0.05."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from qnet_process import ROOT, alive, run_qnet, wait_gone
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(200)]
+SCENARIO = ROOT / "scenarios/qchip-campus.toml"
+HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
+ROUTERS = (1, 2, 3)  # ra, core, rb in the scenario's [[nodes]]
+NO_COMPENSATION = [f"nodes.{i}.hybrid.compensate=false" for i in (*ROUTERS, 4)]
+
+
+def left_behind(run_dir: Path) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(run_dir).encode() in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return {pid for pid in found if alive(pid)}
+
+
+def run(tmp_path: Path, *overrides: str) -> dict:
+    out, run_dir = tmp_path / "r.json", tmp_path / "run"
+    options = [x for o in overrides for x in ("--set", o)]
+    done = run_qnet("run", str(SCENARIO), "--run-dir", str(run_dir), "--json", str(out),
+                    "--no-progress", *options, timeout=150)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not wait_gone(left_behind(run_dir), 5)
+    (flow,) = json.loads(out.read_text())["hybrid"]
+    return flow
+
+
+def check_model(flow: dict) -> None:
+    """Every count adds up; delivered and fidelity within 4 SE of the model."""
+    sent = flow["sent"]
+    assert sent >= 60, flow  # ~500 on a quiet machine, far fewer under load
+    assert flow["router_measurements"] == 0
+    assert flow["delivered"] + flow["lost_in_fibre"] + flow["late"] + flow["dropped_header"] \
+        == sent and flow["dropped_header"] == 0
+    p = flow["model"]["delivered"]
+    assert abs(flow["delivered"] / sent - p) < 4 * math.sqrt(p * (1 - p) / sent), flow
+    se = math.hypot(flow["fidelity_stderr"], flow["fidelity_model_spread"])
+    assert abs(flow["fidelity_mean"] - flow["fidelity_model"]) < 4 * se, flow
+    assert flow["fidelity_mean"] == flow["fidelity_mean_src"]  # both ends, same records
+
+
+@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="needs mosquitto")
+def test_campus_with_and_without_compensation(tmp_path: Path) -> None:
+    on = run(tmp_path / "on")
+    check_model(on)
+    assert on["path"] == ["alice", "ra", "core", "rb", "bob"]
+    assert on["fidelity_model"] >= 0.97  # Q-Chip: 0.97 (late ones are in the model)
+    off = run(tmp_path / "off", *NO_COMPENSATION)
+    check_model(off)
+    assert off["fidelity_model"] < on["fidelity_model"] - 0.05  # the drift is visible
+
+
+@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="needs mosquitto")
+def test_budget_below_decision_latency_loses_late(tmp_path: Path) -> None:
+    budget = [f"nodes.{i}.hybrid.switch_budget_us=500" for i in ROUTERS]
+    fast = run(tmp_path / "fast", *budget, "scenario.duration_s=2.5")
+    median = [r["decision_us_median"] for r in fast["routers"]]
+    assert fast["late"] > 0.5 * fast["sent"], (fast, median)
+    assert fast["delivered"] + fast["lost_in_fibre"] + fast["late"] == fast["sent"]
+    # 20x the wall time per emulated us: the same routers decide within the budget
+    slow = run(tmp_path / "slow", *budget, "scenario.time_scale=0.05",
+               "scenario.duration_s=1.2", "routing.hello_interval_s=0.01",
+               "routing.dead_interval_s=0.04", "apps.0.start_s=0.2",
+               "apps.0.stop_before_end_s=0.4", "apps.0.rate_hz=400")
+    assert slow["sent"] > 50 and slow["late"] == 0, slow
+    assert slow["delivered"] > 0 and slow["router_measurements"] == 0
