@@ -1,0 +1,186 @@
+"""``qnet run --netns`` end to end (root): ping across shaped wires and a routed hop, and
+nothing left behind after a normal end, SIGINT, a crashed node or ``kill -9 qnet``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.qnet_process import running_qnet, wait_gone
+from tests.netns.handmade import missing
+
+pytestmark = pytest.mark.skipif(missing("ping", "nsenter") is not None,
+                                reason=str(missing("ping", "nsenter")))
+WAIT_S = 20.0  # wall: a run's processes and namespaces starting or going
+
+
+def write_scenario(path: Path, name: str, duration_s: float, alice_run: str,
+                   links: str) -> Path:
+    path.write_text(f"""
+[scenario]
+name = "{name}"
+duration_s = {duration_s}
+
+[[nodes]]
+name = "alice"
+[[nodes.run]]
+name = "probe"
+command = ["sh", "-c", {json.dumps(alice_run)}]
+wait = true
+
+[[nodes]]
+name = "bob"
+
+[[nodes]]
+name = "carol"
+{links}
+""")
+    return path
+
+
+CHAIN = """
+[[links]]
+a = "alice"
+b = "bob"
+length_km = 1
+[links.classical]
+delay_ms = {ab}
+
+[[links]]
+a = "bob"
+b = "carol"
+length_km = 1
+[links.classical]
+delay_ms = {bc}
+"""
+
+
+def root_interfaces() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    return {line.split(": ")[1].split("@")[0] for line in out.stdout.splitlines()}
+
+
+def named_namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def namespace_inodes(run_dir: Path) -> set[int]:
+    """Inodes of the run's node namespaces (network and PID), from the holders' ready files."""
+    inodes = set()
+    for ready in run_dir.glob("netns-*.ready.json"):
+        info = json.loads(ready.read_text())
+        for key in ("netns", "pidns"):
+            inodes.add(os.stat(info[key]).st_ino)
+    return inodes
+
+
+def processes_in(inodes: set[int]) -> set[int]:
+    """Live processes whose network or PID namespace is one of ``inodes``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        for kind in ("net", "pid"):
+            try:
+                if os.stat(entry / "ns" / kind).st_ino in inodes:
+                    found.add(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def wait_for(predicate, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (got := predicate()):
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_nothing_left(inodes: set[int], interfaces_before: set[str], netns_before: str):
+    assert inodes, "the run's namespaces were never seen"
+    deadline = time.monotonic() + WAIT_S
+    while processes_in(inodes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not processes_in(inodes), "processes left in the run's namespaces"
+    ours = {name for name in root_interfaces() - interfaces_before
+            if name.startswith(("q-", "qnl"))}
+    assert not ours, f"interfaces left in the root namespace: {ours}"
+    assert named_namespaces() == netns_before
+
+
+def rtts(path: Path) -> tuple[list[float], set[int]]:
+    text = path.read_text()
+    times = [float(t) for t in re.findall(r"time=([\d.]+) ms", text)]
+    ttls = {int(t) for t in re.findall(r"(?:ttl|hlim)=(\d+)", text)}
+    return times, ttls
+
+
+def test_ping_over_wires_and_a_routed_hop_then_nothing_left(tmp_path):
+    """alice-bob 4 ms, bob-carol 6 ms: alice pings bob (RTT 8 ms) and, through bob's kernel
+    routing (TTL 63), carol (RTT 20 ms) over IPv4 and IPv6; medians within 1 ms."""
+    out = tmp_path
+    probe = (f"ping -n -c 25 -i 0.02 $QNET_PEER_ADDR_BOB > {out}/bob.txt; "
+             f"ping -n -c 25 -i 0.02 $QNET_PEER_ADDR_CAROL > {out}/carol.txt; "
+             f"ping -6 -n -c 15 -i 0.02 $QNET_PEER_ADDR6_CAROL > {out}/carol6.txt")
+    scenario = write_scenario(tmp_path / "chain.toml", "ip-chain", 1, probe,
+                              CHAIN.format(ab=4, bc=6))
+    before, named = root_interfaces(), named_namespaces()
+    run_dir = tmp_path / "run"
+    with running_qnet("run", "--netns", "--no-progress", "--run-dir", str(run_dir),
+                      str(scenario)) as qnet:
+        inodes = wait_for(lambda: len(list(run_dir.glob("netns-*.ready.json"))) == 3
+                          and namespace_inodes(run_dir), "the node namespaces")
+        out_text, err_text = qnet.communicate(timeout=60)
+    assert qnet.returncode == 0, err_text[-2000:]
+    for name, rtt_ms, count in (("bob", 8.0, 25), ("carol", 20.0, 25), ("carol6", 20.0, 15)):
+        times, ttls = rtts(out / f"{name}.txt")
+        assert len(times) >= count - 4, (name, len(times))  # the first may wait for ARP/ND
+        median = statistics.median(times)
+        assert abs(median - rtt_ms) < 1.0, (name, median, times)
+        assert ttls == ({64} if name == "bob" else {63}), (name, ttls)  # carol: one router
+    result = json.loads((run_dir / "result.json").read_text())
+    wires = {r["name"]: r for r in result["relays"]}
+    assert set(wires) == {"alice-bob", "bob-carol"}
+    assert all(w["bytes_ab"] > 0 and w["bytes_ba"] > 0 for w in wires.values())
+    assert result["programs"][0]["exit_code"] == 0
+    assert_nothing_left(inodes, before, named)
+
+
+@pytest.mark.parametrize("ending", ["sigint", "crashed node", "kill -9 qnet"])
+def test_nothing_left_behind(tmp_path, ending):
+    """A program that leaves a child behind, a run ended three ways: no process in any of the
+    run's namespaces, no interface in the root namespace, no named namespace."""
+    scenario = write_scenario(tmp_path / "leave.toml", "ip-leave", 30,
+                              "sleep 300 & sleep 300", CHAIN.format(ab=1, bc=1))
+    before, named = root_interfaces(), named_namespaces()
+    run_dir = tmp_path / "run"
+    with running_qnet("run", "--netns", "--no-progress", "--run-dir", str(run_dir),
+                      str(scenario)) as qnet:
+        wait_for(lambda: (run_dir / "alice.probe.log").exists(), "alice's program")
+        inodes = namespace_inodes(run_dir)
+        wait_for(lambda: len(processes_in(inodes)) >= 7, "the run's processes")  # 3 holders,
+        # their 3 inits, 3 nodes, the program's wrapper, shell and sleeps
+        if ending == "sigint":
+            qnet.send_signal(signal.SIGINT)
+            expected = 130
+        elif ending == "crashed node":
+            alice = json.loads((run_dir / "alice.ready.json").read_text())["pid"]
+            os.kill(alice, signal.SIGKILL)
+            expected = 3
+        else:
+            qnet.kill()
+            expected = -signal.SIGKILL
+        qnet.communicate(timeout=60)
+        assert qnet.returncode == expected
+    assert_nothing_left(inodes, before, named)
+    assert not wait_gone(processes_in(inodes), 1.0)
