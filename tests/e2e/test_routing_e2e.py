@@ -108,3 +108,20 @@ def test_mesh_16_streams_survive_random_link_failures(tmp_path) -> None:
         assert cut["detection_ms"] is not None, routing
         assert cut["detection_ms"] <= 1e3 * routing["dead_interval_s"] + 200, routing
         assert cut["convergence_ms"] is not None
+
+
+def test_rtt_metric_measured_from_hellos_avoids_the_slow_short_path(tmp_path) -> None:
+    # a-p is 20 ms each way: by length a-p-b (2 km) wins, by the RTT the hellos measure
+    # (2 x 22 ms vs 3 x 4 ms) the backup a-q1-q2-b does
+    text = SCENARIO.read_text()
+    faults = text[text.index("[[faults]]"):text.index("[[expect]]")]
+    text = text.replace(faults, "").replace("duration_s = 8", "duration_s = 4")
+    text = text.replace('metric = "length_km"', 'metric = "rtt"')
+    text = text.replace('b = "p"\nlength_km = 1\nclassical = { delay_ms = 2 }',
+                        'b = "p"\nlength_km = 1\nclassical = { delay_ms = 20 }')
+    result = run(tmp_path, text)
+    assert result["ok"], result["expectations"]
+    (stream,) = result["streams"]
+    assert stream["path_at_end"] == "a-q1-q2-b"  # (at the start the RTTs may be unmeasured)
+    assert stream["delivered"] == stream["sent"] > 300
+    assert stream["latency_ms_median"] < 20  # not over a-p's 20 ms
