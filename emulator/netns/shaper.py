@@ -10,10 +10,12 @@ written to the other TAP at its delivery time. A frame is dropped when the link 
 the loss draw says so, or when the serialization backlog exceeds ``BACKLOG_S`` (a tail-drop
 queue: TCP then finds the rate by loss, as on a router).
 
-Counters, topics and control are the relay's (``emulator.relay``): ``relay/<link>/metrics``
-every second, ``relay/<link>/result`` on stop (result.json ``relays``); ``control/link/<link>``
-cut, restore, corrupt (flip a bit in the next frame of at least ``CORRUPT_MIN_BYTES``), and
-degrade (extra loss on the classical plane; zero clears it). ``Wire.hooks`` see every frame
+Counters, topics and control are the relay's (``emulator.relay_telemetry``, shared):
+``relay/<link>/metrics`` every second, ``relay/<link>/traffic`` (the daemon's Raman input),
+``relay/<link>/fault`` for each fault applied, ``relay/<link>/result`` on stop (result.json
+``relays``); ``control/link/<link>`` cut, restore, corrupt (flip a bit in the next frame of at
+least ``CORRUPT_MIN_BYTES``: its checksum fails at the receiver) and degrade (extra loss on
+every frame; zero clears it). ``Wire.hooks`` see every frame
 (``FrameHook``): for capture.
 """
 
@@ -31,8 +33,9 @@ from pathlib import Path
 import msgspec
 import trio
 
-from emulator import telemetry
+from emulator import relay_telemetry, telemetry
 from emulator.child_config import Direction, MqttAddress, child_arguments, read_config, write_ready
+from emulator.clock import EmulatedClock
 from emulator.netns import wire_capture
 from emulator.netns.kernel import TimerFd, entered, ip_batch, open_tap
 from emulator.relay_core import (
@@ -44,7 +47,7 @@ from emulator.relay_core import (
     link_rng,
 )
 from emulator.supervise import exit_quietly_on_sigterm, watch_parent
-from emulator.telemetry import LinkControl, RelayReport, StopMessage, TelemetryDecoder
+from emulator.telemetry import LinkControl, RelayReport
 
 log = logging.getLogger("qnet.wire")
 
@@ -53,7 +56,6 @@ MAX_FRAME = 65536
 READ_BATCH = 64  # frames read per wake-up before other tasks get a turn
 BACKLOG_S = 0.05  # emulated seconds of serialization queued before frames are tail-dropped
 CORRUPT_MIN_BYTES = 1000
-METRICS_INTERVAL_S = 1.0
 CALIBRATION_SLEEPS = 20
 DUE_SLACK_S = 20e-6  # frames due this soon go out with the ones due now (one wake-up)
 FINAL_PUBLISH_TIMEOUT_S = 1.0
@@ -106,6 +108,8 @@ class Wire:
         self.counters = Counters()
         self.hooks: list[FrameHook] = []
         self.stop_requested = trio.Event()
+        self.clock = EmulatedClock(config.t0, config.time_scale)
+        self.capture = None  # the relay's capture slot; a wire records through its hooks
         self.is_cut = False
         self.extra_loss = 0.0
         self.corrupt_pending = 0
@@ -124,19 +128,27 @@ class Wire:
         self.fds: dict[str, int] = {}
 
     # -- control ------------------------------------------------------------------------
-    def control(self, message: LinkControl) -> None:
-        """Apply a ``control/link/<name>`` message (its classical plane)."""
+    def apply(self, message: LinkControl) -> str | None:
+        """Apply a ``control/link/<name>`` fault to this wire; its effect, or None when it
+        is the quantum plane's (the relay's interface: ``emulator.relay_telemetry.control``)."""
         if message.plane == "quantum":
-            return
+            return None
+        log.info("link %s: %s (plane %s)", self.config.name, message.action, message.plane)
         if message.action == "cut":
             self.is_cut = True
-        elif message.action == "restore":
+            return "classical cut (every frame dropped)"
+        if message.action == "restore":
             self.is_cut = False
-        elif message.action == "corrupt":
+            return "classical restored"
+        if message.action == "corrupt":
             self.corrupt_pending += 1
-        elif message.action == "degrade":
-            self.extra_loss = min(1.0, max(0.0, message.loss))
-        log.info("link %s: %s (plane %s)", self.config.name, message.action, message.plane)
+            return f"next frame of at least {CORRUPT_MIN_BYTES} bytes corrupted"
+        self.extra_loss = min(1.0, max(0.0, message.loss))
+        return f"classical extra frame loss {message.loss:g}"
+
+    def now(self) -> float:
+        """Emulated time (for fault reports)."""
+        return self.clock.now()
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -276,31 +288,6 @@ def _capture_hook(wire: Wire, path: Path) -> contextlib.AbstractContextManager:
     return wire_capture.recording(wire.hooks, path, config.name, config.a.node, config.b.node)
 
 
-async def _control(wire: Wire, mqtt, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    run, name = wire.config.run_id, wire.config.name
-    decoder = TelemetryDecoder(run)
-    await mqtt.subscribe(telemetry.control_link(run, name), qos=1)
-    await mqtt.subscribe(telemetry.control_stop(run), qos=1)
-    task_status.started()
-    async for message in mqtt.messages():
-        got = decoder.decode(message.topic, message.payload)
-        if got is None:
-            continue
-        if isinstance(got.payload, StopMessage):
-            wire.request_stop()
-        elif isinstance(got.payload, LinkControl) and got.name == name:
-            wire.control(got.payload)
-
-
-async def _metrics(wire: Wire, mqtt) -> None:
-    topic = telemetry.relay_metrics(wire.config.run_id, wire.config.name)
-    deadline = trio.current_time()
-    while True:
-        deadline += METRICS_INTERVAL_S
-        await trio.sleep_until(deadline)
-        await mqtt.publish(topic, telemetry.encode(wire.report()), qos=0)
-
-
 async def serve(config: WireConfig, ready_file: Path | None = None) -> Wire:
     """Open the TAPs, report ready, carry frames until stopped (MQTT stop, SIGTERM/SIGINT or
     the orchestrator's death); publish the final counters; close the TAPs."""
@@ -318,9 +305,10 @@ async def serve(config: WireConfig, ready_file: Path | None = None) -> Wire:
                                                                     signal.SIGINT))
             async with trio.open_nursery() as nursery:
                 await nursery.start(wire.run)
-                if mqtt is not None:
-                    await nursery.start(_control, wire, mqtt)
-                    nursery.start_soon(_metrics, wire, mqtt)
+                if mqtt is not None:  # the relay's control, metrics and traffic topics
+                    await nursery.start(relay_telemetry.control, wire, mqtt)
+                    nursery.start_soon(relay_telemetry.publish_metrics, wire, mqtt)
+                    nursery.start_soon(relay_telemetry.publish_traffic, wire, mqtt)
 
                 async def stop_on_signal() -> None:
                     async for _ in signals:
