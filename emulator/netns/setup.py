@@ -96,12 +96,13 @@ def address_env(plan: NetnsPlan, node: str) -> dict[str, str]:
 
 
 async def start_network(supervisor, state, forward: list[int], direction, mqtt_address,
-                        tier: int, ready_timeout: float):
+                        tier: int, ready_timeout: float, capture: bool = False):
     """Start a namespace holder per node, then a wire per link, then the static routes.
 
     Returns (plan, {node: (network namespace, PID namespace of its children)}, wires). ``forward``: the root-namespace
     ports the nodes reach on 127.0.0.1 (daemon, broker); ``direction(link)`` a link's
-    ``Direction``; ``mqtt_address(user)`` a login."""
+    ``Direction``; ``mqtt_address(user)`` a login; ``capture``: each wire writes
+    ``capture-<link>.pcapng`` in the run folder (``--capture``)."""
     scenario, meta = state.scenario, state.scenario.scenario
     plan = make_plan(scenario)
     holders = [state.child(f"netns-{node}", "netns", "emulator.netns.holder",
@@ -110,12 +111,11 @@ async def start_network(supervisor, state, forward: list[int], direction, mqtt_a
     await supervisor.start_all(holders, ready_timeout=ready_timeout)
     netns = {node: child.ready["netns"] for node, child in zip(plan.nodes, holders)}
     pidns = {node: child.ready["pidns"] for node, child in zip(plan.nodes, holders)}
-    capture = getattr(state, "capture_dir", None)
     wires = [state.child(f"relay-{link.id}", "relay", "emulator.netns.shaper", wire_config(
         plan, link, netns, run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale,
         seed=meta.seed, a_to_b=direction(link), b_to_a=direction(link),
         mqtt=mqtt_address(telemetry.relay_user(link.id)),
-        capture=None if capture is None else str(capture / f"capture-{link.id}.pcapng")),
+        capture=str(state.run_dir / f"capture-{link.id}.pcapng") if capture else None),
         tier=tier) for link in scenario.links]
     await supervisor.start_all(wires, ready_timeout=ready_timeout)
     await install_static_routes(plan, netns)
