@@ -52,6 +52,7 @@ log = logging.getLogger("qnet.net")
 PORT_SHIFT = 40  # stream id = port << 40 | a random 40-bit id chosen by the opener
 DATAGRAM_QUEUE = 1024
 MAX_DATAGRAM = 65535
+RECEIVE_BATCH = 64  # datagrams handled per wake-up of the receive task
 
 UdpHandler = Callable[[bytes, str, str], None]  # (data, neighbour, link)
 EventSink = Callable[[str, dict], Awaitable[None]]  # (kind, fields)
@@ -286,18 +287,29 @@ class NetService:
             self._raw.close()
 
     async def _receive_loop(self) -> None:
-        assert self._sock is not None
+        """Wait for a datagram, then take what else is queued (up to ``RECEIVE_BATCH``)
+        without waiting, and wake the timer task once for the lot."""
+        assert self._sock is not None and self._raw is not None
         while True:
             try:
-                data, address = await self._sock.recvfrom(MAX_DATAGRAM)
+                first = await self._sock.recvfrom(MAX_DATAGRAM)
             except ConnectionRefusedError:  # an ICMP error for an earlier send (no relay yet)
                 self.counters_["udp_refused"] += 1
                 continue
-            neighbour = self._neighbour_at(address[:2])
-            if neighbour is None:
-                self.counters_["foreign"] += 1
-                continue
-            self._on_datagram(data, neighbour, self._link_of[neighbour])
+            batch = [first]
+            while len(batch) < RECEIVE_BATCH:
+                try:
+                    batch.append(self._raw.recvfrom(MAX_DATAGRAM))
+                except (BlockingIOError, InterruptedError):
+                    break
+                except ConnectionRefusedError:
+                    self.counters_["udp_refused"] += 1
+            for data, address in batch:
+                neighbour = self._neighbour_at(address[:2])
+                if neighbour is None:
+                    self.counters_["foreign"] += 1
+                    continue
+                self._on_datagram(data, neighbour, self._link_of[neighbour])
             self._rearm.set()
 
     async def _timer_loop(self) -> None:

@@ -206,3 +206,23 @@ async def test_bad_input_is_counted_and_magic_goes_to_its_handler(nursery):
     assert b.route("a") is not None  # still routing
     stranger.close()
     nursery.cancel_scope.cancel()
+
+
+def test_scenario_routing_becomes_the_core_config():
+    from emulator.scenario import parse_scenario
+    from nodes.net.service import node_links, routing_config
+    raw = {"scenario": {"name": "t", "duration_s": 5}, "nodes": [{"name": n} for n in "abc"],
+           "links": [{"a": "a", "b": "b", "length_km": 10, "quantum": {"attenuation_db_per_km": 0.25}},
+                     {"a": "c", "b": "a", "length_km": 3, "name": "ca"}],
+           "routing": {"hello_interval_s": 0.2, "dead_interval_s": 1, "metric": "weighted",
+                       "weights": {"length_km": 1, "loss_db": 2, "hop": 0.5}}}
+    sc = parse_scenario(raw)
+    cfg = routing_config(sc.routing)
+    assert (cfg.hello_interval, cfg.dead_interval, cfg.retransmit_interval) == (0.2, 1, 0.2)
+    assert (cfg.metric.length_km, cfg.metric.loss_db, cfg.metric.hop, cfg.metric.rtt_ms) == (
+        1, 2, 0.5, 0)
+    links = node_links("a", sc)  # anything with .links works; a node passes its view
+    assert links["a-b"] == ("b", LinkConfig(length_km=10, loss_db=pytest.approx(2.5)))
+    assert links["ca"] == ("c", LinkConfig(length_km=3, loss_db=0.0))
+    sc.routing.metric, sc.routing.weights = "hops", None
+    assert routing_config(sc.routing).metric.hop == 1
