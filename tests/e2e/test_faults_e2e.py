@@ -1,0 +1,140 @@
+"""End to end: ``qnet fault`` against a running ``qnet run`` (issue 9 item 6), with a scheduled
+classical-plane cut and ``--capture``.
+
+A quantum-plane cut for 1 s sent at run time leaves bob only dark counts for that long: the
+detections are the gain formula over the uncut pulses plus Y0 over the cut ones, within 4
+sigma; the classical plane stays up. Bad requests exit 2 with the reason, a request to an
+ended run exits 1. result.json ``faults`` lists each fault with what the relay and the daemon
+reported doing; the capture opens in tshark. Nothing is left running."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from qnet_process import ROOT, descendants, running_qnet, wait_gone
+
+from emulator.physics import channels
+from emulator.physics.detectors import background_yield, gain
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+RATE_HZ, MU, ETA_DET, P_DC, LENGTH_KM = 1e7, 0.5, 0.1, 1e-6, 25.0
+
+SCENARIO = f"""
+[scenario]
+name = "faults"
+duration_s = 8  # room for `qnet fault` to start (~1-3 s of imports under load)
+seed = 5
+
+[[nodes]]
+name = "alice"
+
+[[nodes]]
+name = "bob"
+
+[[links]]
+a = "alice"
+b = "bob"
+length_km = {LENGTH_KM}
+
+[links.quantum.source]
+rate_hz = {RATE_HZ}
+mu = {MU}
+decoys = []
+
+[links.quantum.detector]
+efficiency = {ETA_DET}
+dark_count_probability = {P_DC}
+
+[[apps]]
+kind = "qkd.bb84"
+a = "alice"
+b = "bob"
+postprocessing = false
+
+[[faults]]
+at_s = 6.5
+action = "cut"
+link = "alice-bob"
+plane = "classical"
+for_s = 0.3
+"""
+
+
+def qnet_fault(run_dir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "emulator", "fault", str(run_dir), *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out + err
+
+
+def test_qnet_fault_cuts_the_quantum_plane_of_a_running_run(tmp_path: Path) -> None:
+    scenario, run_dir = tmp_path / "faults.toml", tmp_path / "run"
+    scenario.write_text(SCENARIO)
+    with running_qnet("run", str(scenario), "--run-dir", str(run_dir), "--no-progress",
+                      "--capture") as qnet:
+        deadline = time.monotonic() + 60
+        while not (run_dir / "relay-alice-bob.ready.json").exists():
+            assert qnet.poll() is None, qnet.communicate()
+            assert time.monotonic() < deadline, "the run did not start in time"
+            time.sleep(0.1)
+        children = descendants(qnet.pid)
+        code, text = finish(qnet_fault(run_dir, "cut", "alice-bob", "--plane", "quantum",
+                                       "--for", "1"))
+        assert code == 0 and "cut alice-bob applied" in text, text
+        requests = [
+            (2, qnet_fault(run_dir, "cut", "carol-dave")),
+            (2, qnet_fault(run_dir, "degrade", "alice-bob", "--plane", "classical",
+                           "--db", "3")),
+            (2, qnet_fault(run_dir, "explode", "alice-bob")),
+        ]
+        answers = [(code, *finish(proc)) for code, proc in requests]
+        for expected, code, text in answers:
+            assert code == expected, text
+        assert "unknown link 'carol-dave'" in answers[0][2]
+        assert "degrade needs db > 0 (quantum plane) or loss > 0" in answers[1][2]
+        assert "Invalid enum value 'explode'" in answers[2][2]
+        stdout, stderr = qnet.communicate(timeout=120)
+        assert qnet.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        assert len(children) >= 4 and not wait_gone(children, 5)
+    code, text = finish(qnet_fault(run_dir, "cut", "alice-bob"))
+    assert code == 1 and "the run has ended" in text
+
+    result = json.loads((run_dir / "result.json").read_text())
+    rows = [(f["action"], f.get("plane"), f["source"], f["effect"]) for f in result["faults"]]
+    assert rows == [
+        ("cut", "quantum", "qnet fault", "daemon: quantum transmittance 0"),
+        ("restore", "quantum", "qnet fault",
+         "daemon: quantum transmittance restored (extra 0 dB)"),
+        ("cut", "classical", "scenario", "relay: classical cut (TCP held, UDP dropped)"),
+        ("restore", "classical", "scenario", "relay: classical restored")]
+    cut, restore = result["faults"][0]["at_s"], result["faults"][1]["at_s"]
+    assert restore - cut == pytest.approx(1.0, abs=0.1)
+
+    state, qkd = result["links"][0]["quantum_state"], result["qkd"][0]
+    pulses, dark = state["pulses"], state["cut_pulses"]
+    assert pulses == qkd["pulses"] and dark == pytest.approx(RATE_HZ * 1.0, rel=0.05)
+    eta = float(channels.transmittance(LENGTH_KM, 0.2)) * ETA_DET
+    q, y0 = float(gain(MU, eta, background_yield(P_DC))), float(background_yield(P_DC))
+    expected = q * (pulses - dark) + y0 * dark
+    sigma = math.sqrt(q * (1 - q) * (pulses - dark) + y0 * (1 - y0) * dark)
+    assert abs(qkd["detections"] - expected) <= 4 * sigma, (qkd["detections"], expected)
+    assert qkd["sifted_bits"] > 0 and result["links"][0]["classical"]["dropped"] == 0
+
+    capture = run_dir / "capture-alice-bob.pcapng"
+    assert capture.stat().st_size > 1000
+    tshark = shutil.which("tshark")
+    if tshark is not None:  # the dissector is tested with tshark in tests/test_capture.py
+        conv = subprocess.run([tshark, "-r", str(capture), "-q", "-z", "conv,tcp"],
+                              capture_output=True, text=True, timeout=60,
+                              env={"HOME": str(tmp_path), "PATH": "/usr/bin"})
+        assert conv.returncode == 0 and "10.0.0.1" in conv.stdout, conv.stderr
