@@ -274,6 +274,8 @@ class Wire:
         self.timer.lead = min(MAX_TIMER_LEAD_S, max(0.0, start))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for shaper in self.shapers.values():  # a satellite pass's delay schedule starts at 0
+            shaper.origin = self.clock.deadline(0.0)
         await self.calibrate_timer()
         async with trio.open_nursery() as nursery:
             for side in SIDES:
