@@ -6,7 +6,8 @@ a crashed node's restart) is matched with the first routing event that noticed i
 neighbour of the node. ``detection_ms`` runs from the fault to that event. Convergence is the
 last ``route_changed`` of the burst that follows (changes at any node, each within
 ``dead_interval_s`` of the previous one, before the next fault), measured from the detection.
-Nodes report the time their core acted (``at``); computed here, never by a node.
+Nodes report the time their core acted (``at``); computed here, never by a node. A fault's
+``at_s`` counts from the run's ``start`` event, as in result.json ``faults``.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def routing_section(scenario: Scenario, events: list[dict]) -> dict:
     faults = _faults(events)
     per_fault = []
     ordered = sorted(events, key=_at)
+    t_start = next((e["t_emu"] for e in events if e.get("kind") == "start"), 0.0)
     for fault in faults:
-        entry: dict[str, Any] = {"at_s": fault["at"], "action": fault["action"],
+        entry: dict[str, Any] = {"at_s": round(fault["at"] - t_start, 6),
+                                 "action": fault["action"],
                                  "target": fault.get("link") or fault.get("node"),
                                  "detection_ms": None, "convergence_ms": None}
         later = [f for f in faults if f["at"] > fault["at"] and f["target_key"] == fault["target_key"]]

@@ -25,6 +25,7 @@ def ev(kind, at, **fields):
 
 def test_detection_and_convergence_per_fault():
     events = [
+        {"kind": "start", "t_emu": 0.25},
         ev("route_changed", 0.1, node="a", changed=2),  # start-up: not a reroute
         {"kind": "fault", "action": "cut", "link": "a-b", "t_emu": 1.0},
         ev("neighbour_down", 1.30, node="b", link="a-b", neighbour="a"),
@@ -45,6 +46,7 @@ def test_detection_and_convergence_per_fault():
     got = routing_section(scenario({"hello_interval_s": 0.1, "dead_interval_s": 0.4}),
                           events)["routing"]
     cut, restore, crash, restart = got["faults"]
+    assert [f["at_s"] for f in got["faults"]] == pytest.approx([0.75, 2.75, 3.75, 4.35])
     assert (cut["action"], cut["target"], cut["detected_by"]) == ("cut", "a-b", "b")
     assert cut["detection_ms"] == pytest.approx(300) and cut["convergence_ms"] == pytest.approx(20)
     assert restore["detection_ms"] == pytest.approx(50)
