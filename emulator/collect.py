@@ -29,6 +29,7 @@ from emulator.telemetry import (
     NodeResult,
     RelayReport,
     TelemetryDecoder,
+    TrafficReport,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ def _store(state: RunState, got: telemetry.Decoded, nodes: set[str], links: set[
     if isinstance(payload, DaemonReport):
         state.daemon_reports[got.leaf] = msgspec.structs.asdict(payload)
         return True
+    if isinstance(payload, TrafficReport):  # the daemon's Raman input; totals come on stop
+        return got.name in links
     if isinstance(payload, FaultEffect):
         if got.subtree == "relay" and got.name != payload.link:
             return False

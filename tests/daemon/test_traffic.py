@@ -160,3 +160,25 @@ async def test_a_cut_quantum_plane_leaves_only_noise_and_dark_counts(nursery) ->
     assert within_4_sigma(pulses, found, y0)
     assert link.report()["cut_pulses"] == link.report()["pulses"] == pulses
     assert np.isfinite(y0)
+
+
+async def test_a_cut_quantum_plane_stops_heralds_until_restored(nursery) -> None:
+    from tests.daemon.test_entanglement_server import make_config
+
+    daemon = await nursery.start(serve, make_config())
+    link = daemon.heralded_links["ab"]
+    state = daemon.link_states.get("ab")
+    assert state is link.state
+    alice = await Peer.connect(daemon.port, "alice", "tok-a")
+    assert isinstance(await alice.ask(p.EntangleStart(1, "ab")), p.EntangleStarted)
+    with trio.fail_after(10):
+        while link.generated < 50:
+            await trio.sleep(0.005)
+        state.control(LinkControl("cut", plane="quantum"))
+        await trio.sleep(0.01)  # an attempt already drawn may still land
+        before = link.generated
+        await trio.sleep(0.1)  # ~2600 heralds expected at 1e5 attempts/s if it were up
+        assert link.generated == before
+        state.control(LinkControl("restore"))
+        while link.generated < before + 50:
+            await trio.sleep(0.005)

@@ -110,6 +110,7 @@ def test_qnet_fault_cuts_the_quantum_plane_of_a_running_run(tmp_path: Path) -> N
     assert code == 1 and "the run has ended" in text
 
     result = json.loads((run_dir / "result.json").read_text())
+    assert result["telemetry_rejected"] == 0  # requests, replies and effects are all expected
     rows = [(f["action"], f.get("plane"), f["source"], f["effect"]) for f in result["faults"]]
     assert rows == [
         ("cut", "quantum", "qnet fault", "daemon: quantum transmittance 0"),

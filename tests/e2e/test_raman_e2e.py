@@ -76,6 +76,7 @@ def run(tmp_path: Path, name: str, rate: float | None) -> tuple[dict, dict]:
     proc = run_qnet("run", str(scenario), "--run-dir", str(tmp_path / name), "--no-progress")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((tmp_path / name / "result.json").read_text())
+    assert result["telemetry_rejected"] == 0  # traffic reports are expected, not strangers'
     return result["qkd"][0], result["links"][0]
 
 
