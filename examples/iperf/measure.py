@@ -1,10 +1,11 @@
 """iperf3 client runs, one after the other, summarised as one JSON line (a qnet program result).
 
 ``python3 examples/iperf/measure.py --seconds 3 NAME=ADDRESS[,option=value...] ...``: for each
-target, an iperf3 TCP (or, with ``udp=8M``, UDP) test to the iperf3 server at ADDRESS, retried
-until that server listens (it may start a moment later). The summary per target: receiver
-goodput in Mbit/s, TCP retransmissions, UDP datagrams sent and lost; with ``rtt_ms=`` and
-``loss=`` (the path's), the Mathis et al. (1997) TCP bound MSS/RTT * sqrt(3/2)/sqrt(p) beside.
+target, an iperf3 TCP test (``cc=reno`` picks its congestion control; ``udp=8M`` makes it
+UDP) to the iperf3 server at ADDRESS, retried until that server listens (it may start a
+moment later). The summary per target: receiver goodput in Mbit/s, TCP retransmissions,
+congestion control and mean RTT, UDP datagrams sent and lost; with ``rtt_ms=`` and ``loss=``
+(the path's), the Mathis et al. (1997) Reno bound MSS/RTT * sqrt(3/2)/sqrt(p) beside.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ MSS = 1448  # bytes: a 1500-byte MTU minus IPv4, TCP and timestamp-option header
 CONNECT_TRIES = 100
 
 
-def run_iperf(address: str, seconds: float, udp_rate: str | None) -> dict:
+def run_iperf(address: str, seconds: float, udp_rate: str | None,
+              congestion: str | None = None) -> dict:
     argv = ["iperf3", "-c", address, "-t", str(seconds), "-J"]
     argv += ["-u", "-b", udp_rate, "-l", "1200"] if udp_rate else []
+    argv += ["-C", congestion] if congestion else []
     for _ in range(CONNECT_TRIES):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
         report = json.loads(done.stdout) if done.stdout.strip() else {}
@@ -42,7 +45,9 @@ def summary(end: dict, udp: bool) -> dict:
                 "packets": total["packets"], "lost_packets": total["lost_packets"],
                 "lost_percent": round(total["lost_percent"], 3)}
     return {"mbit_s": round(end["sum_received"]["bits_per_second"] / 1e6, 3),
-            "retransmits": end["sum_sent"].get("retransmits")}
+            "retransmits": end["sum_sent"].get("retransmits"),
+            "congestion": end.get("sender_tcp_congestion"),
+            "mean_rtt_ms": round(end["streams"][0]["sender"].get("mean_rtt", 0) / 1e3, 1)}
 
 
 def mathis_mbit_s(rtt_ms: float, loss: float) -> float:
@@ -53,7 +58,7 @@ def mathis_mbit_s(rtt_ms: float, loss: float) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="+",
-                        help="NAME=ADDRESS[,udp=RATE][,rtt_ms=R,loss=P]")
+                        help="NAME=ADDRESS[,udp=RATE][,cc=ALGORITHM][,rtt_ms=R,loss=P]")
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
     results = {}
@@ -62,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
         address, *options = spec.split(",")
         given = dict(option.split("=", 1) for option in options)
         udp = given.get("udp")
-        entry = summary(run_iperf(address, args.seconds, udp), udp is not None)
+        entry = summary(run_iperf(address, args.seconds, udp, given.get("cc")),
+                        udp is not None)
         if not udp and "rtt_ms" in given and "loss" in given:
             entry["mathis_mbit_s"] = round(mathis_mbit_s(float(given["rtt_ms"]),
                                                          float(given["loss"])), 3)
