@@ -149,7 +149,7 @@ async def test_stream_survives_a_cut_and_routes_come_back(nursery):
         await trio.sleep(0.3)
         net.cut("a", "b")
         took = await net.converged("a", "d", ("a", "c", "d"))
-        assert took < CFG.dead_interval + 0.5  # detection (dead interval) + a flood
+        assert took < CFG.dead_interval + 1.0  # detection (dead interval) + a flood + slack
     with trio.fail_after(BOUND_S):
         await stream.wait_acked()
         while len(received) < count:
@@ -157,7 +157,7 @@ async def test_stream_survives_a_cut_and_routes_come_back(nursery):
     assert received == list(range(count))  # all delivered, in order, none twice
     assert stream.sender.stats["reroutes"] >= 1
     downs = [f for n, k, f in net.events if k == "neighbour_down" and n == "a"]
-    assert downs and downs[0]["neighbour"] == "b" and downs[0]["reason"] == "dead"
+    assert any(f["neighbour"] == "b" and f["reason"] == "dead" for f in downs)
     net.restore("a", "b")
     await net.converged("a", "d", ("a", "b", "d"))
     assert any(k == "route_changed" and f["changed"] for n, k, f in net.events if n == "a")
