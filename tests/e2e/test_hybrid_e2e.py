@@ -52,7 +52,11 @@ def check_model(flow: dict) -> None:
         == sent and flow["dropped_header"] == 0
     p = flow["model"]["delivered"]
     assert abs(flow["delivered"] / sent - p) < 4 * math.sqrt(p * (1 - p) / sent), flow
-    se = math.hypot(flow["fidelity_stderr"], flow["fidelity_model_spread"])
+    # binomial SE at the model (the estimate's own is 0 when every match agreed): each basis
+    # correlator is +-lambda, lambda = (4 F - 1)/3, Var = (1 - lambda^2)/n_b; F = (1 + sum)/4
+    lam = (4 * flow["fidelity_model"] - 1) / 3
+    binomial = math.sqrt(sum((1 - lam**2) / n for n in flow["matched_per_basis"])) / 4
+    se = math.hypot(binomial, flow["fidelity_model_spread"])
     assert abs(flow["fidelity_mean"] - flow["fidelity_model"]) < 4 * se, flow
     assert flow["fidelity_mean"] == flow["fidelity_mean_src"]  # both ends, same records
 

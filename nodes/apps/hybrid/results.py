@@ -33,6 +33,7 @@ def merge(scenario: Any, app: HybridSendApp, entries: list[dict]) -> list[dict]:
     out["fidelity_stderr"] = dst.get("fidelity_stderr")
     out["fidelity_mean_src"] = src.get("fidelity_mean")
     out["matched"] = dst.get("matched")
+    out["matched_per_basis"] = dst.get("matched_per_basis")  # Z, X, Y (pair payloads)
     out["router_measurements"] = None  # filled from the daemon's report
     if out["path"] and src.get("send_times"):
         latencies = {node: e.get("decision_us", []) for node, e in routers.items()}
