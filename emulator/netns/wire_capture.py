@@ -64,19 +64,27 @@ def packet(interface_id: int, t: float, frame: bytes, comment: str | None = None
 
 
 class WireRecorder:
-    """The frame hook of one wire (``emulator.netns.shaper.FrameHook``) writing ``path``."""
+    """The frame hook of one wire (``emulator.netns.shaper.FrameHook``) writing ``path``; the
+    file stops growing at ``max_bytes`` (frames beyond are counted in ``truncated``)."""
 
-    def __init__(self, path: Path, link: str, a: str, b: str) -> None:
+    def __init__(self, path: Path, link: str, a: str, b: str,
+                 max_bytes: int = 100_000_000) -> None:
         self.file = open(path, "wb")  # noqa: SIM115 (closed by ``close``)
-        self.file.write(section_header("qnet wire " + link))
-        self.file.write(interface(f"{link}:{a}->{b}", f"frames {a} sent towards {b}"))
-        self.file.write(interface(f"{link}:{b}->{a}", f"frames {b} sent towards {a}"))
-        self.frames = 0
+        head = (section_header("qnet wire " + link)
+                + interface(f"{link}:{a}->{b}", f"frames {a} sent towards {b}")
+                + interface(f"{link}:{b}->{a}", f"frames {b} sent towards {a}"))
+        self.file.write(head)
+        self.size, self.max_bytes = len(head), max_bytes
+        self.frames = self.truncated = 0
         self._flushed = time.monotonic()
 
     def __call__(self, direction: str, t: float, frame: bytes, delivered: bool) -> None:
-        self.file.write(packet(0 if direction == "ab" else 1, t, frame,
-                               None if delivered else DROPPED))
+        block = packet(0 if direction == "ab" else 1, t, frame, None if delivered else DROPPED)
+        if self.size + len(block) > self.max_bytes:
+            self.truncated += 1
+            return
+        self.file.write(block)
+        self.size += len(block)
         self.frames += 1
         now = time.monotonic()
         if now - self._flushed > FLUSH_EVERY_S:
@@ -88,9 +96,10 @@ class WireRecorder:
 
 
 @contextmanager
-def recording(hooks: list, path: Path, link: str, a: str, b: str) -> Iterator[WireRecorder]:
+def recording(hooks: list, path: Path, link: str, a: str, b: str,
+              max_bytes: int = 100_000_000) -> Iterator[WireRecorder]:
     """Add a recorder of ``path`` to ``hooks`` for the duration of the block."""
-    recorder = WireRecorder(path, link, a, b)
+    recorder = WireRecorder(path, link, a, b, max_bytes)
     hooks.append(recorder)
     try:
         yield recorder

@@ -102,3 +102,16 @@ def test_wire_capture_shows_the_tcp_handshake(tmp_path: Path) -> None:
     assert delay <= gap < delay + 0.05, gap
     data = tshark(capture, "tcp.len", display="tcp.len > 0 && ip.src == 10.9.0.1")
     assert sum(int(r[0]) for r in data) == len(payload)
+
+
+def test_recorder_stops_at_max_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "capture-y.pcapng"
+    frame = syn_frame("10.0.0.1", "10.0.0.2", dpkt.tcp.TH_SYN)
+    recorder = WireRecorder(path, "y", "a", "b", max_bytes=1000)
+    for i in range(50):
+        recorder("ab", 1000.0 + i, frame, True)
+    recorder.close()
+    assert path.stat().st_size <= 1000 and recorder.frames > 0
+    assert recorder.frames + recorder.truncated == 50
+    with path.open("rb") as handle:
+        assert sum(1 for _ in dpkt.pcapng.Reader(handle)) == recorder.frames
