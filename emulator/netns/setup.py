@@ -38,7 +38,8 @@ def holder_config(plan: NetnsPlan, run_id: str, node: str, forward: list[int]) -
 
 def wire_config(plan: NetnsPlan, link, netns: dict[str, str], *, run_id: str, t0: float,
                 time_scale: float, seed: int, a_to_b: Direction, b_to_a: Direction,
-                mqtt: MqttAddress | None, capture: str | None = None) -> WireConfig:
+                mqtt: MqttAddress | None, capture: str | None = None,
+                capture_max_bytes: int = 100_000_000) -> WireConfig:
     """The wire of ``link`` between the namespaces ``netns[node]`` of its two ends."""
     wire = plan.wire(link.id)
 
@@ -49,7 +50,7 @@ def wire_config(plan: NetnsPlan, link, netns: dict[str, str], *, run_id: str, t0
 
     return WireConfig(run_id=run_id, t0=t0, time_scale=time_scale, seed=seed, name=link.id,
                       a=end(link.a), b=end(link.b), a_to_b=a_to_b, b_to_a=b_to_a, mqtt=mqtt,
-                      capture=capture)
+                      capture=capture, capture_max_bytes=capture_max_bytes)
 
 
 async def install_static_routes(plan: NetnsPlan, netns: dict[str, str]) -> None:
@@ -96,7 +97,8 @@ def address_env(plan: NetnsPlan, node: str) -> dict[str, str]:
 
 
 async def start_network(supervisor, state, forward: list[int], direction, mqtt_address,
-                        tier: int, ready_timeout: float, capture: bool = False):
+                        tier: int, ready_timeout: float, capture: bool = False,
+                        capture_max_bytes: int = 100_000_000):
     """Start a namespace holder per node, then a wire per link, then the static routes.
 
     Returns (plan, {node: (network namespace, PID namespace of its children)}, wires). ``forward``: the root-namespace
@@ -115,7 +117,8 @@ async def start_network(supervisor, state, forward: list[int], direction, mqtt_a
         plan, link, netns, run_id=state.run_id, t0=state.t0, time_scale=meta.time_scale,
         seed=meta.seed, a_to_b=direction(link), b_to_a=direction(link),
         mqtt=mqtt_address(telemetry.relay_user(link.id)),
-        capture=str(state.run_dir / f"capture-{link.id}.pcapng") if capture else None),
+        capture=str(state.run_dir / f"capture-{link.id}.pcapng") if capture else None,
+        capture_max_bytes=capture_max_bytes),
         tier=tier) for link in scenario.links]
     await supervisor.start_all(wires, ready_timeout=ready_timeout)
     await install_static_routes(plan, netns)

@@ -90,6 +90,7 @@ class WireConfig(msgspec.Struct):
     b_to_a: Direction
     mqtt: MqttAddress | None = None
     capture: str | None = None  # pcapng path (``--capture``), written through a frame hook
+    capture_max_bytes: int = 100_000_000  # ``--capture-max-mb``: the file stops growing there
 
 
 def _key(sender: str) -> str:
@@ -287,7 +288,8 @@ class Wire:
 def _capture_hook(wire: Wire, path: Path) -> contextlib.AbstractContextManager:
     """``--capture``: every frame into the pcapng ``path`` (emulator/netns/wire_capture.py)."""
     config = wire.config
-    return wire_capture.recording(wire.hooks, path, config.name, config.a.node, config.b.node)
+    return wire_capture.recording(wire.hooks, path, config.name, config.a.node, config.b.node,
+                                  config.capture_max_bytes)
 
 
 async def serve(config: WireConfig, ready_file: Path | None = None) -> Wire:
