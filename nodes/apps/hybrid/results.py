@@ -25,7 +25,7 @@ def merge(scenario: Any, app: HybridSendApp, entries: list[dict]) -> list[dict]:
                  "flow": app.flow, "payload": app.payload,
                  "sent": src.get("sent"), "path": src.get("path"),
                  "path_at_end": src.get("path_at_end")}
-    for key in ("delivered", "lost_in_fibre", "late"):
+    for key in ("delivered", "lost_in_fibre", "late", "delivered_by_link"):
         out[key] = dst.get(key)
     counts = [out[k] for k in ("sent", "delivered", "lost_in_fibre", "late")]
     out["dropped_header"] = (counts[0] - sum(counts[1:])) if None not in counts else None

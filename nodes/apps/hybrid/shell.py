@@ -139,6 +139,8 @@ async def _destination(node: NodeContext, app: HybridSendApp, plane: HybridPlane
     compensate = plane.core.compensate
     out = {"role": "dst", "delivered": 0, "lost_in_fibre": 0, "late": 0, "measure_errors": 0}
     records = []
+    by_link: dict[str, int] = {}  # delivered per last fibre: which path they came over
+    out["delivered_by_link"] = by_link
     t_collect = node.t_end - app.stop_before_end_s / 2
     with trio.move_on_at(clock.deadline(t_collect)):
         async for got in deliveries:
@@ -157,6 +159,7 @@ async def _destination(node: NodeContext, app: HybridSendApp, plane: HybridPlane
                 log.warning("measure seq %d: %s", got.header.seq, exc)
                 continue
             out["delivered"] += 1
+            by_link[got.arrival.link] = by_link.get(got.arrival.link, 0) + 1
             records.append((got.header.seq, basis, m.outcomes[0]))
     theirs = await _exchange(node, app, records, opener=True)
     out.update(_estimate(app, theirs, records))
