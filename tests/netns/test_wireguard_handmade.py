@@ -6,8 +6,14 @@ through the tunnel that loses nothing on a lossless veth."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import secrets
+import subprocess
 import sys
+import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -76,3 +82,83 @@ def test_keys_rotate_and_traffic_flows(tmp_path: Path) -> None:
     ping = master["ping"]
     assert ping["sent"] >= 100, ping
     assert ping["lost"] == 0, ping  # a veth loses nothing, and a key change must not either
+
+
+def load_wg_device():
+    spec = importlib.util.spec_from_file_location("wg_device", ROTATE.parent / "wg_device.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def handshake_within(wg, ifname: str, peer_public: bytes, since: float, namespace: str,
+                           peer_ip: str, timeout_s: float) -> float | None:
+    """Send a datagram into the tunnel from ``namespace``; the newest handshake, if one
+    completes after ``since`` within ``timeout_s``."""
+    await trio.run_process(["ip", "netns", "exec", namespace, sys.executable, "-c",
+                            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                            f".sendto(b'x', ('{peer_ip}', 9))"])
+    with trio.move_on_after(timeout_s):
+        while True:
+            at = await wg.last_handshake(ifname, peer_public)
+            if at is not None and at >= since:
+                return at
+            await trio.sleep(0.05)
+    return None
+
+
+def test_a_handshake_needs_the_same_psk_at_both_ends() -> None:
+    """Why a completed handshake per key proves both ends installed the same key: with
+    different PSKs none completes; after the same PSK and a forced rekey one does."""
+    wg = load_wg_device()
+    tag = secrets.token_hex(2)
+    names = (f"wqa{tag}", f"wqb{tag}")
+    keys = [wg.new_keypair(), wg.new_keypair()]
+
+    async def main(pair) -> tuple:
+        async with trio.open_nursery() as nursery:
+            for i in (0, 1):
+                await nursery.start(partial(run_device, pair.names[i], names[i]))
+            for i in (0, 1):
+                await wg.uapi_set(names[i], [
+                    f"private_key={keys[i][0].hex()}", "listen_port=51820",
+                    f"public_key={keys[1 - i][1].hex()}",
+                    f"preshared_key={(bytes([i + 1]) * 32).hex()}",
+                    f"endpoint={pair.addresses[1 - i]}:51820",
+                    f"allowed_ip=10.78.0.{2 - i}/32"])
+                await trio.run_process(["ip", "-n", pair.names[i], "address", "add",
+                                        f"10.78.0.{i + 1}/24", "dev", names[i]])
+                await trio.run_process(["ip", "-n", pair.names[i], "link", "set", names[i], "up"])
+            start = time.time()
+            mismatched = await handshake_within(wg, names[0], keys[1][1], start, pair.names[0],
+                                                "10.78.0.2", 3.0)
+            same = os.urandom(32)
+            for i in (0, 1):
+                await wg.uapi_set(names[i], [f"public_key={keys[1 - i][1].hex()}",
+                                             f"preshared_key={same.hex()}"])
+            await wg.force_handshake(names[0], keys[0][0])
+            start = time.time()
+            matched = await handshake_within(wg, names[0], keys[1][1], start, pair.names[0],
+                                             "10.78.0.2", 8.0)
+            nursery.cancel_scope.cancel()
+        return mismatched, matched
+
+    async def run_device(namespace: str, ifname: str, *, task_status) -> None:
+        process = await trio.lowlevel.open_process(
+            ["ip", "netns", "exec", namespace, "wireguard-go", "-f", ifname],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with trio.fail_after(10):
+                while not (wg.UAPI_DIR / f"{ifname}.sock").exists():  # bounded: 10 s
+                    await trio.sleep(0.05)
+            task_status.started()
+            await process.wait()
+        finally:
+            process.terminate()
+            with trio.CancelScope(shield=True), trio.move_on_after(3):
+                await process.wait()
+
+    with veth_pair() as pair:
+        mismatched, matched = trio.run(main, pair)
+    assert mismatched is None, "a handshake completed with different PSKs"
+    assert matched is not None, "no handshake with the same PSK"
