@@ -127,29 +127,36 @@ def raman_source(config: Raman | None, length_km: float, db_per_km: float,
 
 
 class LinkStates:
-    """Every quantum link's ``LinkState`` by name; unknown names are ignored (and counted)."""
+    """Every link's ``LinkState`` by name, shared by the runtimes of that link (photon,
+    heralded, flight). A fault or traffic report for a link no runtime has asked about yet
+    creates its state, so a runtime that asks later sees it (the daemon only hears about the
+    run's own links: the orchestrator checks fault targets, the ACL limits traffic to relays).
+    """
 
     def __init__(self) -> None:
         self.links: dict[str, LinkState] = {}
-        self.ignored = 0
+        self.ignored = 0  # traffic reports with a window that is not a finite number
 
     def add(self, name: str, source: RamanSource | None = None) -> LinkState:
-        state = self.links[name] = LinkState(name, source)
+        """The state of ``name`` (created if new), with ``source`` as its Raman parameters
+        unless it has some already."""
+        state = self.links.get(name)
+        if state is None:
+            state = self.links[name] = LinkState(name, source)
+        elif state.raman is None and source is not None:
+            state.raman = source
         return state
 
     def get(self, name: str) -> LinkState:
-        """The state of ``name`` (a fresh one, never cut, for a link added later)."""
-        return self.links.get(name) or self.add(name)
+        """The state of ``name`` (a fresh one, never cut, for a link not seen before)."""
+        return self.add(name)
 
     def control(self, name: str, message: LinkControl) -> str | None:
-        if name not in self.links:
-            self.ignored += 1
-            return None
-        return self.links[name].control(message)
+        return self.add(name).control(message)
 
     def traffic(self, name: str, report: TrafficReport) -> None:
-        if name in self.links and math.isfinite(report.window_s):
-            self.links[name].traffic(report)
+        if math.isfinite(report.window_s):
+            self.add(name).traffic(report)
         else:
             self.ignored += 1
 

@@ -72,10 +72,14 @@ def test_pulse_weighted_report_and_unknown_links() -> None:
     assert math.isclose(report["duty_ab_mean"], 0.075)
     assert report["pulses"] == 400 and report["noise_photons_now"] == 0.0
     states = LinkStates()
-    states.add("a-b")
-    assert states.control("x-y", LinkControl("cut")) is None
-    states.traffic("x-y", TrafficReport(window_s=1.0, bytes_ab=1, bytes_ba=1))
-    assert states.ignored == 2 and not states.get("a-b").cut
+    first = states.add("a-b")
+    assert states.add("a-b", state().raman) is first and first.raman is not None  # shared
+    assert states.add("a-b", None).raman is first.raman  # a runtime without Raman keeps it
+    # a fault for a link no runtime has asked about yet waits for it (e.g. a flight fibre)
+    assert states.control("x-y", LinkControl("cut")) == "quantum transmittance 0"
+    assert states.get("x-y").cut and not states.get("a-b").cut
+    states.traffic("x-y", TrafficReport(window_s=float("nan"), bytes_ab=1, bytes_ba=1))
+    assert states.ignored == 1
 
 
 class Recorder:
