@@ -53,6 +53,7 @@ from emulator.collect import (
     show_progress,
     wait_for,
 )
+from emulator.hybrid_config import FlightFibre
 from emulator.mqtt import MqttError
 from emulator.netns.setup import NODE_HOST, address_env, peer_endpoints, start_network
 from emulator.outcome import assemble, failure_info, first_leaf, make_run_dir
@@ -122,6 +123,7 @@ def direction(link: Link) -> Direction:
     c = link.classical
     return Direction(
         delay_s=link.classical_delay_s, jitter_s=c.jitter_ms / 1000.0, loss=c.loss,
+        delay_schedule=link.classical_delay_schedule(),
         rate_bps=c.rate_mbps * 1e6 if c.rate_mbps is not None else None,
     )
 
@@ -299,7 +301,10 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         entanglement_links=[
             DaemonEntanglementLink(link.id, link.a, link.b, link.length_km,
                                    link.entanglement)
-            for link in scenario.links if link.entanglement is not None]), tier=TIER_DAEMON)
+            for link in scenario.links if link.entanglement is not None],
+        flight_fibres=[FlightFibre(link.id, link.a, link.b, link.length_km, link.flight)
+                       for link in scenario.links if link.flight is not None],
+        hybrid={n.name: n.hybrid for n in scenario.nodes if n.hybrid is not None}), tier=TIER_DAEMON)
     await supervisor.start(daemon, ready_timeout=READY_TIMEOUT_S)
 
     # 2b. --netns: a namespace per node, a wire per link, static routes (emulator/netns)

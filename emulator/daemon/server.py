@@ -27,6 +27,7 @@ from emulator.daemon import memories as mem
 from emulator.daemon import ops
 from emulator.daemon import protocol as p
 from emulator.daemon.links import LinkRuntime
+from emulator.daemon.links.flight import FLIGHT, FLIGHT_SLOTS, FlightLinkRuntime, FlightPlane
 from emulator.daemon.links.heralded import HeraldedLinkRuntime
 from emulator.daemon.links.photon import PhotonLinkRuntime
 from emulator.daemon.session import Connection, SessionLimits, Sessions
@@ -63,7 +64,8 @@ class Daemon:
         self.taps = Taps()
         self.memories = mem.QuantumMemories(
             {node: memory_spec(m, config.clocks.get(node, 0.0))
-             for node, m in config.memories.items()})
+             for node, m in config.memories.items()}
+            | ({FLIGHT: mem.MemorySpec(FLIGHT_SLOTS)} if config.flight_fibres else {}))
         self.nursery: trio.Nursery | None = None
         self.port = 0
         self._freed = trio.Event()
@@ -78,6 +80,9 @@ class Daemon:
             x.name: HeraldedLinkRuntime(x, self, {end: self._share(end, links_at[end])
                                                   for end in (x.a, x.b)})
             for x in config.entanglement_links}
+        self.flight = FlightPlane(self, dict(config.hybrid))
+        self.flight_links = {x.name: FlightLinkRuntime(x, self.flight)
+                             for x in config.flight_fibres}
         self.ops = ops.StateOps(self.memories, self.rng(4), self._notify_freed)
         self.sessions = Sessions(config.tokens, self._welcome, self._handlers(),
                                  self._connection_closed, limits)
@@ -125,7 +130,8 @@ class Daemon:
                                        p.MemoryStatsRequest: self._memory_stats}
         table.update(dict.fromkeys(ops.REQUESTS, self._state_op))
         for kind, cls, links in (("quantum", PhotonLinkRuntime, self.photon_links),
-                                 ("entanglement", HeraldedLinkRuntime, self.heralded_links)):
+                                 ("entanglement", HeraldedLinkRuntime, self.heralded_links),
+                                 ("flight", FlightLinkRuntime, self.flight_links)):
             table.update(dict.fromkeys(cls.requests,
                                        functools.partial(self._link_request, kind, links)))
         return table
@@ -135,7 +141,8 @@ class Daemon:
             link.connection_closed(conn)
 
     def links(self) -> list[LinkRuntime]:
-        return [*self.photon_links.values(), *self.heralded_links.values()]
+        return [*self.photon_links.values(), *self.heralded_links.values(),
+                *self.flight_links.values()]
 
     async def _link_request(self, kind: str, links: dict[str, LinkRuntime], conn: Connection,
                             request) -> msgspec.Struct | None:
@@ -203,6 +210,7 @@ class Daemon:
         counters.update({f"link.{name}.pairs_generated": x.generated
                          for name, x in self.heralded_links.items()})
         counters["pairs_expired"] = sum(self.memories.expired.values())
+        counters.update({f"flight.{key}": n for key, n in self.flight.counts.items()})
         counters["cpu_ms"] = round(time.process_time() * 1e3)
         return telemetry.DaemonReport(
             link_state=self.link_states.report(),
