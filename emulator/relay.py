@@ -323,7 +323,10 @@ class Relay:
             return
         flow = None
         if self.capture is not None:
-            port = accepted.socket.getpeername()[1]
+            try:
+                port = accepted.socket.getpeername()[1]
+            except OSError:  # the client is gone already; its bytes are still captured
+                port = 0
             flow = TcpFlow(self.capture, (self.hosts[sender], port),
                            (self.hosts[_other(sender)], target.tcp))
             flow.open(time.time())

@@ -105,3 +105,39 @@ def test_the_faults_section_joins_each_fault_with_its_effects() -> None:
     assert rows[1]["effect"] == "no process reported an effect"
     assert rows[2]["effect"] == "node_down (exit -9) at 13.100"
     assert all("t_emu" not in row for row in rows)
+
+
+def test_qnet_fault_refuses_bad_input_and_missing_runs(tmp_path: Path) -> None:
+    """Exit 2 with the reason for a bad fault or a folder that is not a run's; exit 1 for a
+    run that has ended or whose broker is gone (nothing listens on the port)."""
+    import json
+    import socket
+
+    from typer.testing import CliRunner
+
+    from emulator.cli import app
+
+    runner = CliRunner()
+
+    def fault(*args: str):
+        return runner.invoke(app, ["fault", str(tmp_path), *args])
+
+    got = fault("explode", "a-b")
+    assert got.exit_code == 2 and "Invalid enum value 'explode'" in got.output
+    got = fault("degrade", "a-b", "--loss", "1.5")
+    assert got.exit_code == 2 and "at `fault.loss`" in got.output
+    got = fault("crash", "bob", "--for", "1")
+    assert got.exit_code == 2 and "a crash ends with restart_after_s" in got.output
+    got = fault("cut", "a-b")
+    assert got.exit_code == 2 and "mqtt-operator.json: not found" in got.output
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "mqtt-operator.json").write_text(json.dumps({
+        "run_id": "r", "host": "127.0.0.1", "port": port, "username": "operator",
+        "password": "x"}))
+    got = fault("cut", "a-b")
+    assert got.exit_code == 1 and "the run is not running" in got.output
+    (tmp_path / "result.json").write_text("{}")
+    got = fault("cut", "a-b")
+    assert got.exit_code == 1 and "the run has ended" in got.output
