@@ -8,6 +8,8 @@ directly avoids one ``wg`` process per key change.
 from __future__ import annotations
 
 import base64
+import ctypes
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 UAPI_DIR = Path("/var/run/wireguard")
 READY_LINE = b"UAPI listener started"
+PR_SET_PDEATHSIG = 1
 
 
 class UapiError(Exception):
@@ -82,13 +85,19 @@ async def force_handshake(ifname: str, private: bytes) -> None:
                             f"private_key={private.hex()}"])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when this program dies, even by SIGKILL (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 async def run_wireguard_go(ifname: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """``wireguard-go -f <ifname>`` as a child of this task; started once its UAPI listens.
 
     Its log goes to our stderr; leaving the task (cancel) terminates it, and the TUN with it."""
     process = await trio.lowlevel.open_process(
         ["wireguard-go", "-f", ifname], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={"LOG_LEVEL": "verbose", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+        env={"LOG_LEVEL": "verbose", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+        preexec_fn=_die_with_parent)
     started = False
     try:
         buffer = b""
