@@ -2,9 +2,10 @@
 packets per second through three routers.
 
 Chain alice - r1 - r2 - r3 - bob of 0.1 km ``[links.flight]`` fibres (no loss, no drift),
-routers with a 30 ms delay line (late switches are counted and reported). Each router runs ``HybridCore`` with its own daemon
-connection (all in this one process); headers pass between the cores' codecs in memory (no UDP: the classical socket
-round trip is measured apart). Reported:
+routers with a 30 ms delay line (late switches are counted and reported). Each router runs
+``HybridCore`` with its own daemon connection (all in this one process); headers pass between
+the cores' codecs in memory (no UDP: the classical socket round trip is measured apart).
+Reported:
 
 * decision latency per hop (µs, median and p99): the payload's arrival in a router's delay
   line to the daemon setting its switch (``Switched.t - PayloadArrived.t``, emulated = wall at

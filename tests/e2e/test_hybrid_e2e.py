@@ -77,7 +77,7 @@ def test_campus_with_and_without_compensation(tmp_path: Path) -> None:
 def test_budget_below_decision_latency_loses_late(tmp_path: Path) -> None:
     budget = [f"nodes.{i}.hybrid.switch_budget_us=1000" for i in ROUTERS]
     fast = run(tmp_path / "fast", *budget, "scenario.duration_s=2.5")
-    median = [r["decision_us_median"] for r in fast["routers"]]
+    median = [r["decision_us_median"] for r in fast["routers"] if r["decision_us_median"]]
     assert fast["late"] > 0 and max(median) > 1000, (fast, median)
     assert fast["delivered"] + fast["lost_in_fibre"] + fast["late"] == fast["sent"]
     # the late share is what the routers' own measured latencies predict (binomial, 4 SE)

@@ -3,8 +3,9 @@
 A ``QubitSend`` moves the sender's qubit out of its memory into the fibre (a slot of the
 ``FLIGHT`` pseudo-node, so it stays entangled with what it was entangled with). Crossing the
 fibre it meets the fibre's rotation U(t) (``polarisation.drift_step``, one walk per fibre and
-direction, U = I when the first payload crosses it: its calibration), its loss (and the far end's delay line's), and Raman photons
-that travel with it and depolarise it when stored (``physics.flight.noise_at_destination``).
+direction, U = I when the first payload crosses it: its calibration), its loss (and the far
+end's delay line's), and Raman photons that travel with it and depolarise it when stored
+(``physics.flight.noise_at_destination``).
 It arrives one fibre delay later: at a node with a delay line (``switch_budget_us`` > 0) it
 waits for ``PayloadSwitch`` until its spool ends, else it is lost as *late*; at any other node
 it is stored in memory. A cut or degraded quantum plane and Raman noise from the measured
@@ -36,8 +37,8 @@ from emulator.physics.channels import fibre_delay, transmittance
 
 FLIGHT = "~flight"  # memories pseudo-node holding the qubits in fibres and delay lines
 FLIGHT_SLOTS = 100_000
-PUSH_BUFFER = 10_000
-LATE_MEMORY = 10_000  # payloads lost as late whose late switch is still answered "late"  # PayloadArrived queued per receiving connection before drops
+PUSH_BUFFER = 10_000  # PayloadArrived queued per receiving connection before drops
+LATE_MEMORY = 10_000  # payloads lost as late whose late switch is still answered "late"
 
 
 def rotation_vector(u: np.ndarray) -> tuple[float, float, float]:
@@ -136,7 +137,8 @@ class FlightPlane:
             if state.raman is not None:
                 noise += state.noise_photons(efficiency=1.0)
         payload.noise = (payload.noise * t_fibre + noise) * spool
-        payload.at, payload.link, payload.in_spool, payload.switched_to = dst, link.name, False, None
+        payload.at, payload.link = dst, link.name
+        payload.in_spool, payload.switched_to = False, None
         self.counts[f"{link.name}.sent"] += 1
         alive = self.rng.random() < t_fibre * spool
         # a lost payload is known lost at its would-be arrival (the push goes then)

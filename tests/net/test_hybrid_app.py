@@ -1,0 +1,96 @@
+"""hybrid.send off the wire: its scenario checks, the fidelity estimators on sampled records
+(within 4 of their own standard errors of the truth), and the merge's model of the path."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from emulator.hybrid_config import daemon_counts, flow_prediction
+from emulator.scenario import ScenarioError, parse_scenario
+from nodes.apps.hybrid import estimate, results
+
+FIBRE = {"diffusion_rad2_per_s": 0.2, "estimation_sigma_rad": 0.1}
+
+
+def raw(dst_budget: float = 0.0, src_fibre: bool = True) -> dict:
+    links = [{"a": "r", "b": "bob", "length_km": 1.0, "flight": FIBRE}]
+    links.append({"a": "alice", "b": "r", "length_km": 1.0,
+                  **({"flight": FIBRE} if src_fibre else {})})
+    return {"scenario": {"name": "t", "duration_s": 4},
+            "nodes": [{"name": "alice", "memory": {"slots": 8}},
+                      {"name": "r", "hybrid": {"switch_budget_us": 1000}},
+                      {"name": "bob", "hybrid": {"switch_budget_us": dst_budget}}],
+            "links": links,
+            "apps": [{"kind": "hybrid.send", "src": "alice", "dst": "bob"}]}
+
+
+def test_validation_fills_routers_and_refuses_bad_ends() -> None:
+    sc = parse_scenario(raw())
+    app = sc.apps[0]
+    assert app.routers == ["r"] and app.flow == 1 and app.port == 2000
+    with pytest.raises(ScenarioError, match=r"apps\[0\]\.dst: .*delay line"):
+        parse_scenario(raw(dst_budget=5.0))
+    with pytest.raises(ScenarioError, match=r"apps\[0\]\.src: 'alice' has no \[links.flight\]"):
+        parse_scenario(raw(src_fibre=False))
+
+
+def sample_pairs(lam: float, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Records of n Werner-like pairs (correlators +lam, +lam, -lam in Z, X, Y), random bases."""
+    seq = np.arange(n)
+    bs, bd = rng.integers(3, size=n), rng.integers(3, size=n)
+    a = rng.integers(2, size=n)
+    sign = np.array(estimate.PHI_PLUS_SIGN)[bs]
+    agree = rng.random(n) < (1 + sign * lam) / 2
+    b = np.where(bs == bd, np.where(agree, a, 1 - a), rng.integers(2, size=n))
+    return np.stack([seq, bs, a], 1), np.stack([seq, bd, b], 1)
+
+
+def test_pair_estimator_is_unbiased_within_its_standard_error() -> None:
+    rng = np.random.default_rng(2)
+    lam = 0.9
+    src, dst = sample_pairs(lam, 30_000, rng)
+    got = estimate.estimate("pair", src[::-1], dst)  # order does not matter: joined by seq
+    assert got["matched"] == sum(got["matched_per_basis"])
+    assert abs(got["matched"] / 30_000 - 1 / 3) < 4 * math.sqrt(2 / 9 / 30_000)
+    assert abs(got["fidelity_mean"] - (1 + 3 * lam) / 4) < 4 * got["fidelity_stderr"]
+
+
+def test_state_estimator() -> None:
+    rng = np.random.default_rng(3)
+    n, f = 20_000, 0.93
+    k = rng.integers(6, size=n)
+    basis = rng.integers(3, size=n)
+    want = np.array([s[2] for s in estimate.STATES])[k]
+    outcome = np.where(rng.random(n) < f, want, 1 - want)
+    src = np.stack([np.arange(n), k, np.zeros(n, int)], 1)
+    dst = np.stack([np.arange(n), basis, outcome], 1)
+    got = estimate.estimate("state", src, dst)
+    assert abs(got["fidelity_mean"] - f) < 4 * got["fidelity_stderr"]
+
+
+def test_merge_models_the_path_and_counts() -> None:
+    sc = parse_scenario(raw())
+    app = sc.apps[0]
+    times = list(np.linspace(10.0, 12.0, 50))
+    entries = [
+        {"role": "src", "sent": 50, "path": ["alice", "r", "bob"], "send_times": times,
+         "path_at_end": ["alice", "r", "bob"], "fidelity_mean": 0.9},
+        {"role": "dst", "delivered": 40, "lost_in_fibre": 6, "late": 1, "fidelity_mean": 0.9,
+         "fidelity_stderr": 0.02, "matched_per_basis": [5, 5, 5]},
+        {"section": "router", "node": "r", "decision_us": [500.0] * 9 + [2000.0],
+         "counters": {"hybrid_switched": 45, "hybrid_late": 1}}]
+    (out,) = results.merge(sc, app, entries)
+    assert out["dropped_header"] == 3 and out["router_measurements"] is None
+    model = flow_prediction(sc, ["alice", "r", "bob"], times, {"r": [500.0] * 9 + [2000.0]})
+    assert out["fidelity_model"] == pytest.approx(model.pair_fidelity)
+    assert out["model"]["late"] == pytest.approx(0.1 * 10 ** (-0.2 / 10), rel=1e-9)
+    assert out["routers"] == [{"node": "r", "switches": 45, "late": 1,
+                               "decision_us_median": 500.0}]
+    sections = {"hybrid": [out]}
+    daemon_counts(sections, {"measurements": {"alice": 50, "bob": 40}})
+    assert out["router_measurements"] == 0
+    daemon_counts(sections, {"measurements": {"r": 2}})
+    assert out["router_measurements"] == 2
