@@ -179,8 +179,9 @@ class Relay:
             self.cut()
             return "classical cut (TCP held, UDP dropped)"
         if message.action == "restore":
+            was_cut = self.is_cut
             self.restore()
-            return "classical restored"
+            return "classical restored" if was_cut else "classical was not cut"
         if message.action == "corrupt":
             self.corrupt()
             return "next large TCP chunk corrupted"

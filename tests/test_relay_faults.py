@@ -30,8 +30,9 @@ async def test_planes_and_degrade_on_the_relay() -> None:
             assert not relay.is_cut
             assert relay.apply(LinkControl("cut", plane="classical")).startswith("classical cut")
             assert relay.is_cut
-            relay.apply(LinkControl("restore"))
+            assert relay.apply(LinkControl("restore")) == "classical restored"
             assert not relay.is_cut
+            assert relay.apply(LinkControl("restore")) == "classical was not cut"
             n, loss = 2000, 0.2
             assert relay.apply(LinkControl("degrade", loss=loss)) == (
                 "classical extra datagram loss 0.2")

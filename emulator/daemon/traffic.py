@@ -92,7 +92,9 @@ class LinkState:
             self.cut = True
             return "quantum transmittance 0"
         if message.action == "restore":
-            self.cut = False
+            was_cut, self.cut = self.cut, False
+            if not was_cut:
+                return "quantum plane was not cut"
             return f"quantum transmittance restored (extra {self.extra_db:g} dB)"
         self.extra_db = message.db
         return f"quantum extra attenuation {message.db:g} dB"

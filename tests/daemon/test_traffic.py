@@ -37,7 +37,9 @@ def test_cut_restore_and_degrade_set_the_transmittance_factor() -> None:
     assert s.transmittance_factor() == 0.0
     s.control(LinkControl("degrade", plane="quantum", db=3.0))
     assert s.transmittance_factor() == 0.0  # still cut
-    s.control(LinkControl("restore", plane="quantum"))
+    assert s.control(LinkControl("restore", plane="quantum")) == (
+        "quantum transmittance restored (extra 3 dB)")
+    assert s.control(LinkControl("restore")) == "quantum plane was not cut"
     assert math.isclose(s.transmittance_factor(), 10 ** -0.3)
     s.control(LinkControl("degrade", db=0.0))
     assert s.transmittance_factor() == 1.0
@@ -186,3 +188,21 @@ async def test_a_cut_quantum_plane_stops_heralds_until_restored(nursery) -> None
         state.control(LinkControl("restore"))
         while link.generated < before + 50:
             await trio.sleep(0.005)
+
+
+def test_the_raman_table_is_validated_with_its_path() -> None:
+    from pathlib import Path
+
+    import pytest
+
+    from emulator.scenario import ScenarioError, load_scenario
+
+    quickstart = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.toml"
+    sc = load_scenario(quickstart, ["links.0.quantum.raman.line_rate_mbps=100"])
+    assert sc.links[0].quantum.raman == Raman(line_rate_mbps=100.0)
+    for override, message in [
+            ("links.0.quantum.raman.launch_power_mw=0", r"launch_power_mw: Expected `float` > 0"),
+            ("links.0.quantum.raman.colour=1", r"^links\[0\]\.quantum\.raman\.colour: unknown key"),
+            ("links.0.quantum.raman.db_per_km=-1", r"db_per_km: Expected `float` >= 0")]:
+        with pytest.raises(ScenarioError, match=message):
+            load_scenario(quickstart, [override])
