@@ -56,6 +56,17 @@ class Done(msgspec.Struct, tag="done"):
 
 
 Control = Hello | Rotate | Installed | Done
+
+
+class PeerProtocolError(Exception):
+    """The other end sent a valid message at the wrong time (its fault, not ours)."""
+
+
+def expect(message: Control, kind: type, epoch: int | None = None) -> Control:
+    if not isinstance(message, kind) or (epoch is not None and message.epoch != epoch):
+        raise PeerProtocolError(f"expected {kind.__name__}"
+                                f"{'' if epoch is None else f' of epoch {epoch}'}, got {message}")
+    return message
 ENCODER = msgspec.json.Encoder()
 DECODER = msgspec.json.Decoder(Control)
 
@@ -183,8 +194,7 @@ async def fetch(call, *args):
 
 async def master(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> dict:
     await control.send(Hello(wg.b64(tunnel.public), args.wg_port))
-    peer = await control.receive()
-    assert isinstance(peer, Hello), peer
+    peer = expect(await control.receive(), Hello)
     ping = PingStream(args.peer_tunnel_addr, args.ping_interval, args.ping_timeout)
     matches = []
     async with trio.open_nursery() as nursery:
@@ -192,8 +202,7 @@ async def master(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> di
         for epoch in range(args.rotations + 1):
             key_id, psk = await take_key(kme, args.peer_sae, args.key_wait)
             await control.send(Rotate(epoch, key_id))
-            answer = await control.receive()
-            assert isinstance(answer, Installed) and answer.epoch == epoch, answer
+            answer = expect(await control.receive(), Installed, epoch)
             if epoch == 0:
                 await tunnel.configure(peer, psk)
                 entry = await tunnel.install(epoch, key_id, psk)
@@ -218,11 +227,10 @@ async def master(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> di
 
 
 async def slave(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> dict:
-    peer = await control.receive()
-    assert isinstance(peer, Hello), peer
+    peer = expect(await control.receive(), Hello)
     await control.send(Hello(wg.b64(tunnel.public), args.wg_port))
     while not isinstance(message := await control.receive(), Done):
-        assert isinstance(message, Rotate), message
+        expect(message, Rotate)
         psk = (await fetch(kme.dec_keys, args.peer_sae, [message.key_ID]))[message.key_ID]
         if message.epoch == 0:
             await tunnel.configure(peer, psk)
