@@ -35,6 +35,8 @@ local f = {
     payload_flags = ProtoField.uint8("qnet_hybrid.payload.flags", "Payload flags", base.HEX),
     payload_lost = ProtoField.bool("qnet_hybrid.payload.lost", "Payload lost upstream", 8, nil,
         0x01),
+    payload_late = ProtoField.bool("qnet_hybrid.payload.late", "Lost as late at a router", 8,
+        nil, 0x02),
     payload_qubits = ProtoField.uint16("qnet_hybrid.payload.qubits", "Payload qubits"),
     payload_id = ProtoField.uint64("qnet_hybrid.payload.id", "Payload id (daemon)"),
     pol_s1 = ProtoField.float("qnet_hybrid.pol.s1", "Reference S1"),
@@ -64,6 +66,7 @@ local function value_fields(t, v, sub)
         sub:add(f.payload_kind, v(0, 1))
         local flags = sub:add(f.payload_flags, v(1, 1))
         flags:add(f.payload_lost, v(1, 1))
+        flags:add(f.payload_late, v(1, 1))
         sub:add(f.payload_qubits, v(2, 2))
         sub:add(f.payload_id, v(4, 8))
     elseif t == 9 then
