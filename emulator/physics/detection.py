@@ -83,12 +83,13 @@ def detect_frame(
     coins = rng.integers(0, 4, m, dtype=np.uint8)
     basis_b = coins & 1  # passive 50/50 split, per gate
     coin = coins >> 1  # outcome when only dark counts clicked
-    wrong_p = np.where(basis_a == basis_b, e_det, 0.5)
-    wrong = rng.random(m) < wrong_p  # signal lands in the detector opposite the sender's bit
-    # given the signal detector clicked, a dark count in the other one (prob. p_dc) makes a
-    # double click resolved by a fair coin: outcome flips with prob. p_dc / 2
-    if p_dc > 0:
-        wrong ^= rng.random(m) < p_dc / 2.0
+    # the signal lands in the detector opposite the sender's bit with prob. w (e_det, or 1/2
+    # in the other basis); given the signal detector clicked, a dark count in the other one
+    # (prob. p_dc) makes a double click resolved by a fair coin, a flip with prob. d = p_dc/2:
+    # the outcome is wrong with prob. w (1 - d) + (1 - w) d, drawn at once
+    d = p_dc / 2.0
+    wrong_p = np.where(basis_a == basis_b, e_det + d - 2 * e_det * d, 0.5)
+    wrong = rng.random(m) < wrong_p
     outcome_signal = bit ^ wrong.astype(np.uint8)
     # no signal and at least one dark click: by symmetry the outcome is a fair coin
     outcome = np.where(signal, outcome_signal, coin)
