@@ -261,7 +261,7 @@ class Link(Struct, forbid_unknown_fields=True):
         return float(fibre_delay(self.length_km))
 
     def classical_delay_schedule(self, step_s: float = 1.0,
-                                 span_s: float = 3600.0) -> list[tuple[float, float]] | None:
+                                 span_s: float = 900.0) -> list[tuple[float, float]] | None:
         """On a satellite pass (geometry, no configured delay): (run time, fibre delay + L/c)
         every ``step_s`` up to ``span_s`` (the relay holds the last); pass time is counted from
         the run's start here, from the source's on the quantum link (~1 s apart, 25 us)."""
