@@ -77,7 +77,7 @@ def test_keys_rotate_and_traffic_flows(tmp_path: Path) -> None:
     # a handshake completed under every key: WireGuard mixes the PSK into it, so it proves
     # both ends held the same one
     for key in master["keys"]:
-        assert key["handshake_at"] is not None and key["handshake_at"] >= key["installed_at"] - 1e-3
+        assert key["handshake_at"] is not None and key["handshake_at"] > key["installed_at"]
     assert master["all_matched"]
     ping = master["ping"]
     assert ping["sent"] >= 100, ping

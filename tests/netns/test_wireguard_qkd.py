@@ -42,7 +42,7 @@ def test_psk_follows_the_kme_and_pings_survive(tmp_path: Path) -> None:
     assert len({k["sha256"] for k in master["keys"]}) == len(master["keys"])
     assert all(k["bytes"] == 32 for k in master["keys"] + slave["keys"])
     for key in master["keys"]:  # the handshake mixes the PSK in: it proves both held it
-        assert key["handshake_at"] is not None, key
+        assert key["handshake_at"] is not None and key["handshake_at"] > key["installed_at"], key
     gaps = [b["installed_at"] - a["installed_at"]
             for a, b in zip(master["keys"][1:], master["keys"][2:])]
     assert all(1.5 < gap < 4.0 for gap in gaps), gaps  # every --interval 2 s
