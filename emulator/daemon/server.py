@@ -249,9 +249,9 @@ async def _link_message(daemon: Daemon, mqtt, got: telemetry.Decoded | None) -> 
     if got is None:
         return
     if isinstance(got.payload, telemetry.TrafficReport):
-        daemon.link_states.traffic(got.name, got.payload)
+        daemon.link_states.traffic(got.name, got.payload, daemon.clock.now())
     elif isinstance(got.payload, telemetry.LinkControl):
-        effect = daemon.link_states.control(got.name, got.payload)
+        effect = daemon.link_states.control(got.name, got.payload, daemon.clock.now())
         if effect is not None:
             log.info("link %s: %s", got.name, effect)
             await mqtt.publish(telemetry.daemon_fault(daemon.config.run_id), telemetry.encode(

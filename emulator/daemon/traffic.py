@@ -14,6 +14,9 @@ MQTT task feeds them (``emulator.daemon.server``). Runtimes read, per link:
   ``noise_photons(efficiency=1)`` is the photon number at the fibre's output, for payloads
   (``physics.raman.depolarising_probability``).
 
+Each change is kept with its emulated time (``Setting``): a runtime that samples pulses late
+(catching up with the clock) asks ``settings(t0, t1)`` for what held while those photons
+crossed, so a cut lasts exactly as long for them whatever the daemon's lag.
 ``pulse_weighted`` accumulates what a runtime actually applied (per pulse), so the daemon can
 report the mean noise and duty each link saw: the orchestrator's QBER model uses it.
 """
@@ -21,11 +24,14 @@ report the mean noise and duty each link saw: the orchestrator's QBER model uses
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 
 from emulator.physics import raman
 from emulator.scenario import Raman
 from emulator.telemetry import LinkControl, TrafficReport
+
+HISTORY = 4096  # settings kept per link: ~17 min of 0.25 s traffic windows for a late runtime
 
 
 @dataclass
@@ -48,64 +54,126 @@ class RamanSource:
             self.efficiency if efficiency is None else efficiency))
 
 
-@dataclass
-class LinkState:
-    """Faults and measured classical load of one quantum link."""
+@dataclass(frozen=True)
+class Setting:
+    """What a link's quantum plane is from emulated time ``t`` on (until the next setting)."""
 
-    name: str
-    raman: RamanSource | None = None
+    t: float
     cut: bool = False
     extra_db: float = 0.0
     duty_ab: float = 0.0
     duty_ba: float = 0.0
+
+    @property
+    def factor(self) -> float:
+        """0 while cut, else the degrade's 10^(-extra_db/10)."""
+        return 0.0 if self.cut else 10.0 ** (-self.extra_db / 10.0)
+
+
+@dataclass
+class LinkState:
+    """Faults and measured classical load of one link, with their history in emulated time,
+    so a runtime that samples late (catching up) applies what held when its photons crossed.
+    ``now`` arguments are emulated seconds; without one a change holds from the start."""
+
+    name: str
+    raman: RamanSource | None = None
+    history: deque[Setting] = field(default_factory=lambda: deque([Setting(-math.inf)],
+                                                                  maxlen=HISTORY))
     weighted: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("pulses", "noise", "duty_ab", "duty_ba", "cut_pulses"), 0.0))
 
+    @property
+    def now(self) -> Setting:
+        return self.history[-1]
+
+    @property
+    def cut(self) -> bool:
+        return self.now.cut
+
+    @property
+    def extra_db(self) -> float:
+        return self.now.extra_db
+
+    @property
+    def duty_ab(self) -> float:
+        return self.now.duty_ab
+
+    @property
+    def duty_ba(self) -> float:
+        return self.now.duty_ba
+
     def transmittance_factor(self) -> float:
         """0 while the quantum plane is cut, else the degrade's 10^(-extra_db/10)."""
-        return 0.0 if self.cut else 10.0 ** (-self.extra_db / 10.0)
+        return self.now.factor
 
-    def noise_photons(self, efficiency: float | None = None) -> float:
-        """Raman photons per gate now (0 without a ``raman`` config)."""
+    def noise_photons(self, efficiency: float | None = None,
+                      setting: Setting | None = None) -> float:
+        """Raman photons per gate now, or under ``setting`` (0 without a ``raman`` config)."""
         if self.raman is None:
             return 0.0
-        return self.raman.photons(self.duty_ab, self.duty_ba, efficiency)
+        setting = setting or self.now
+        return self.raman.photons(setting.duty_ab, setting.duty_ba, efficiency)
 
     def depolarising_probability(self) -> float:
         """Depolarising probability of a payload at the fibre's output (detector-less)."""
         return float(raman.depolarising_probability(self.noise_photons(efficiency=1.0)))
 
-    def pulse_weighted(self, pulses: int, noise: float) -> None:
-        """Record that ``pulses`` were sampled with ``noise`` photons per gate."""
+    def settings(self, t0: float, t1: float) -> list[Setting]:
+        """The settings that hold during [t0, t1), in order: the one in force at t0, then each
+        change before t1 (never empty)."""
+        out: list[Setting] = []
+        for setting in reversed(self.history):
+            if setting.t <= t0:
+                out.append(setting)
+                break
+            if setting.t < t1:
+                out.append(setting)
+        return out[::-1] or [self.history[0]]
+
+    def at(self, t: float) -> Setting:
+        """The setting in force at emulated time ``t``."""
+        return self.settings(t, t)[0]
+
+    def pulse_weighted(self, pulses: int, setting: Setting | None = None) -> None:
+        """Record that ``pulses`` were sampled under ``setting`` (default: the current one)."""
+        setting = setting or self.now
         w = self.weighted
         w["pulses"] += pulses
-        w["noise"] += pulses * noise
-        w["duty_ab"] += pulses * self.duty_ab
-        w["duty_ba"] += pulses * self.duty_ba
-        w["cut_pulses"] += pulses if self.cut else 0
+        w["noise"] += pulses * self.noise_photons(setting=setting)
+        w["duty_ab"] += pulses * setting.duty_ab
+        w["duty_ba"] += pulses * setting.duty_ba
+        w["cut_pulses"] += pulses if setting.cut else 0
 
-    def control(self, message: LinkControl) -> str | None:
-        """Apply a fault to the quantum plane; its effect, or None if it has none here."""
+    def _change(self, now: float, **changes: float | bool) -> None:
+        t = max(now, self.now.t)  # a change never goes back before the last one
+        self.history.append(replace(self.now, t=t, **changes))
+
+    def control(self, message: LinkControl, now: float = -math.inf) -> str | None:
+        """Apply a fault to the quantum plane at ``now``; its effect, or None if it has none
+        here."""
         if message.plane == "classical" or message.action == "corrupt":
             return None
         if message.action == "cut":
-            self.cut = True
+            self._change(now, cut=True)
             return "quantum transmittance 0"
         if message.action == "restore":
-            was_cut, self.cut = self.cut, False
+            was_cut = self.cut
+            self._change(now, cut=False)
             if not was_cut:
                 return "quantum plane was not cut"
             return f"quantum transmittance restored (extra {self.extra_db:g} dB)"
-        self.extra_db = message.db
+        self._change(now, extra_db=message.db)
         return f"quantum extra attenuation {message.db:g} dB"
 
-    def traffic(self, report: TrafficReport) -> None:
-        """New duty cycles from a relay's bytes per direction over its window."""
+    def traffic(self, report: TrafficReport, now: float = -math.inf) -> None:
+        """New duty cycles from ``now`` on, from a relay's bytes per direction over its last
+        window (the load is known only once the window is over: the noise lags it by one)."""
         if self.raman is None or report.window_s <= 0:
             return
         rate = self.raman.config.line_rate_mbps * 1e6
-        self.duty_ab = float(raman.duty_cycle(report.bytes_ab, report.window_s, rate))
-        self.duty_ba = float(raman.duty_cycle(report.bytes_ba, report.window_s, rate))
+        self._change(now, duty_ab=float(raman.duty_cycle(report.bytes_ab, report.window_s, rate)),
+                     duty_ba=float(raman.duty_cycle(report.bytes_ba, report.window_s, rate)))
 
     def report(self) -> dict[str, float]:
         """Mean noise and duty over the pulses sampled so far, and the fault state now."""
@@ -153,12 +221,12 @@ class LinkStates:
         """The state of ``name`` (a fresh one, never cut, for a link not seen before)."""
         return self.add(name)
 
-    def control(self, name: str, message: LinkControl) -> str | None:
-        return self.add(name).control(message)
+    def control(self, name: str, message: LinkControl, now: float) -> str | None:
+        return self.add(name).control(message, now)
 
-    def traffic(self, name: str, report: TrafficReport) -> None:
+    def traffic(self, name: str, report: TrafficReport, now: float) -> None:
         if math.isfinite(report.window_s):
-            self.add(name).traffic(report)
+            self.add(name).traffic(report, now)
         else:
             self.ignored += 1
 

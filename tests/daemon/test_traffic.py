@@ -64,12 +64,25 @@ def test_noise_follows_the_duty_cycle_of_each_direction() -> None:
     assert s.duty_ab == 1.0 and s.duty_ba == 0.0
 
 
+def test_settings_keep_their_times() -> None:
+    s = state()
+    s.control(LinkControl("cut"), 1.0)
+    s.traffic(TrafficReport(window_s=1.0, bytes_ab=1_250_000, bytes_ba=0), 1.5)
+    s.control(LinkControl("restore"), 2.0)
+    s.control(LinkControl("degrade", db=1.0), 1.9)  # never before the last change: at 2.0
+    assert [x.t for x in s.settings(0.0, 3.0)] == [-math.inf, 1.0, 1.5, 2.0, 2.0]
+    assert [x.t for x in s.settings(1.2, 1.5)] == [1.0]
+    assert [x.t for x in s.settings(1.5, 1.5)] == [1.5]
+    assert s.at(1.7).cut and s.at(1.7).duty_ab == 0.1 and not s.at(0.5).cut
+    assert s.at(5.0).factor == 10 ** -0.1 and not s.at(5.0).cut
+
+
 def test_pulse_weighted_report_and_unknown_links() -> None:
     s = state()
     s.traffic(TrafficReport(window_s=1.0, bytes_ab=1_250_000, bytes_ba=0))
-    s.pulse_weighted(300, s.noise_photons())
+    s.pulse_weighted(300)
     s.traffic(TrafficReport(window_s=1.0, bytes_ab=0, bytes_ba=0))
-    s.pulse_weighted(100, s.noise_photons())
+    s.pulse_weighted(100)
     report = s.report()
     assert math.isclose(report["duty_ab_mean"], 0.075)
     assert report["pulses"] == 400 and report["noise_photons_now"] == 0.0
@@ -78,9 +91,9 @@ def test_pulse_weighted_report_and_unknown_links() -> None:
     assert states.add("a-b", state().raman) is first and first.raman is not None  # shared
     assert states.add("a-b", None).raman is first.raman  # a runtime without Raman keeps it
     # a fault for a link no runtime has asked about yet waits for it (e.g. a flight fibre)
-    assert states.control("x-y", LinkControl("cut")) == "quantum transmittance 0"
+    assert states.control("x-y", LinkControl("cut"), 1.0) == "quantum transmittance 0"
     assert states.get("x-y").cut and not states.get("a-b").cut
-    states.traffic("x-y", TrafficReport(window_s=float("nan"), bytes_ab=1, bytes_ba=1))
+    states.traffic("x-y", TrafficReport(window_s=float("nan"), bytes_ab=1, bytes_ba=1), 2.0)
     assert states.ignored == 1
 
 
@@ -180,12 +193,12 @@ async def test_a_cut_quantum_plane_stops_heralds_until_restored(nursery) -> None
     with trio.fail_after(10):
         while link.generated < 50:
             await trio.sleep(0.005)
-        state.control(LinkControl("cut", plane="quantum"))
+        state.control(LinkControl("cut", plane="quantum"), daemon.clock.now())
         await trio.sleep(0.01)  # an attempt already drawn may still land
         before = link.generated
         await trio.sleep(0.1)  # ~2600 heralds expected at 1e5 attempts/s if it were up
         assert link.generated == before
-        state.control(LinkControl("restore"))
+        state.control(LinkControl("restore"), daemon.clock.now())
         while link.generated < before + 50:
             await trio.sleep(0.005)
 
@@ -206,3 +219,36 @@ def test_the_raman_table_is_validated_with_its_path() -> None:
             ("links.0.quantum.raman.db_per_km=-1", r"db_per_km: Expected `float` >= 0")]:
         with pytest.raises(ScenarioError, match=message):
             load_scenario(quickstart, [override])
+
+
+async def test_a_cut_lasts_exactly_its_emulated_time_for_the_photons(nursery) -> None:
+    """Settings carry emulated times: a cut announced for [t+0.05, t+0.1) blinds exactly the
+    slots arriving then, however late the source task samples them."""
+    daemon = await nursery.start(serve, config(None))
+    link = daemon.link_states.get("a-b")
+    alice = await Peer.connect(daemon.port, "alice")
+    bob = await Peer.connect(daemon.port, "bob")
+    assert isinstance(await bob.ask(p.DetectorOpen(1, "a-b")), p.DetectorOpened)
+    started = await alice.ask(p.SourceStart(1, "a-b", KEY))
+    t = started.t_start + daemon.photon_links["a-b"].delay_s  # arrival of slot 0
+    link.control(LinkControl("cut"), t + 0.05)
+    link.control(LinkControl("restore"), t + 0.1)
+    found = 0
+    async with trio.open_nursery() as inner:
+        async def read_bob() -> None:
+            nonlocal found
+            while True:
+                message = await bob.receive()
+                found += len(message.outcome)
+                if message.last:
+                    return
+
+        inner.start_soon(read_bob)
+        await trio.sleep(0.2)
+        stopped = await alice.ask(p.SourceStop(2, "a-b"))
+    assert abs(link.report()["cut_pulses"] - 0.05 * RATE_HZ) <= 1
+    eta = float(channels.transmittance(LENGTH_KM, 0.2)) * EFF
+    q, y0 = float(gain(MU, eta, background_yield(1e-6))), float(background_yield(1e-6))
+    dark = link.report()["cut_pulses"]
+    expected = q * (stopped.pulses - dark) + y0 * dark
+    assert abs(found - expected) <= 4 * math.sqrt(q * (stopped.pulses - dark) + y0 * dark)

@@ -144,7 +144,7 @@ class HeraldedLinkRuntime(LinkRuntime):
             self.host.expire()
             if not self.has_room():
                 continue  # another user took the last slot while we waited
-            factor = self.state.transmittance_factor()  # a cut or degraded fibre thins heralds
+            factor = self.state.at(t_emit).factor  # a cut or degraded fibre thins heralds
             if factor < 1.0 and not self.rng.random() < factor:
                 continue
             pair = self.host.new_pair_id()

@@ -25,7 +25,7 @@ from emulator.child_config import DaemonLink
 from emulator.daemon import protocol as p
 from emulator.daemon.links import LinkHost, LinkRuntime, Reply, name_word, not_allowed
 from emulator.daemon.session import Connection
-from emulator.daemon.traffic import raman_source
+from emulator.daemon.traffic import Setting, raman_source
 from emulator.physics import channels, detection, detector_effects, detectors, raman, sources
 from emulator.prf import intensity_thresholds
 
@@ -212,16 +212,7 @@ class PhotonLinkRuntime(LinkRuntime):
                 now = self.clock.now()
                 lag = max(0.0, now - due)
                 end = self._catch_up(run, start, end, now)
-                eta = self.eta_at(run, start, end) * self.state.transmittance_factor()
-                noise = self.state.noise_photons()
-                self.state.pulse_weighted(end - start, noise)
-                p_dc = self.p_dc if noise == 0 else float(
-                    raman.effective_dark_count(self.p_dc, noise))
-                found = detection.detect_frame(
-                    self.rng, run.key, start, end, self.sampled_intensities(run, eta),
-                    run.probabilities, eta, p_dc, self.e_det, eta_1=self.eta_1_at(eta),
-                )
-                found = self.detector_effects(found, end)
+                found = self.detector_effects(self.sample(run, start, end), end)
                 if self.host.taps:
                     self.host.taps.photon_frame(self.name, start, end, found,
                                                 run.t_start + end / self.rate_hz + self.delay_s)
@@ -243,6 +234,34 @@ class PhotonLinkRuntime(LinkRuntime):
         finally:
             self.source = None
             run.done.set()
+
+    def sample(self, run: SourceRun, start: int, end: int) -> detection.FrameDetections:
+        """Clicks of slots [start, end), split where the link's faults or load changed while
+        those photons arrived (``traffic.LinkState.settings``): each part at its own
+        transmittance and Raman dark count."""
+        arrival = run.t_start + self.delay_s  # of slot 0
+        settings = self.state.settings(arrival + start / self.rate_hz,
+                                       arrival + end / self.rate_hz)
+        bounds = [start] + [min(end, max(start, math.ceil((s.t - arrival) * self.rate_hz)))
+                            for s in settings[1:]] + [end]
+        parts = [self._sample_part(run, s0, s1, setting)
+                 for s0, s1, setting in zip(bounds, bounds[1:], settings) if s1 > s0]
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:  # an empty span (the last call at a stop)
+            return self._sample_part(run, start, end, settings[-1])
+        return detection.FrameDetections(*(np.concatenate([getattr(f, k) for f in parts])
+                                           for k in ("slot", "basis", "outcome")))
+
+    def _sample_part(self, run: SourceRun, start: int, end: int,
+                     setting: Setting) -> detection.FrameDetections:
+        eta = self.eta_at(run, start, end) * setting.factor
+        noise = self.state.noise_photons(setting=setting)
+        self.state.pulse_weighted(end - start, setting)
+        p_dc = self.p_dc if noise == 0 else float(raman.effective_dark_count(self.p_dc, noise))
+        return detection.detect_frame(
+            self.rng, run.key, start, end, self.sampled_intensities(run, eta),
+            run.probabilities, eta, p_dc, self.e_det, eta_1=self.eta_1_at(eta))
 
     def photon_numbers(self, intensities: list[float]) -> list[np.ndarray] | None:
         """P(n) of each requested intensity from the link's source (None for a WCP); a table
