@@ -142,10 +142,12 @@ def faults_section(fault_log: list[dict], events: list[dict]) -> list[dict]:
     """result.json ``faults``: each applied fault with what the processes reported doing.
 
     A link fault's effects are the ``fault_effect`` events of its link and action from its
-    time until the next fault of that link; a crash's are its node's down/restart events."""
+    time until the next fault of that link and action; a crash's are its node's down/restart
+    events until its next crash."""
     rows = []
     for i, entry in enumerate(fault_log):
-        later = [e["t_emu"] for e in fault_log[i + 1:] if e["target"] == entry["target"]]
+        later = [e["t_emu"] for e in fault_log[i + 1:]
+                 if (e["target"], e["action"]) == (entry["target"], entry["action"])]
         until = min(later, default=float("inf"))
         effects = []
         for event in events:

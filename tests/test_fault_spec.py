@@ -91,19 +91,21 @@ def test_the_faults_section_joins_each_fault_with_its_effects() -> None:
 
     log = [{"at_s": 1.0, "action": "cut", "target": "a-b", "plane": "both", "t_emu": 11.0},
            {"at_s": 2.0, "action": "restore", "target": "a-b", "plane": "both", "t_emu": 12.0},
-           {"at_s": 3.0, "action": "crash", "target": "bob", "t_emu": 13.0}]
+           {"at_s": 3.0, "action": "crash", "target": "bob", "t_emu": 13.0},
+           {"at_s": 4.0, "action": "cut", "target": "a-b", "plane": "both", "t_emu": 14.0}]
     events = [
         {"kind": "fault_effect", "process": "relay", "link": "a-b", "action": "cut",
          "effect": "classical cut", "t_emu": 11.01},
         {"kind": "fault_effect", "process": "daemon", "link": "a-b", "action": "cut",
          "effect": "quantum transmittance 0", "t_emu": 11.02},
         {"kind": "fault_effect", "process": "relay", "link": "a-b", "action": "cut",
-         "effect": "late, after the restore", "t_emu": 12.5},
+         "effect": "after the next cut", "t_emu": 14.5},
         {"kind": "node_down", "node": "bob", "exit_code": -9, "t_emu": 13.1}]
     rows = faults_section(log, events)
     assert rows[0]["effect"] == "relay: classical cut; daemon: quantum transmittance 0"
     assert rows[1]["effect"] == "no process reported an effect"
     assert rows[2]["effect"] == "node_down (exit -9) at 13.100"
+    assert rows[3]["effect"] == "relay: after the next cut"
     assert all("t_emu" not in row for row in rows)
 
 
