@@ -48,11 +48,14 @@ class Interface:
 
 @dataclass(frozen=True)
 class Route:
-    """A kernel route in one node's namespace: ``dest`` via ``gateway`` on ``device``."""
+    """A kernel route in one node's namespace: ``dest`` via ``gateway`` on ``device``, from
+    the node address ``src`` (so a reply from an unconnected socket, sourced by the route back,
+    comes from the address the request went to: the peer's node address)."""
 
     dest: ipaddress.IPv4Network | ipaddress.IPv6Network
     gateway: ipaddress.IPv4Address | ipaddress.IPv6Address
     device: str
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,10 @@ def _interface_names(node: str, peers: list[tuple[int, str]]) -> dict[int, str]:
 
 def link_subnet(index: int, subnet: str | None) -> ipaddress.IPv4Network:
     if subnet is not None:
-        net = ipaddress.IPv4Network(subnet, strict=True)
+        try:
+            net = ipaddress.IPv4Network(subnet, strict=True)
+        except ValueError as exc:
+            raise PlanError(f"links[{index}].classical.subnet: {exc}") from None
         if net.prefixlen > 30:
             raise PlanError(f"links[{index}].classical.subnet: {subnet} has no room for two "
                             "hosts (at most /30)")
@@ -123,7 +129,7 @@ def make_plan(scenario) -> NetnsPlan:
     names = {n: _interface_names(n, peers[n]) for n in nodes}
     wires: list[WirePlan] = []
     for i, link in enumerate(scenario.links):
-        net4 = link_subnet(i, getattr(link.classical, "subnet", None))
+        net4 = link_subnet(i, link.classical.subnet)
         for other in wires:
             if net4.overlaps(other.net4):
                 raise PlanError(f"links[{i}].classical.subnet: {net4} overlaps {other.net4} "
@@ -132,7 +138,7 @@ def make_plan(scenario) -> NetnsPlan:
             raise PlanError(f"links[{i}].classical.subnet: {net4} overlaps the node addresses "
                             f"{NODE_NET4}")
         net6 = ipaddress.IPv6Network(f"{LINK_NET6[0] + (i << 64)}/64")
-        mtu = getattr(link.classical, "mtu", 1500)
+        mtu = link.classical.mtu
         hosts4 = (net4[1], net4[2])
         hosts6 = (net6[1], net6[2])
         ends = {}
@@ -192,13 +198,14 @@ def routes_of(plan: NetnsPlan, node: str, next_hops: dict[str, str]) -> list[Rou
         iface = mine[neighbour]
         return [(iface.peer4, iface.name), (iface.peer6, iface.name)]
 
+    src4, src6 = plan.addr4[node], plan.addr6[node]
     routes: list[Route] = []
     for dest, neighbour in next_hops.items():
         if dest == node or neighbour not in mine:
             continue
         (gw4, dev), (gw6, _) = via(neighbour)
-        routes.append(Route(ipaddress.IPv4Network(f"{plan.addr4[dest]}/32"), gw4, dev))
-        routes.append(Route(ipaddress.IPv6Network(f"{plan.addr6[dest]}/128"), gw6, dev))
+        routes.append(Route(ipaddress.IPv4Network(f"{plan.addr4[dest]}/32"), gw4, dev, src4))
+        routes.append(Route(ipaddress.IPv6Network(f"{plan.addr6[dest]}/128"), gw6, dev, src6))
     for wire in plan.wires:
         if node in wire.ends:
             continue
@@ -210,6 +217,6 @@ def routes_of(plan: NetnsPlan, node: str, next_hops: dict[str, str]) -> list[Rou
         if neighbour not in mine:
             continue
         (gw4, dev), (gw6, _) = via(neighbour)
-        routes.append(Route(wire.net4, gw4, dev))
-        routes.append(Route(wire.net6, gw6, dev))
+        routes.append(Route(wire.net4, gw4, dev, src4))
+        routes.append(Route(wire.net6, gw6, dev, src6))
     return routes

@@ -15,7 +15,8 @@ from emulator.netns.plan import NetnsPlan, Route, routes_of, static_next_hops
 def route_commands(routes: list[Route], previous: list[Route] = ()) -> list[str]:
     """``ip -batch`` lines that make the namespace's table hold ``routes`` (and no longer
     the ``previous`` ones it does not repeat)."""
-    lines = [f"route replace {r.dest} via {r.gateway} dev {r.device}" for r in routes]
+    lines = [f"route replace {r.dest} via {r.gateway} dev {r.device} src {r.src}"
+             for r in routes]
     kept = {r.dest for r in routes}
     lines += [f"route del {r.dest}" for r in previous if r.dest not in kept]
     return lines

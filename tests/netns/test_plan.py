@@ -87,6 +87,7 @@ def test_static_routes_follow_the_shortest_length_not_the_fewest_hops():
     assert routes["10.255.0.3/32"].device == plan.wire("a-b").ends["a"].name
     assert routes["fd00:716e:6574:ffff::3/128"].gateway == via_b.addr6.ip
     assert "10.0.2.0/24" in routes  # the b-c wire, via b
+    assert {str(r.src) for r in routes.values()} == {"10.255.0.1", "fd00:716e:6574:ffff::1"}
     assert "10.0.0.0/24" not in routes  # a is on a-c: the kernel's connected route serves it
 
 
@@ -145,8 +146,9 @@ def test_route_commands_replace_and_delete_what_a_new_table_lacks():
     plan = make_plan(chain())
     old = routes_of(plan, "alice", static_next_hops(plan, "alice"))
     lines = route_commands(old)
-    assert "route replace 10.255.0.3/32 via 10.0.0.2 dev q-bob" in lines
-    assert "route replace fd00:716e:6574:1::/64 via fd00:716e:6574::2 dev q-bob" in lines
+    assert "route replace 10.255.0.3/32 via 10.0.0.2 dev q-bob src 10.255.0.1" in lines
+    assert ("route replace fd00:716e:6574:1::/64 via fd00:716e:6574::2 dev q-bob "
+            "src fd00:716e:6574:ffff::1") in lines
     gone = route_commands([], old)
     assert sorted(gone) == sorted(f"route del {r.dest}" for r in old)
 
