@@ -116,15 +116,21 @@ def main() -> dict:
         case["cpu_ratio_to_off"] = off["pulse_eq_per_cpu_s"] / case["pulse_eq_per_cpu_s"]
     cases += on
     daemon = [trio.run(_daemon_case, frame_ms) for frame_ms in (10.0, 0.001)]
+    at_50 = min(c["pulse_eq_per_cpu_s"] for c in on if c["length_km"] == 50.0)
     result = {"benchmark": "photons.detect_frame", "cases": cases, "daemon": daemon,
-              "target_pulse_eq_per_s_at_50km": 1e9}
+              "target_pulse_eq_per_s_at_50km": 1e9,
+              "effects_on_50km_worst_pulse_eq_per_cpu_s": at_50,  # robust to a loaded host
+              "meets_target": at_50 >= 1e9}
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    for case in main()["cases"]:
+    out = main()
+    print(f"effects on, 50 km, worst frame size: {out['effects_on_50km_worst_pulse_eq_per_cpu_s']:.3g}"
+          f" pulse-eq per CPU s (target 1e9: {'met' if out['meets_target'] else 'NOT met'})")
+    for case in out["cases"]:
         print(f"{case['length_km']:5.1f} km frame {case['frame_pulses']:>9,} "
               f"{'effects on ' if case['detector_effects'] else 'ideal      '}: "
               f"{case['pulse_eq_per_s']:.3g} pulse-eq/s ({case['pulse_eq_per_cpu_s']:.3g} per CPU s), "
