@@ -63,12 +63,16 @@ async def install_static_routes(plan: NetnsPlan, netns: dict[str, str]) -> None:
 
 
 def peer_endpoints(plan: NetnsPlan, links, ready: dict[str, dict]) -> dict[str, dict[str, Endpoint]]:
-    """Every node's peers at their node addresses (no relay: the wire shapes the frames)."""
+    """Every node's neighbours at their addresses on the shared wire (the first, if several):
+    no relay, the wire shapes the frames, and a link's channel always crosses its own wire,
+    whatever the routes to node addresses say (a cut wire cuts its channel, as a relay's)."""
     peers: dict[str, dict[str, Endpoint]] = {n: {} for n in plan.nodes}
     for link in links:
+        wire = plan.wire(link.id)
         for node, peer in ((link.a, link.b), (link.b, link.a)):
-            peers[node][peer] = Endpoint(tcp=ready[peer]["tcp"][node], udp=ready[peer]["udp"],
-                                         host=str(plan.addr4[peer]))
+            peers[node].setdefault(peer, Endpoint(
+                tcp=ready[peer]["tcp"][node], udp=ready[peer]["udp"],
+                host=str(wire.ends[node].peer4)))
     return peers
 
 

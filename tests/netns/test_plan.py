@@ -164,13 +164,14 @@ def test_program_address_variables():
     assert all(ipaddress.ip_address(v) for k, v in env.items() if "ADDR" in k)
 
 
-def test_peers_are_reached_at_their_node_addresses():
+def test_neighbours_are_reached_at_their_wire_addresses():
     plan = make_plan(chain())
     ready = {"alice": {"tcp": {"bob": 1001}, "udp": 2001},
              "bob": {"tcp": {"alice": 1002, "carol": 1003}, "udp": 2002},
              "carol": {"tcp": {"bob": 1004}, "udp": 2003}}
     peers = setup.peer_endpoints(plan, chain().links, ready)
-    assert peers["alice"]["bob"].host == "10.255.0.2" and peers["alice"]["bob"].tcp == 1002
+    assert peers["alice"]["bob"].host == "10.0.0.2" and peers["alice"]["bob"].tcp == 1002
+    assert peers["carol"]["bob"].host == "10.0.1.1" and peers["bob"]["carol"].host == "10.0.1.2"
     assert peers["carol"]["bob"].tcp == 1003 and peers["bob"]["carol"].udp == 2003
     assert "carol" not in peers["alice"]  # only neighbours: the node layer goes hop by hop
 
