@@ -19,7 +19,6 @@ from emulator.daemon.links.flight import FLIGHT, rotation_vector
 from emulator.daemon.server import serve
 from emulator.hybrid_config import FlightFibre, LinkFlight, NodeHybrid, path_hops
 from emulator.physics import flight, polarisation
-from emulator.physics.channels import fibre_delay
 from emulator.scenario import NodeMemory
 from nodes.daemon_client import DaemonError, open_daemon
 
@@ -81,6 +80,7 @@ async def flow(config: DaemonConfig, n: int, compensate: bool, nursery):
         sent: dict[int, tuple[float, int]] = {}
         correct: list[int] = []
         times: list[float] = []
+        arrived = None
         async with trio.open_nursery() as inner:
             inner.start_soon(run_router, r1, router_in, compensate, refused)
             for _ in range(n):
@@ -89,11 +89,19 @@ async def flow(config: DaemonConfig, n: int, compensate: bool, nursery):
                 q = (await alice.request(p.QubitPrepare, theta=theta, phi=phi)).qubit
                 reply = await alice.request(p.QubitSend, link="a-r1", qubit=q)
                 sent[reply.payload] = (reply.t, k)
-            # every payload's fate is known one delay line + two fibres after its send
-            settle = 2 * float(fibre_delay(10.0)) + 0.05 + 0.2
-            with trio.move_on_after(settle):
-                async for arrived in bob_in:
+            # until every payload's fate is known (the in-process daemon's table is empty)
+            # and bob has measured every one stored
+            seen = 0
+            with trio.fail_after(60):
+                while daemon.flight.payloads or seen < daemon.flight.counts["bob.stored"] \
+                        + daemon.flight.counts["bob.lost_in_fibre"]:
+                    with trio.move_on_after(0.2):
+                        arrived = await bob_in.receive()
+                    if arrived is None:
+                        continue
+                    seen += 1
                     if not arrived.present:
+                        arrived = None
                         continue
                     t, k = sent[arrived.payload]
                     ref = p.QubitRef("bob", arrived.slot)
@@ -103,6 +111,7 @@ async def flow(config: DaemonConfig, n: int, compensate: bool, nursery):
                     m = await bob.request(p.QubitMeasure, qubits=[ref], bases=[basis])
                     correct.append(int(m.outcomes[0] == want))
                     times.append(t)
+                    arrived = None
             inner.cancel_scope.cancel()
         stats = await r1.request(p.MemoryStatsRequest)
         assert stats.measurements == {}  # the router never measured
@@ -192,3 +201,23 @@ def test_rotation_vector_inverts_su2() -> None:
         assert np.linalg.norm(w) <= math.pi + 1e-9
         back = polarisation.su2(np.asarray(w))
         assert min(np.abs(back - u).max(), np.abs(back + u).max()) < 1e-9
+
+
+async def test_cut_quantum_plane_loses_every_payload(nursery) -> None:
+    from emulator.telemetry import LinkControl
+
+    config = make_config(True, 0.0)
+    daemon = await nursery.start(serve, config)
+    async with open_daemon("127.0.0.1", daemon.port, "alice", "tok-a") as alice, \
+            open_daemon("127.0.0.1", daemon.port, "r1", "tok-r") as r1:
+        arrivals = r1.payloads("a-r1")
+        await r1.request(p.FlightOpen, link="a-r1")
+        daemon.link_states.control("a-r1", LinkControl(action="cut"), daemon.clock.now())
+        for _ in range(20):
+            q = (await alice.request(p.QubitPrepare)).qubit
+            await alice.request(p.QubitSend, link="a-r1", qubit=q)
+        with trio.fail_after(5):
+            got = [await arrivals.receive() for _ in range(20)]
+    assert not any(x.present for x in got)
+    assert daemon.flight.counts["r1.lost_in_fibre"] == 20
+    assert daemon.memories.free_slots(FLIGHT) == 100_000  # nothing left in flight

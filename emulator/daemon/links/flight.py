@@ -9,8 +9,8 @@ end's delay line's), and Raman photons that travel with it and depolarise it whe
 It arrives one fibre delay later: at a node with a delay line (``switch_budget_us`` > 0) it
 waits for ``PayloadSwitch`` until its spool ends, else it is lost as *late*; at any other node
 it is stored in memory. A cut or degraded quantum plane and Raman noise from the measured
-classical traffic come from the daemon's ``link_states`` (``emulator.daemon.traffic``), when
-it has them. The receiving end gets ``PayloadArrived`` with a noisy readout of U
+classical traffic come from the daemon's ``link_states`` (``emulator.daemon.traffic``). The
+receiving end gets ``PayloadArrived`` with a noisy readout of U
 (``polarisation.gaussian_estimate``): a router may switch and rotate, never measure. Times
 are emulated (``EmulatedClock``), so a router's real latency counts against its budget.
 """
@@ -129,13 +129,11 @@ class FlightPlane:
         self.host.memories.apply_gate(FLIGHT, [payload.ref], u, t)
         end = self.budget(dst)
         spool = 10.0 ** (-end.delay_line_db_per_us * end.switch_budget_us / 10.0)
-        t_fibre, noise = link.transmittance, link.fibre.flight.noise_photons
-        states = getattr(self.host, "link_states", None)  # faults and measured traffic
-        if states is not None:
-            state = states.get(link.name)
-            t_fibre *= state.transmittance_factor()
-            if state.raman is not None:
-                noise += state.noise_photons(efficiency=1.0)
+        state = link.state  # quantum-plane faults and the measured classical traffic
+        t_fibre = link.transmittance * state.transmittance_factor()
+        noise = link.fibre.flight.noise_photons
+        if state.raman is not None:
+            noise += state.noise_photons(efficiency=1.0)
         payload.noise = (payload.noise * t_fibre + noise) * spool
         payload.at, payload.link = dst, link.name
         payload.in_spool, payload.switched_to = False, None
@@ -219,6 +217,8 @@ class FlightLinkRuntime(LinkRuntime):
         self.transmittance = float(transmittance(fibre.length_km,
                                                  fibre.flight.attenuation_db_per_km))
         self.rng = plane.host.rng(name_word(fibre.name), 6)
+        # shared with the link's photon runtime, if it has one (so its Raman config counts)
+        self.state = plane.host.link_states.get(fibre.name)
         self.u = {end: np.eye(2, dtype=complex) for end in self.ends}  # by the sending end
         self.walked_to: dict[str, float | None] = dict.fromkeys(self.ends)
         plane.links[fibre.name] = self
