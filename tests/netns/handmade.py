@@ -56,22 +56,18 @@ def namespaces(count: int = 2):
 
 @contextmanager
 def veth_pair(mtu: int = 1500):
-    """Two namespaces with 10.<r>.<r>.1 and .2 on a veth between them."""
-    tag = secrets.token_hex(3)
+    """Two namespaces with 10.<r>.<r>.1 and .2 on a veth between them (created straight
+    into the namespaces: nothing ever exists in the root namespace)."""
     octets = f"10.{secrets.randbelow(200) + 20}.{secrets.randbelow(250)}"
-    links = (f"qv{tag}a", f"qv{tag}b")
+    links = ("qv0", "qv1")
     with namespaces(2) as names:
         pair = VethPair(tuple(names), (f"{octets}.1", f"{octets}.2"), links)
-        try:
-            ip("link", "add", links[0], "mtu", str(mtu), "type", "veth", "peer", "name",
-               links[1], "mtu", str(mtu))
-            for name, link, address in zip(pair.names, links, pair.addresses):
-                ip("link", "set", link, "netns", name)
-                ip("-n", name, "address", "add", f"{address}/24", "dev", link)
-                ip("-n", name, "link", "set", link, "up")
-            yield pair
-        finally:
-            subprocess.run(["ip", "link", "del", links[0]], capture_output=True, timeout=10)
+        ip("link", "add", links[0], "netns", names[0], "mtu", str(mtu), "type", "veth",
+           "peer", "name", links[1], "netns", names[1], "mtu", str(mtu))
+        for name, link, address in zip(pair.names, links, pair.addresses):
+            ip("-n", name, "address", "add", f"{address}/24", "dev", link)
+            ip("-n", name, "link", "set", link, "up")
+        yield pair
 
 
 def wire_config(names: list[str], *, delay_s: float = 0.0, loss: float = 0.0,
