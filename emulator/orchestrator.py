@@ -313,7 +313,8 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         broker = mqtt_address(telemetry.ORCHESTRATOR)
         plan, netns, relays = await start_network(
             supervisor, state, [daemon.ready["port"], broker.port], direction, mqtt_address,
-            TIER_RELAY, READY_TIMEOUT_S, capture=options.capture_max_bytes is not None)
+            TIER_RELAY, READY_TIMEOUT_S, capture=options.capture_max_bytes is not None,
+            capture_max_bytes=options.capture_max_bytes or 100_000_000)
 
     # 3. nodes (with tunnels for their programs, if any node runs one)
     tunnels = tunnel_configs(scenario)

@@ -14,6 +14,7 @@ from emulator.netns.holder import NamespaceConfig
 from emulator.netns.plan import NetnsPlan, make_plan, routes_of, static_next_hops
 from emulator.netns.routes import route_commands
 from emulator.netns.shaper import WireConfig, WireEnd
+from emulator.relay_telemetry import TRAFFIC_INTERVAL_S
 
 NODE_HOST = "0.0.0.0"  # a node binds every address of its own namespace (wires, node address)
 
@@ -39,7 +40,8 @@ def holder_config(plan: NetnsPlan, run_id: str, node: str, forward: list[int]) -
 def wire_config(plan: NetnsPlan, link, netns: dict[str, str], *, run_id: str, t0: float,
                 time_scale: float, seed: int, a_to_b: Direction, b_to_a: Direction,
                 mqtt: MqttAddress | None, capture: str | None = None,
-                capture_max_bytes: int = 100_000_000) -> WireConfig:
+                capture_max_bytes: int = 100_000_000,
+                traffic_interval_s: float | None = None) -> WireConfig:
     """The wire of ``link`` between the namespaces ``netns[node]`` of its two ends."""
     wire = plan.wire(link.id)
 
@@ -50,7 +52,8 @@ def wire_config(plan: NetnsPlan, link, netns: dict[str, str], *, run_id: str, t0
 
     return WireConfig(run_id=run_id, t0=t0, time_scale=time_scale, seed=seed, name=link.id,
                       a=end(link.a), b=end(link.b), a_to_b=a_to_b, b_to_a=b_to_a, mqtt=mqtt,
-                      capture=capture, capture_max_bytes=capture_max_bytes)
+                      capture=capture, capture_max_bytes=capture_max_bytes,
+                      traffic_interval_s=traffic_interval_s)
 
 
 async def install_static_routes(plan: NetnsPlan, netns: dict[str, str]) -> None:
@@ -122,7 +125,9 @@ async def start_network(supervisor, state, forward: list[int], direction, mqtt_a
         seed=meta.seed, a_to_b=direction(link), b_to_a=direction(link),
         mqtt=mqtt_address(telemetry.relay_user(link.id)),
         capture=str(state.run_dir / f"capture-{link.id}.pcapng") if capture else None,
-        capture_max_bytes=capture_max_bytes),
+        capture_max_bytes=capture_max_bytes, traffic_interval_s=(
+            TRAFFIC_INTERVAL_S if link.quantum is not None and link.quantum.raman is not None
+            else None)),
         tier=tier) for link in scenario.links]
     await supervisor.start_all(wires, ready_timeout=ready_timeout)
     await install_static_routes(plan, netns)

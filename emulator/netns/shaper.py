@@ -93,6 +93,7 @@ class WireConfig(msgspec.Struct):
     mqtt: MqttAddress | None = None
     capture: str | None = None  # pcapng path (``--capture``), written through a frame hook
     capture_max_bytes: int = 100_000_000  # ``--capture-max-mb``: the file stops growing there
+    traffic_interval_s: float | None = None  # relay/<link>/traffic period (Raman links only)
 
 
 def _key(sender: str) -> str:
