@@ -113,6 +113,7 @@ class RelayConfig(msgspec.Struct):
     mqtt: MqttAddress | None = None
     capture: str | None = None  # pcapng file of the link's classical traffic (qnet run --capture)
     capture_max_bytes: int = 100_000_000
+    traffic_interval_s: float | None = None  # relay/<link>/traffic period (wall s); None: off
 
 
 class DaemonAddress(msgspec.Struct):

@@ -59,6 +59,7 @@ from emulator.netns.setup import NODE_HOST, address_env, peer_endpoints, start_n
 from emulator.outcome import assemble, failure_info, first_leaf, make_run_dir
 from emulator.pki import kms_setup
 from emulator.programs import kms_environment, program_children, tunnel_configs, wait_programs
+from emulator.relay_telemetry import TRAFFIC_INTERVAL_S
 from emulator.scenario import Fault, Link, Scenario, memory_of, routing_of
 from emulator.supervise import Child, ChildFailed, Restart, Supervisor, open_supervisor
 
@@ -128,12 +129,16 @@ def direction(link: Link) -> Direction:
     )
 
 
-def _capture(run_dir: Path, link: str, options: RunOptions) -> dict:
-    """RelayConfig fields of ``--capture`` (none without it)."""
-    if options.capture_max_bytes is None:
-        return {}
-    return {"capture": str(run_dir / f"capture-{link}.pcapng"),
-            "capture_max_bytes": options.capture_max_bytes}
+def _relay_options(run_dir: Path, link: Link, options: RunOptions) -> dict:
+    """RelayConfig fields of ``--capture`` and of the traffic reports behind the Raman noise
+    (only for a link with ``[links.quantum.raman]``: every report is broker load)."""
+    out: dict = {}
+    if options.capture_max_bytes is not None:
+        out.update(capture=str(run_dir / f"capture-{link.id}.pcapng"),
+                   capture_max_bytes=options.capture_max_bytes)
+    if link.quantum is not None and link.quantum.raman is not None:
+        out["traffic_interval_s"] = TRAFFIC_INTERVAL_S
+    return out
 
 
 async def _crash_node(state: RunState, clock: EmulatedClock, fault: Fault) -> None:
@@ -313,8 +318,7 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         broker = mqtt_address(telemetry.ORCHESTRATOR)
         plan, netns, relays = await start_network(
             supervisor, state, [daemon.ready["port"], broker.port], direction, mqtt_address,
-            TIER_RELAY, READY_TIMEOUT_S, capture=options.capture_max_bytes is not None,
-            capture_max_bytes=options.capture_max_bytes or 100_000_000)
+            TIER_RELAY, READY_TIMEOUT_S, capture=options.capture_max_bytes is not None)
 
     # 3. nodes (with tunnels for their programs, if any node runs one)
     tunnels = tunnel_configs(scenario)
@@ -350,7 +354,7 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
             b_to_a=direction(link),
             targets={"a": endpoint(link.a, link.b), "b": endpoint(link.b, link.a)},
             mqtt=mqtt_address(telemetry.relay_user(link.id)),
-            **_capture(state.run_dir, link.id, options)), tier=TIER_RELAY)
+            **_relay_options(state.run_dir, link, options)), tier=TIER_RELAY)
             for link in scenario.links]
         await supervisor.start_all(relays, ready_timeout=READY_TIMEOUT_S)
         peers: dict[str, dict[str, Endpoint]] = {n.name: {} for n in scenario.nodes}

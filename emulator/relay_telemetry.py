@@ -4,9 +4,11 @@
   ``quantum``-plane fault is the daemon's), corrupt; each applied one is reported as a
   ``FaultEffect`` on ``relay/<name>/fault``. ``control/stop`` ends the relay.
 * ``relay/<name>/metrics`` every ``METRICS_INTERVAL_S`` (``RelayReport``, qos 0).
-* ``relay/<name>/traffic`` every ``TRAFFIC_INTERVAL_S`` (``TrafficReport``: bytes delivered
-  per direction in that window, in emulated seconds), which the daemon turns into the Raman
-  noise on the link's quantum channel. The same tick flushes the capture, if any.
+* ``relay/<name>/traffic`` every ``config.traffic_interval_s`` (the orchestrator sets
+  ``TRAFFIC_INTERVAL_S`` for a link with Raman noise, else none: ``TrafficReport``, bytes
+  delivered per direction in that window, in emulated seconds), which the daemon turns into
+  the Raman noise on the link's quantum channel. Every ``TRAFFIC_INTERVAL_S`` the capture,
+  if any, is flushed.
 """
 
 from __future__ import annotations
@@ -66,12 +68,16 @@ async def publish_metrics(relay: Relay, mqtt) -> None:
 
 
 async def publish_traffic(relay: Relay, mqtt) -> None:
-    """Bytes delivered per direction in each window (emulated seconds); flush the capture."""
+    """Bytes delivered per direction in each window (emulated seconds), when configured and
+    connected; flush the capture, if any. Returns at once when there is neither."""
+    interval = relay.config.traffic_interval_s if mqtt is not None else None
+    if interval is None and relay.config.capture is None:
+        return
     topic = telemetry.relay_traffic(relay.config.run_id, relay.config.name)
     c = relay.counters
     last, sent = trio.current_time(), (c.bytes_ab, c.bytes_ba)
     while True:
-        await trio.sleep_until(last + TRAFFIC_INTERVAL_S)
+        await trio.sleep_until(last + (interval or TRAFFIC_INTERVAL_S))
         now = trio.current_time()
         report = telemetry.TrafficReport(window_s=(now - last) * relay.config.time_scale,
                                          bytes_ab=c.bytes_ab - sent[0],
@@ -79,5 +85,5 @@ async def publish_traffic(relay: Relay, mqtt) -> None:
         last, sent = now, (c.bytes_ab, c.bytes_ba)
         if relay.capture is not None:
             relay.capture.flush()
-        if mqtt is not None:
+        if interval is not None:
             await mqtt.publish(topic, telemetry.encode(report), qos=0)
