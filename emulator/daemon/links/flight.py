@@ -249,6 +249,9 @@ class FlightLinkRuntime(LinkRuntime):
 
     async def flight_open(self, conn: Connection, request: p.FlightOpen) -> Reply:
         send, receive = trio.open_memory_channel(PUSH_BUFFER)
+        old = self.plane.push.get((self.name, conn.node))
+        if old is not None:  # opened again: the previous pump ends
+            old.close()
         self.plane.push[(self.name, conn.node)] = send
         conn.spawn(self._pump, conn, receive)
         return p.Done(request.id, self.plane.host.clock.now())

@@ -198,11 +198,16 @@ def _send_records(stream, rows: list) -> None:
         stream.send(msgspec.msgpack.encode(Records(data[start:start + CHUNK].tobytes(), last)))
 
 
-async def _receive_records(stream) -> list:
+async def _receive_records(stream) -> list | None:
+    """The peer's records; None (and a warning) for a message that is not ``Records``."""
     decoder = msgspec.msgpack.Decoder(Records)
     rows: list = []
     while True:
-        message = decoder.decode(await stream.receive())
-        rows.extend(np.frombuffer(message.rows, dtype=np.int64).reshape(-1, 3).tolist())
+        try:
+            message = decoder.decode(await stream.receive())
+            rows.extend(np.frombuffer(message.rows, dtype=np.int64).reshape(-1, 3).tolist())
+        except (msgspec.DecodeError, ValueError) as exc:
+            log.warning("malformed records from %s: %s", stream.peer, exc)
+            return None
         if message.last:
             return rows
