@@ -18,6 +18,7 @@ import msgspec
 
 from emulator.apps import kind_of
 from emulator.hybrid_config import FlightFibre, NodeHybrid
+from emulator.netns.node_plan import NodeNetns
 from emulator.programs import TunnelConfig
 from emulator.scenario import (
     Kms,
@@ -230,6 +231,7 @@ class NodeConfig(msgspec.Struct):
     ports: NodePorts | None = None  # set for a restart: bind these (else any free port)
     restarted: bool = False  # a restart after a crash: serve, but do not run the apps again
     routing: Routing | None = None  # run nodes/net's routed plane (docs/net.md)
+    netns: NodeNetns | None = None  # --netns with routing: its kernel routes follow routing
 
 
 def child_arguments(description: str) -> argparse.Namespace:

@@ -55,6 +55,7 @@ from emulator.collect import (
 )
 from emulator.hybrid_config import FlightFibre
 from emulator.mqtt import MqttError
+from emulator.netns.node_plan import node_netns
 from emulator.netns.setup import NODE_HOST, address_env, peer_endpoints, start_network
 from emulator.outcome import assemble, failure_info, first_leaf, make_run_dir
 from emulator.pki import kms_setup
@@ -67,7 +68,8 @@ STARTUP_MARGIN_S = 0.3  # wall seconds between control/start and the apps' start
 READY_TIMEOUT_S = 15.0  # wall: a process starting up
 RESULT_TIMEOUT_S = 60.0  # wall: the apps' post-processing after the end
 RESULT_EMULATED_S = 10.0  # emulated: final protocol rounds after the end
-RELAY_RESULT_TIMEOUT_S = 5.0  # wall: relays and daemon answer control/stop at once
+RELAY_RESULT_TIMEOUT_S = 5.0  # wall: relays and daemon answer control/stop at once, plus
+RELAY_RESULT_PER_RELAY_S = 0.5  # per relay (5 s alone was too short for mesh-16 on embedded amqtt)
 ABORT_RESULTS_S = 3.0  # wall: survivors' partial results after a failure
 EXIT_LINGER_S = 3.0  # wall: nodes and relays exiting on control/stop before we signal them
 FAILURE_SETTLE_S = 0.5  # wall: after a child died, for the failure of what it depended on
@@ -318,7 +320,8 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         broker = mqtt_address(telemetry.ORCHESTRATOR)
         plan, netns, relays = await start_network(
             supervisor, state, [daemon.ready["port"], broker.port], direction, mqtt_address,
-            TIER_RELAY, READY_TIMEOUT_S, capture=options.capture_max_bytes is not None)
+            TIER_RELAY, READY_TIMEOUT_S, capture=options.capture_max_bytes is not None,
+            capture_max_bytes=options.capture_max_bytes or 100_000_000)
 
     # 3. nodes (with tunnels for their programs, if any node runs one)
     tunnels = tunnel_configs(scenario)
@@ -334,7 +337,8 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
         daemon=DaemonAddress("127.0.0.1", daemon.ready["port"]), mqtt=mqtt_address(telemetry.node_user(n.name)),
         view=node_view(scenario, n.name), apps=node_apps(scenario, n.name),
         tunnel=tunnels.get(n.name), kms=kms.nodes[n.name] if kms is not None else None,
-        routing=routing_of(scenario), host=NODE_HOST if netns else "127.0.0.1"))
+        routing=routing_of(scenario), host=NODE_HOST if netns else "127.0.0.1",
+        netns=node_netns(plan, n.name) if netns and routing_of(scenario) is not None else None))
         for n in scenario.nodes]
     for node in nodes:
         node.netns = netns[node.name][0] if netns else None
@@ -399,7 +403,8 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
     # The daemon's final report is awaited only from a daemon that reported live.
     await wait_for(state, lambda: len(state.relay_results) == len(relays) and (
         "metrics" not in state.daemon_reports or "result" in state.daemon_reports),
-        RELAY_RESULT_TIMEOUT_S, "relay and daemon counters")
+        RELAY_RESULT_TIMEOUT_S + RELAY_RESULT_PER_RELAY_S * len(relays),
+        "relay and daemon counters")
     await mqtt.publish(telemetry.control_start(state.run_id), b"", qos=1, retain=True)
     # nodes and relays end on control/stop; the daemon and broker are stopped by signal
     await supervisor.wait_exits([*nodes, *relays], EXIT_LINGER_S)

@@ -27,6 +27,8 @@ from emulator.clock import EmulatedClock
 from emulator.supervise import watch_parent
 from emulator.telemetry import NodeResult, StartMessage, StopMessage, TelemetryDecoder
 from nodes.daemon_client import open_daemon
+from nodes.net.hybrid_shell import plane_for
+from nodes.net.kernel_routes import follow_routes
 from nodes.net.service import NetService
 from nodes.sdk import NodeContext, current_app
 from nodes.services.kme.node import KeyService
@@ -146,6 +148,11 @@ async def serve(config: NodeConfig, ready_file) -> None:
                      sorted(transport.peers))
             if node.net is not None:  # before the apps, which may use it at once
                 await nursery.start(node.net.run, transport.udp, lambda: transport.peers)
+                if config.netns is not None:  # --netns: the kernel table follows routing
+                    nursery.start_soon(follow_routes, node.net, config.netns, node.clock,
+                                       lambda kind, fields: node.event(kind, **fields))
+                if any(getattr(link, "flight", None) for link in node.view.links):
+                    await plane_for(node)  # hybrid packets: a restarted router switches again
             if config.restarted:  # the apps' sessions ended when this node was killed
                 log.info("restarted: serving until t_end without running the apps again")
                 await node.clock.sleep_until(node.t_end)
