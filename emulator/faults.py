@@ -160,7 +160,8 @@ def faults_section(fault_log: list[dict], events: list[dict]) -> list[dict]:
                     event["kind"] in ("node_down", "node_restarted"):
                 detail = (f"exit {event.get('exit_code')}" if event["kind"] == "node_down"
                           else f"pid {event.get('pid')}")
-                effects.append(f"{event['kind']} ({detail}) at {event['t_emu']:.3f}")
+                at_s = event["t_emu"] - (entry["t_emu"] - entry["at_s"])  # after the start
+                effects.append(f"{event['kind']} ({detail}) at {at_s:.3f} s")
         row = {k: v for k, v in entry.items() if k != "t_emu"}
         row["effect"] = "; ".join(effects) if effects else "no process reported an effect"
         rows.append(row)

@@ -104,7 +104,7 @@ def test_the_faults_section_joins_each_fault_with_its_effects() -> None:
     rows = faults_section(log, events)
     assert rows[0]["effect"] == "relay: classical cut; daemon: quantum transmittance 0"
     assert rows[1]["effect"] == "no process reported an effect"
-    assert rows[2]["effect"] == "node_down (exit -9) at 13.100"
+    assert rows[2]["effect"] == "node_down (exit -9) at 3.100 s"  # after the start, as at_s
     assert rows[3]["effect"] == "relay: after the next cut"
     assert all("t_emu" not in row for row in rows)
 
