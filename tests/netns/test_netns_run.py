@@ -154,13 +154,14 @@ def rtts(path: Path) -> tuple[list[float], set[int]]:
 
 def test_ping_over_wires_and_a_routed_hop_then_nothing_left(tmp_path):
     """alice-bob 4 ms, bob-carol 6 ms: alice pings bob (RTT 8 ms) and, through bob's kernel
-    routing (TTL 63), carol (RTT 20 ms) over IPv4 and IPv6; medians within 1 ms per wire on
-    the path. An unconnected UDP server answers from the address it was asked at."""
+    routing (TTL 63), carol (RTT 20 ms) over IPv4 and IPv6; lower quartiles within 1 ms per
+    wire on the path, none early. An unconnected UDP server answers from the address it was
+    asked at."""
     out = tmp_path
     probe = (f"{sys.executable} -c {shlex.quote(UDP_CLIENT)} > {out}/udp.txt; "
              f"ping -n -c 25 -i 0.02 $QNET_PEER_ADDR_BOB > {out}/bob.txt; "
              f"ping -n -c 25 -i 0.02 $QNET_PEER_ADDR_CAROL > {out}/carol.txt; "
-             f"ping -6 -n -c 15 -i 0.02 $QNET_PEER_ADDR6_CAROL > {out}/carol6.txt")
+             f"ping -6 -n -c 25 -i 0.02 $QNET_PEER_ADDR6_CAROL > {out}/carol6.txt")
     scenario = write_scenario(tmp_path / "chain.toml", "ip-chain", 3, probe,
                               CHAIN.format(ab=4, bc=6), UDP_SERVER)
     before = root_interfaces()
@@ -173,11 +174,15 @@ def test_ping_over_wires_and_a_routed_hop_then_nothing_left(tmp_path):
     assert qnet.returncode == 0, err_text[-2000:]
     # 1 ms per wire crossed: each crossing adds the shaper's own ~0.1-0.3 ms (docs/netns.md)
     for name, rtt_ms, count, wires in (("bob", 8.0, 25, 1), ("carol", 20.0, 25, 2),
-                                       ("carol6", 20.0, 15, 2)):
+                                       ("carol6", 20.0, 25, 2)):
         times, ttls = rtts(out / f"{name}.txt")
         assert len(times) >= count - 4, (name, len(times))  # the first may wait for ARP/ND
-        median = statistics.median(times)
-        assert abs(median - rtt_ms) < 1.0 * wires, (name, median, times)
+        # a bias of the wires shifts every quantile; a loaded machine only lengthens the upper
+        # tail (the wires count those wake-ups as late_wakeups): so the lower quartile is
+        # held to 1 ms per wire, and no reply may come early
+        quartile = statistics.quantiles(times, n=4)[0]
+        assert abs(quartile - rtt_ms) < 1.0 * wires, (name, quartile, times)
+        assert min(times) > rtt_ms - 0.5, (name, times)
         assert ttls == ({64} if name == "bob" else {63}), (name, ttls)  # carol: one router
     # an unconnected UDP server's reply is sourced by bob's route back: his node address
     assert (out / "udp.txt").read_text().split() == ["10.255.0.2", "hello"]
