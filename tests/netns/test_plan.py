@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +185,22 @@ def test_neighbours_are_reached_at_their_wire_addresses():
 def test_without_root_netns_is_refused(monkeypatch):
     monkeypatch.setattr(setup.os, "geteuid", lambda: 1000)
     assert "--netns needs root" in setup.why_not_available()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run qnet as another user")
+def test_qnet_run_netns_as_a_user_exits_2_with_the_reason():
+    folder = Path(tempfile.mkdtemp())
+    try:
+        folder.chmod(0o755)
+        path = folder / "two.toml"
+        path.write_text('[scenario]\nname = "two"\nduration_s = 1\n[[nodes]]\nname = "a"\n'
+                        '[[nodes]]\nname = "b"\n[[links]]\na = "a"\nb = "b"\nlength_km = 1\n')
+        path.chmod(0o644)
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               sys.executable, "-m", "emulator", "run", "--netns", str(path)],
+                              capture_output=True, text=True, timeout=60, cwd=folder)
+    finally:
+        shutil.rmtree(folder)
+    assert done.returncode == 2, done.stderr
+    assert "--netns needs root" in done.stderr
