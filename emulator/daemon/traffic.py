@@ -81,7 +81,7 @@ class LinkState:
     history: deque[Setting] = field(default_factory=lambda: deque([Setting(-math.inf)],
                                                                   maxlen=HISTORY))
     weighted: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("pulses", "noise", "duty_ab", "duty_ba", "cut_pulses"), 0.0))
+        ("pulses", "noise", "duty_ab", "duty_ba", "cut_pulses", "degraded_pulses"), 0.0))
 
     @property
     def now(self) -> Setting:
@@ -144,6 +144,7 @@ class LinkState:
         w["duty_ab"] += pulses * setting.duty_ab
         w["duty_ba"] += pulses * setting.duty_ba
         w["cut_pulses"] += pulses if setting.cut else 0
+        w["degraded_pulses"] += pulses if setting.extra_db > 0 and not setting.cut else 0
 
     def _change(self, now: float, **changes: float | bool) -> None:
         t = max(now, self.now.t)  # a change never goes back before the last one
@@ -181,7 +182,8 @@ class LinkState:
         pulses = w["pulses"]
         mean = {k: w[k] / pulses if pulses else 0.0 for k in ("noise", "duty_ab", "duty_ba")}
         return {"cut": float(self.cut), "extra_db": self.extra_db, "pulses": pulses,
-                "cut_pulses": w["cut_pulses"], "noise_photons_mean": mean["noise"],
+                "cut_pulses": w["cut_pulses"], "degraded_pulses": w["degraded_pulses"],
+                "noise_photons_mean": mean["noise"],
                 "duty_ab_mean": mean["duty_ab"], "duty_ba_mean": mean["duty_ba"],
                 "noise_photons_now": self.noise_photons()}
 
