@@ -222,3 +222,32 @@ def test_nothing_left_behind(tmp_path, ending):
         assert qnet.returncode == expected
     assert_nothing_left(inodes, before)
     assert not wait_gone(processes_in(inodes), 1.0)
+
+
+def test_a_cut_wire_drops_every_frame_until_restored(tmp_path):
+    """alice pings bob every 50 ms while the wire is cut from 1 s to 2 s: the pings sent in
+    that second (20 at most; fewer when the loaded machine stretches ping's interval) are
+    lost, the others answered; the wire counts the cut frames and reports both effects."""
+    probe = f"ping -n -c 60 -i 0.05 $QNET_PEER_ADDR_BOB > {tmp_path}/cut.txt"
+    links = CHAIN.format(ab=1, bc=1) + """
+[[faults]]
+at_s = 1.0
+action = "cut"
+link = "alice-bob"
+for_s = 1.0
+"""
+    scenario = write_scenario(tmp_path / "cut.toml", "ip-cut", 4, probe, links)
+    run_dir = tmp_path / "run"
+    with running_qnet("run", "--netns", "--no-progress", "--run-dir", str(run_dir),
+                      str(scenario)) as qnet:
+        _, err = qnet.communicate(timeout=60)
+    assert qnet.returncode == 0, err[-2000:]
+    sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received",
+                                        (tmp_path / "cut.txt").read_text()).groups())
+    assert sent == 60 and 10 <= sent - received <= 21, (sent, received)
+    result = json.loads((run_dir / "result.json").read_text())
+    wire = next(p for p in result["processes"] if p["name"] == "relay-alice-bob")
+    assert wire["counters"]["cut_frames"] >= sent - received
+    effects = [f["effect"] for f in result["faults"]]
+    assert any("classical cut" in e for e in effects) and any("classical restored" in e
+                                                             for e in effects), effects
