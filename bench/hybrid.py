@@ -11,7 +11,8 @@ Reported:
   line to the daemon setting its switch (``Switched.t - PayloadArrived.t``, emulated = wall at
   time_scale 1), i.e. push + core decision + ``PayloadSwitch`` round trip;
 * beside it, a bare daemon round trip (``StatsRequest``) and a UDP loopback round trip;
-* packets per second delivered to bob with ``WINDOW`` packets in flight (target >= 2000/s).
+* packets per second delivered to bob with ``WINDOW`` packets in flight (target >= 2000/s),
+  and the CPU each packet cost the daemon and the (single-process) sender, routers and bob.
 """
 
 from __future__ import annotations
@@ -177,11 +178,19 @@ def udp_rtt(n: int = 2000) -> dict:
     return {"udp_rtt_us_median": statistics.median(out), "udp_rtt_us_p99": p99(out)}
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path, ready = Path(tmp) / "daemon.json", Path(tmp) / "ready.json"
         write_config(path, config())
-        daemon = subprocess.Popen([sys.executable, "-m", "emulator.daemon", "--config",
+        profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] \
+            if os.environ.get("BENCH_PROFILE") else []
+        daemon = subprocess.Popen([sys.executable, *profile, "-m", "emulator.daemon", "--config",
                                    str(path), "--ready-file", str(ready)],
                                   stderr=subprocess.DEVNULL)
         try:
@@ -190,7 +199,12 @@ def main() -> dict:
                     break
                 time.sleep(0.1)
             port = json.loads(ready.read_text())["port"]
-            result = trio.run(run_chain, port) | udp_rtt()
+            cpu0, daemon0 = time.process_time(), _cpu_s(daemon.pid)
+            result = trio.run(run_chain, port)
+            packets = result["delivered"] + result["late"]
+            result["daemon_cpu_us_per_packet"] = (_cpu_s(daemon.pid) - daemon0) / packets * 1e6
+            result["routers_cpu_us_per_packet"] = (time.process_time() - cpu0) / packets * 1e6
+            result |= udp_rtt()
         finally:
             daemon.terminate()
             daemon.wait(10)

@@ -43,16 +43,19 @@ LATE_MEMORY = 10_000  # payloads lost as late whose late switch is still answere
 
 def rotation_vector(u: np.ndarray) -> tuple[float, float, float]:
     """Rotation vector theta n (|theta| <= pi) of SU(2) ``u = cos(theta/2) I - i sin(theta/2)
-    n.sigma`` up to its sign: what a node needs to undo it with a waveplate."""
-    w = float(np.real(np.trace(u))) / 2
-    v = np.array([-float(np.imag(np.trace(u @ s))) / 2 for s in (st.X, st.Y, st.Z)])
+    n.sigma`` up to its sign: what a node needs to undo it with a waveplate. With
+    Tr(U sigma_k) = -2i sin(theta/2) n_k: Tr(U X) = u01 + u10, Tr(U Y) = i (u01 - u10),
+    Tr(U Z) = u00 - u11 (scalar arithmetic: this runs per payload and hop)."""
+    (a, b), (c, d) = u.tolist()
+    w = (a + d).real / 2
+    v = (-(b + c).imag / 2, -(b - c).real / 2, -(a - d).imag / 2)
     if w < 0:
-        w, v = -w, -v
-    norm = float(np.linalg.norm(v))
+        w, v = -w, (-v[0], -v[1], -v[2])
+    norm = math.sqrt(v[0] ** 2 + v[1] ** 2 + v[2] ** 2)
     if norm == 0.0:
         return (0.0, 0.0, 0.0)
-    theta = 2 * math.atan2(norm, w)
-    return tuple(float(x) for x in v * (theta / norm))  # type: ignore[return-value]
+    k = 2 * math.atan2(norm, w) / norm
+    return (v[0] * k, v[1] * k, v[2] * k)
 
 
 @dataclass
@@ -126,7 +129,8 @@ class FlightPlane:
         src = payload.at
         dst = link.other(src)
         u = payload.u = link.advance(src, t)
-        self.host.memories.apply_gate(FLIGHT, [payload.ref], u, t)
+        if link.fibre.flight.diffusion_rad2_per_s > 0:  # else U = I for ever: nothing to do
+            self.host.memories.apply_gate(FLIGHT, [payload.ref], u, t)
         end = self.budget(dst)
         spool = 10.0 ** (-end.delay_line_db_per_us * end.switch_budget_us / 10.0)
         state = link.state  # quantum-plane faults and the measured classical traffic
@@ -153,7 +157,8 @@ class FlightPlane:
 
     def _arrive(self, payload: Payload, t: float) -> None:
         link = self.links[payload.link]
-        u_hat = pol.gaussian_estimate(payload.u, link.fibre.flight.estimation_sigma_rad, self.rng)
+        sigma = link.fibre.flight.estimation_sigma_rad
+        u_hat = pol.gaussian_estimate(payload.u, sigma, self.rng) if sigma > 0 else payload.u
         reference = rotation_vector(u_hat)
         end = self.budget(payload.at)
         if end.switch_budget_us > 0:
