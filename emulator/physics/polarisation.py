@@ -115,6 +115,19 @@ def _gaussian_variance_for_shrink(shrink) -> Array:
     return (lo + hi) / 2
 
 
+def _variance_for_shrink_scalar(shrink: float) -> float:
+    """``_gaussian_variance_for_shrink`` for one float in plain arithmetic (the daemon calls
+    it per payload crossing: ~10x faster than the numpy version on a scalar)."""
+    lo, hi = 0.0, 3.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if (1 + 2 * math.exp(-mid / 2) * (1 - mid)) / 3 > shrink:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
 def drift_step(u, dt_s: float, diffusion_rad2_per_s: float, rng: np.random.Generator,
                max_step: float = 0.1) -> Array:
     """Advance drift matrices ``u`` (..., 2, 2) by ``dt_s``: what the daemon calls per fibre
@@ -132,7 +145,7 @@ def drift_step(u, dt_s: float, diffusion_rad2_per_s: float, rng: np.random.Gener
     x = diffusion_rad2_per_s * dt_s
     steps = math.ceil(x / max_step) if x > 0 else 0
     if steps:
-        s = math.sqrt(float(_gaussian_variance_for_shrink(math.exp(-x / steps / 3))))
+        s = math.sqrt(_variance_for_shrink_scalar(math.exp(-x / steps / 3)))
         for _ in range(steps):
             u = su2(rng.normal(0.0, s, u.shape[:-2] + (3,))) @ u
     return u
