@@ -251,3 +251,71 @@ for_s = 1.0
     effects = [f["effect"] for f in result["faults"]]
     assert any("classical cut" in e for e in effects) and any("classical restored" in e
                                                              for e in effects), effects
+
+
+TRIANGLE = """
+[routing]
+hello_interval_s = 0.1
+dead_interval_s = 0.4
+metric = "length_km"
+{links}
+[[links]]
+a = "alice"
+b = "carol"
+length_km = 1
+classical = {{ delay_ms = 2 }}
+
+[[links]]
+a = "alice"
+b = "bob"
+length_km = 2
+classical = {{ delay_ms = 2 }}
+
+[[links]]
+a = "bob"
+b = "carol"
+length_km = 2
+classical = {{ delay_ms = 2 }}
+
+[[faults]]
+at_s = 2.0
+action = "cut"
+link = "alice-carol"
+"""
+
+
+def test_cutting_the_direct_wire_of_a_triangle_reroutes_the_kernel(tmp_path):
+    """alice pings carol every 20 ms over their direct 1 km wire (TTL 64); the wire is cut at
+    2 s; link-state routing finds the 4 km path through bob and each node's kernel table
+    follows it: the replies come back with TTL 63 no earlier than the later of alice's and
+    carol's route installs, within 0.15 s of it (ping interval + RTT, under load), and none
+    is lost after that."""
+    pytest.importorskip("nodes.net.kernel_routes",
+                        reason="kernel routes that follow the routing layer are not built")
+    probe = f"ping -D -n -i 0.02 -c 200 $QNET_PEER_ADDR_CAROL > {tmp_path}/ping.txt"
+    scenario = write_scenario(tmp_path / "triangle.toml", "ip-reroute", 5, probe,
+                              TRIANGLE.format(links=""))
+    run_dir = tmp_path / "run"
+    with running_qnet("run", "--netns", "--no-progress", "--run-dir", str(run_dir),
+                      str(scenario)) as qnet:
+        _, err = qnet.communicate(timeout=90)
+    assert qnet.returncode == 0, err[-2000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    cut = next(e["t_emu"] for e in result["events"] if e["kind"] == "fault")
+    installs = {}
+    for event in result["events"]:
+        if (event["kind"] == "kernel_routes" and event["t_emu"] > cut
+                and event["node"] in ("alice", "carol")):
+            installs.setdefault(event["node"], event["wall"])
+    assert set(installs) == {"alice", "carol"}, "no kernel route install after the cut"
+    rows = [(float(t), int(seq), int(ttl)) for t, seq, ttl in re.findall(
+        r"\[([\d.]+)\].*icmp_seq=(\d+) ttl=(\d+)", (tmp_path / "ping.txt").read_text())]
+    ttls = [ttl for _, _, ttl in rows]
+    switch = ttls.index(63)
+    assert set(ttls[:switch]) == {64} and set(ttls[switch:]) == {63}, ttls
+    first_rerouted = rows[switch][0]
+    installed = max(installs.values())
+    assert installed - 0.005 <= first_rerouted <= installed + 0.15, (first_rerouted, installs)
+    after = [seq for _, seq, _ in rows[switch:]]
+    assert after == list(range(after[0], after[0] + len(after))), "lost after the reroute"
+    assert after[-1] == 200
