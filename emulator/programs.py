@@ -141,13 +141,22 @@ def program_env(node: str, program: NodeProgram, tunnel_ports: dict[str, int],
     return env
 
 
+ENTER = ["-m", "emulator.netns.enter", "--"]  # the --netns launcher (emulator/netns/enter.py)
+
+
+def user_command(child) -> list[str]:
+    """The program's own command line (without the ``--netns`` launcher in front of it)."""
+    argv = child.argv
+    return argv[len(ENTER) + 1:] if argv[1:len(ENTER) + 1] == ENTER else argv
+
+
 def programs_section(children: list) -> list[dict]:
     """result.json ``programs``: one entry per program child (name ``<node>:<program>``)."""
     out = []
     for child in children:
         if child.role == "program":  # child name "<node>.<program>"
             node, _, label = child.name.rpartition(".")
-            out.append({"name": f"{node}:{label}", "node": node, "command": child.argv,
+            out.append({"name": f"{node}:{label}", "node": node, "command": user_command(child),
                         "exit_code": child.exit_code, "log": str(child.log_path),
                         "result": program_result(child.log_path)})
     return out
@@ -226,7 +235,7 @@ def program_children(scenario, run_dir, tunnels: dict[str, TunnelConfig],
             children.append(Child(
                 name=f"{node.name}.{program.label}", role="program",
                 argv=(command_line(program) if not netns else
-                      [sys.executable, "-m", "emulator.netns.enter", "--", *command_line(program)]),
+                      [sys.executable, *ENTER, *command_line(program)]),
                 log_path=run_dir / f"{node.name}.{program.label}.log",
                 tier=tier, env=env, expected_exit=True,
                 netns=netns[node.name][0] if netns else None,
