@@ -252,3 +252,17 @@ for_s = 1.0
     assert any("classical cut" in e for e in effects) and any("classical restored" in e
                                                              for e in effects), effects
 
+
+
+def test_qkd_runs_in_namespaces_through_the_forwarded_daemon_and_broker(tmp_path):
+    """The quickstart (BB84 over alice-bob) under --netns: the nodes reach the daemon and
+    broker through their holders' forwarders and its expectations hold (exit 0)."""
+    run_dir = tmp_path / "run"
+    with running_qnet("run", "--netns", "--no-progress", "--duration", "3", "--run-dir",
+                      str(run_dir), "scenarios/quickstart.toml") as qnet:
+        _, err = qnet.communicate(timeout=90)
+    assert qnet.returncode == 0, err[-2000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["ok"] and result.get("failure") is None
+    holders = [p for p in result["processes"] if p["role"] == "netns"]
+    assert sorted(p["name"] for p in holders) == ["netns-alice", "netns-bob"]
