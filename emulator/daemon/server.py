@@ -237,6 +237,8 @@ async def serve(config: DaemonConfig, limits: SessionLimits = SessionLimits(), *
         daemon.nursery = nursery
         nursery.start_soon(functools.partial(trio.serve_listeners, daemon.sessions.handle,
                                              [listener], handler_nursery=nursery))
+        if daemon.flight_links:
+            nursery.start_soon(daemon.flight.run)  # flying qubits' timeline (links/flight.py)
         if config.mqtt is not None:
             await nursery.start(_telemetry, daemon)
         task_status.started(daemon)

@@ -91,7 +91,6 @@ class FlightPlane:
         self.ids = itertools.count(1)
         self.order = itertools.count()
         self.wake = trio.Event()
-        self.running = False
 
     def budget(self, node: str) -> NodeHybrid:
         return self.hybrid.get(node, NodeHybrid())
@@ -99,11 +98,10 @@ class FlightPlane:
     def schedule(self, t: float, what: str, payload: int) -> None:
         heapq.heappush(self.events, (t, next(self.order), what, payload))
         self.wake.set()
-        if not self.running:
-            self.running = True
-            self.host.spawn(self._run)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """The payloads' events in time order (arrivals, spool ends, departures), at their
+        emulated times; the daemon runs it for the whole run when it has flight fibres."""
         clock = self.host.clock
         while True:
             while not self.events:
