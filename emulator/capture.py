@@ -2,13 +2,10 @@
 become Ethernet/IPv4/UDP or TCP frames between two synthetic hosts, so Wireshark shows the
 conversation (and the hybrid-header dissector, tools/wireshark/qnet_hybrid.lua, decodes it).
 
-No relay dependency (the netns wire shaper may reuse it). Format: pcapng (IETF
-draft-ietf-opsawg-pcapng): one Section Header Block with a comment, one Interface
-Description Block (Ethernet, microsecond timestamps), one Enhanced Packet Block per frame.
-IPv4, UDP and TCP checksums are real (RFC 791/768/793). A TCP stream gets a handshake, data
+No relay dependency; the file is written by ``emulator.pcapng.PcapngWriter`` (re-exported
+here). IPv4, UDP and TCP checksums are real (RFC 791/768/793). A TCP stream gets a handshake, data
 segments with consistent sequence and acknowledgement numbers (a chunk larger than one IPv4
-packet is split), and a FIN each way on close. The file stops growing at ``max_bytes``
-(frames beyond it are counted in ``truncated``); ``close`` flushes it.
+packet is split), and a FIN each way on close.
 """
 
 from __future__ import annotations
@@ -16,26 +13,16 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-LINKTYPE_ETHERNET = 1
-SNAPLEN = 262144
+from emulator.pcapng import PcapngWriter
+
+__all__ = ["Host", "PcapngWriter", "TcpFlow", "checksum", "tcp_frame", "udp_frame"]
+
 MAX_TCP_SEGMENT = 65535 - 20 - 20  # the most one IPv4 packet carries after IP and TCP headers
 MAX_UDP_PAYLOAD = 65535 - 20 - 8
-FLUSH_BYTES = 1 << 16
 TCP_FIN, TCP_SYN, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x08, 0x10
-
-
-def _option(code: int, value: bytes) -> bytes:
-    pad = (-len(value)) % 4
-    return struct.pack("<HH", code, len(value)) + value + b"\0" * pad
-
-
-def _block(kind: int, body: bytes) -> bytes:
-    length = 12 + len(body)
-    return struct.pack("<II", kind, length) + body + struct.pack("<I", length)
 
 
 def checksum(data: bytes) -> int:
@@ -94,55 +81,6 @@ def tcp_frame(src: Host, dst: Host, sport: int, dport: int, seq: int, ack: int, 
     value = checksum(_pseudo(src, dst, 6, len(header) + len(payload)) + header + payload)
     header = header[:16] + struct.pack("!H", value) + header[18:]
     return _ipv4(src, dst, 6, header + payload, ident)
-
-
-class PcapngWriter:
-    """Frames to a pcapng file, at most ``max_bytes`` of it; ``close`` flushes it."""
-
-    def __init__(self, path: Path, *, max_bytes: int, comment: str = "",
-                 interface: str = "") -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.packets = 0
-        self.truncated = 0
-        self._unflushed = 0
-        self._file = path.open("wb")
-        shb_options = (_option(1, comment.encode()) if comment else b"")
-        shb_options += _option(0, b"") if shb_options else b""
-        self._file.write(_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
-                                + shb_options))
-        idb_options = _option(2, interface.encode()) + _option(0, b"") if interface else b""
-        self._file.write(_block(1, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, SNAPLEN)
-                                + idb_options))
-        self.size = self._file.tell()
-
-    def write(self, ts: float, frame: bytes) -> bool:
-        """Append ``frame`` captured at Unix time ``ts``; False (counted) once the file is full."""
-        if self._file.closed:
-            return False
-        micros = round(ts * 1e6)
-        pad = (-len(frame)) % 4
-        block = _block(6, struct.pack("<IIIII", 0, micros >> 32, micros & 0xFFFFFFFF,
-                                      len(frame), len(frame)) + frame + b"\0" * pad)
-        if self.size + len(block) > self.max_bytes:
-            self.truncated += 1
-            return False
-        self._file.write(block)
-        self.size += len(block)
-        self.packets += 1
-        self._unflushed += len(block)
-        if self._unflushed >= FLUSH_BYTES:
-            self.flush()
-        return True
-
-    def flush(self) -> None:
-        if not self._file.closed and self._unflushed:
-            self._file.flush()
-            self._unflushed = 0
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
 
 
 class TcpFlow:
