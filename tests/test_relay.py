@@ -358,7 +358,7 @@ async def test_foreign_datagrams_are_dropped_and_counted():
 
 
 async def test_connection_cap_silent_timeout_and_resets_end_only_their_connection(monkeypatch):
-    import emulator.relay as relay_module
+    import emulator.relay_tcp as relay_module
 
     monkeypatch.setattr(relay_module, "MAX_TCP_CONNECTIONS", 3)
     monkeypatch.setattr(relay_module, "FIRST_BYTE_TIMEOUT_S", 0.3)
