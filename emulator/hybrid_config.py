@@ -53,8 +53,8 @@ class FlightFibre(Struct):
 def path_hops(path: Sequence[str], fibres: Mapping[frozenset, FlightFibre],
               nodes: Mapping[str, NodeHybrid]) -> list[Hop]:
     """``physics.flight.Hop`` per fibre of ``path`` (node names, source first): the fibre's
-    physics and its far end's delay line and compensation (a flow's destination has no
-    delay line: ``hybrid.send`` checks it)."""
+    physics and its far end's delay line and compensation (a destination with a delay
+    line stores its payloads from it)."""
     hops = []
     for near, far in zip(path, path[1:]):
         fibre = fibres[frozenset((near, far))].flight

@@ -309,6 +309,23 @@ class Switched(msgspec.Struct, tag="switched"):
     t_depart: float  # emulated time the payload leaves the delay line
 
 
+class PayloadStore(msgspec.Struct, tag="payload_store", forbid_unknown_fields=True):
+    """The payload in this node's delay line (arrived on ``link``) is for this node: into a
+    memory slot now, after the waveplate ``rotation`` if given (as for ``PayloadSwitch``)."""
+
+    id: int
+    link: str
+    payload: int
+    rotation: tuple[float, float, float] | None = None
+
+
+class Stored(msgspec.Struct, tag="stored"):
+    id: int
+    payload: int
+    slot: int  # this node's slot that holds it now
+    t: float
+
+
 class PayloadArrived(msgspec.Struct, tag="payload_arrived"):
     """Pushed to the receiving end of ``link``: the payload reached it at ``t`` (``present``)
     or was lost in the fibre (``present`` false, pushed at its would-be arrival). Held in the
@@ -327,10 +344,11 @@ class PayloadArrived(msgspec.Struct, tag="payload_arrived"):
 
 Request = (Hello | SourceStart | SourceStop | DetectorOpen | StatsRequest | EntangleStart
            | EntangleStop | PairAwait | QubitPrepare | QubitGate | QubitMeasure | BellMeasure
-           | QubitDiscard | MemoryStatsRequest | FlightOpen | QubitSend | PayloadSwitch)
+           | QubitDiscard | MemoryStatsRequest | FlightOpen | QubitSend | PayloadSwitch
+           | PayloadStore)
 Reply = (Welcome | SourceStarted | SourceStopped | DetectorOpened | Detections | Stats | Error
          | EntangleStarted | PairsDelivered | Prepared | Measured | BellResult | Done
-         | MemoryStats | Sent | Switched | PayloadArrived)
+         | MemoryStats | Sent | Switched | Stored | PayloadArrived)
 
 request_decoder = msgspec.msgpack.Decoder(Request)
 reply_decoder = msgspec.msgpack.Decoder(Reply)

@@ -2,8 +2,9 @@
 switch the payload to the header's next hop (with the drift correction) and forward the header.
 
 Inputs are header datagrams (``header``), the daemon's ``PayloadArrived`` pushes
-(``arrival``) and the outcome of a switch the shell asked for (``switched``); outputs are
-actions the shell performs. A header and its payload's arrival come in either order. A header
+(``arrival``) and the outcome of a switch or store the shell asked for (``switched``,
+``stored``: a destination with a delay line stores its payloads from it); outputs are actions
+the shell performs. A header and its payload's arrival come in either order. A header
 whose payload was lost or late is forwarded with ``FLAG_PAYLOAD_LOST`` (and ``_LATE``) so the
 destination counts it; a bad MAC, TTL 0 or an unknown destination is dropped and counted by
 the ``HeaderForwarder``, never forwarded (its payload then dies in the delay line as late).
@@ -50,6 +51,16 @@ class Switch:
 
 
 @dataclass(frozen=True)
+class Store:
+    """Ask the daemon to store ``payload`` (in this destination's delay line, arrived on
+    ``link``) in a memory slot, through ``rotation`` if any."""
+
+    payload: int
+    link: str
+    rotation: tuple[float, float, float] | None
+
+
+@dataclass(frozen=True)
 class SendHeader:
     neighbour: str
     data: bytes
@@ -72,7 +83,7 @@ class Discard:
     slot: int
 
 
-Action = Switch | SendHeader | Delivered | Discard
+Action = Switch | Store | SendHeader | Delivered | Discard
 
 
 class HybridCore:
@@ -86,6 +97,7 @@ class HybridCore:
         self._headers: dict[int, tuple[float, HybridHeader, Forward | None]] = {}
         self._arrivals: dict[int, tuple[float, Arrival]] = {}
         self._switching: dict[int, tuple[HybridHeader, Forward]] = {}
+        self._storing: dict[int, tuple[HybridHeader, Arrival]] = {}
 
     def header(self, data: bytes, link: str, now: float) -> list[Action]:
         """A header datagram from the neighbour on ``link``."""
@@ -116,15 +128,30 @@ class HybridCore:
 
     def _match(self, header: HybridHeader, forward: Forward | None,
                arrival: Arrival) -> list[Action]:
+        rotation = tuple(-x for x in arrival.reference) if self.compensate else None
         if forward is None:
+            if arrival.present and arrival.slot < 0:  # in our delay line: store it first
+                self._storing[arrival.payload] = (header, arrival)
+                return [Store(arrival.payload, arrival.link, rotation)]  # type: ignore[arg-type]
             self.counters["hybrid_delivered" if arrival.present else "hybrid_lost"] += 1
             return [Delivered(header, arrival if arrival.present else None)]
         if not arrival.present:
             self.counters["hybrid_lost"] += 1
             return [self._send(header, forward, FLAG_PAYLOAD_LOST)]
         self._switching[arrival.payload] = (header, forward)
-        rotation = tuple(-x for x in arrival.reference) if self.compensate else None
         return [Switch(arrival.payload, forward.link, rotation)]  # type: ignore[arg-type]
+
+    def stored(self, payload: int, slot: int | None) -> list[Action]:
+        """The daemon stored ``payload`` in ``slot`` (the waveplate applied: the delivered
+        arrival has no readout left to correct), or refused (late: None)."""
+        header, arrival = self._storing.pop(payload)
+        if slot is None:
+            self.counters["hybrid_late"] += 1
+            return [Delivered(header, None, late=True)]
+        self.counters["hybrid_delivered"] += 1
+        done = Arrival(arrival.link, arrival.payload, arrival.t, True, slot, arrival.deadline,
+                       (0.0, 0.0, 0.0) if self.compensate else arrival.reference)
+        return [Delivered(header, done)]
 
     def switched(self, payload: int, ok: bool) -> list[Action]:
         """The daemon set the switch (``ok``) or refused it (late): forward the header."""
@@ -158,4 +185,5 @@ class HybridCore:
         return out
 
     def pending(self) -> int:
-        return len(self._headers) + len(self._arrivals) + len(self._switching)
+        return (len(self._headers) + len(self._arrivals) + len(self._switching)
+                + len(self._storing))

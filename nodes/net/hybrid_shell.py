@@ -21,7 +21,15 @@ from emulator.daemon import protocol as p
 from nodes.daemon_client import DaemonError
 from nodes.net.forwarding import Forwarder, HeaderForwarder
 from nodes.net.header import MAGIC, HeaderCodec, HybridHeader, PayloadDescriptor
-from nodes.net.hybrid import Arrival, Delivered, Discard, HybridCore, SendHeader, Switch
+from nodes.net.hybrid import (
+    Arrival,
+    Delivered,
+    Discard,
+    HybridCore,
+    SendHeader,
+    Store,
+    Switch,
+)
 from nodes.sdk import NodeContext
 
 log = logging.getLogger("qnet.hybrid")
@@ -120,7 +128,7 @@ class HybridPlane:
 
     async def _perform(self, actions: list, arrival: Arrival | None) -> None:
         for action in actions:
-            if isinstance(action, Switch):
+            if isinstance(action, Switch | Store):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._switch, action)
             elif isinstance(action, SendHeader):
@@ -135,20 +143,28 @@ class HybridPlane:
                 except DaemonError:
                     self.core.counters["hybrid_discard_failed"] += 1
 
-    async def _switch(self, action: Switch) -> None:
+    async def _switch(self, action: Switch | Store) -> None:
+        """Set the switch (or store the payload, at its destination) and go on with the
+        core's answer; the decision latency is measured from the payload's arrival."""
         arrived = self._arrived_at.pop(action.payload, self.node.clock.now())
         kwargs = {"rotation": action.rotation} if action.rotation is not None else {}
+        request = p.PayloadSwitch if isinstance(action, Switch) else p.PayloadStore
         try:
-            reply = await self.node.daemon.request(p.PayloadSwitch, link=action.link,
+            reply = await self.node.daemon.request(request, link=action.link,
                                                    payload=action.payload, **kwargs)
             ok, t_set = True, reply.t
         except DaemonError as exc:
             if exc.code != "late":
-                log.warning("switch of payload %d refused: %s", action.payload, exc)
-            ok, t_set = False, self.node.clock.now()
+                log.warning("%s of payload %d refused: %s", request.__name__, action.payload,
+                            exc)
+            reply, ok, t_set = None, False, self.node.clock.now()
         if len(self.decision_us) < MAX_LATENCY_SAMPLES:
             self.decision_us.append(max(0.0, t_set - arrived) * 1e6)
-        await self._perform(self.core.switched(action.payload, ok), None)
+        if isinstance(action, Switch):
+            await self._perform(self.core.switched(action.payload, ok), None)
+        else:
+            slot = reply.slot if reply is not None else None
+            await self._perform(self.core.stored(action.payload, slot), None)
 
     def _deliver(self, delivered: Delivered) -> None:
         channel = self._flows.get(delivered.header.flow)

@@ -221,3 +221,29 @@ async def test_cut_quantum_plane_loses_every_payload(nursery) -> None:
     assert not any(x.present for x in got)
     assert daemon.flight.counts["r1.lost_in_fibre"] == 20
     assert daemon.memories.free_slots(FLIGHT) == 100_000  # nothing left in flight
+
+
+async def test_destination_stores_from_its_delay_line(nursery) -> None:
+    config = make_config(True, 0.0, noise=0.0)
+    daemon = await nursery.start(serve, config)
+    async with open_daemon("127.0.0.1", daemon.port, "alice", "tok-a") as alice, \
+            open_daemon("127.0.0.1", daemon.port, "r1", "tok-r") as r1:
+        arrivals = r1.payloads("a-r1")
+        await r1.request(p.FlightOpen, link="a-r1")
+        with trio.fail_after(5):  # |1>, until one survives the fibre
+            while True:
+                q = (await alice.request(p.QubitPrepare, theta=math.pi)).qubit
+                await alice.request(p.QubitSend, link="a-r1", qubit=q)
+                if (arrived := await arrivals.receive()).present:
+                    break
+        with pytest.raises(DaemonError) as err:  # it arrived on a-r1, not r1-b
+            await r1.request(p.PayloadStore, link="r1-b", payload=arrived.payload)
+        assert err.value.code == "not_allowed"
+        stored = await r1.request(p.PayloadStore, link="a-r1", payload=arrived.payload)
+        m = await r1.request(p.QubitMeasure, qubits=[p.QubitRef("r1", stored.slot)],
+                             bases=["Z"])
+        assert m.outcomes == b"\x01"  # no drift, no noise: the state that was sent
+        with pytest.raises(DaemonError) as err:  # gone from the delay line
+            await r1.request(p.PayloadSwitch, link="r1-b", payload=arrived.payload)
+        assert err.value.code == "not_allowed"
+    assert daemon.flight.counts["r1.stored"] == 1

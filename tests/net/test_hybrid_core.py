@@ -15,7 +15,15 @@ from nodes.net.header import (
     HybridHeader,
     PayloadDescriptor,
 )
-from nodes.net.hybrid import Arrival, Delivered, Discard, HybridCore, SendHeader, Switch
+from nodes.net.hybrid import (
+    Arrival,
+    Delivered,
+    Discard,
+    HybridCore,
+    SendHeader,
+    Store,
+    Switch,
+)
 from nodes.net.spf import Route
 
 KEY_IN, KEY_OUT = b"k" * 32, b"o" * 32
@@ -104,3 +112,18 @@ def test_destination_delivers_and_expires_unmatched() -> None:
     core.arrival(Arrival("r1-b", 9, 1.0, True, 4), 1.0)  # its header never comes
     assert core.expire(1.5) == []
     assert core.expire(2.1) == [Discard(4)]
+
+
+def test_destination_with_a_delay_line_stores_from_it() -> None:
+    fw = Forwarder("bob", {})
+    core = HybridCore(HeaderForwarder(fw, {"r1-b": KEY_OUT}), True)
+    h = header()
+    core.header(wire(h, KEY_OUT), "r1-b", 1.0)
+    spooled = Arrival("r1-b", 7, 1.0, True, -1, 1.02, (0.0, 0.2, 0.0))
+    assert core.arrival(spooled, 1.0) == [Store(7, "r1-b", (-0.0, -0.2, -0.0))]
+    (got,) = core.stored(7, 5)
+    assert got.arrival.slot == 5 and got.arrival.reference == (0.0, 0.0, 0.0)  # corrected
+    core.header(wire(header(8), KEY_OUT), "r1-b", 1.0)
+    core.arrival(Arrival("r1-b", 8, 1.0, True, -1, 1.02), 1.0)
+    (late,) = core.stored(8, None)
+    assert late.arrival is None and late.late and core.pending() == 0

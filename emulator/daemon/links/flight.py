@@ -167,6 +167,13 @@ class FlightPlane:
             self._notify(payload.at, p.PayloadArrived(payload.link, payload.id, t, True, -1,
                                                       payload.deadline, reference))
             return
+        slot = self.store(payload, t)
+        self._notify(payload.at, p.PayloadArrived(payload.link, payload.id, t, slot is not None,
+                                                  -1 if slot is None else slot, t, reference))
+
+    def store(self, payload: Payload, t: float) -> int | None:
+        """Put ``payload`` into a memory slot of the node it is at, after the depolarising
+        of the Raman photons it carried (sampled); its slot, or None (lost: no free slot)."""
         p_dep = -math.expm1(-payload.noise / 2)
         if p_dep > 0 and self.rng.random() < p_dep * 3 / 4:  # a sampled depolarising channel
             pauli = st.PAULIS["XYZ"[int(self.rng.integers(3))]]
@@ -175,12 +182,10 @@ class FlightPlane:
             ref = self.host.memories.move(payload.ref, payload.at, t)
         except mem.NoFreeSlot:
             self._lost(payload, t, "no_free_slot")
-            self._notify(payload.at, p.PayloadArrived(payload.link, payload.id, t, False))
-            return
+            return None
         del self.payloads[payload.id]
         self.counts[f"{payload.at}.stored"] += 1
-        self._notify(payload.at, p.PayloadArrived(payload.link, payload.id, t, True, ref.slot, t,
-                                                  reference))
+        return ref.slot
 
     def _depart(self, payload: Payload, t: float) -> None:
         assert payload.switched_to is not None
@@ -209,7 +214,7 @@ class FlightLinkRuntime(LinkRuntime):
 
     kind = "flight"
     requests = {p.FlightOpen: "flight_open", p.QubitSend: "qubit_send",
-                p.PayloadSwitch: "payload_switch"}
+                p.PayloadSwitch: "payload_switch", p.PayloadStore: "payload_store"}
 
     def __init__(self, fibre: FlightFibre, plane: FlightPlane) -> None:
         self.fibre = fibre
@@ -287,6 +292,32 @@ class FlightLinkRuntime(LinkRuntime):
         return p.Sent(request.id, self.name, payload.id, now)
 
     async def payload_switch(self, conn: Connection, request: p.PayloadSwitch) -> Reply:
+        payload = self._held(conn, request)
+        if not isinstance(payload, Payload):
+            return payload
+        plane, node = self.plane, conn.node
+        payload.switched_to = self.name
+        plane.counts[f"{node}.switches"] += 1
+        plane.schedule(payload.deadline, "depart", payload.id)
+        return p.Switched(request.id, payload.id, plane.host.clock.now(), payload.deadline)
+
+    async def payload_store(self, conn: Connection, request: p.PayloadStore) -> Reply:
+        """The payload is for this node: out of its delay line into a memory slot now."""
+        held = self.plane.payloads.get(request.payload)
+        if held is not None and held.at == conn.node and held.link != self.name:
+            return not_allowed(request, f"payload {held.id} arrived on {held.link!r}")
+        payload = self._held(conn, request)
+        if not isinstance(payload, Payload):
+            return payload
+        now = self.plane.host.clock.now()
+        slot = self.plane.store(payload, now)
+        if slot is None:
+            return p.Error("no_free_slot", f"{conn.node!r} has no free slot", id=request.id)
+        return p.Stored(request.id, request.payload, slot, now)
+
+    def _held(self, conn: Connection, request) -> Payload | p.Error:
+        """The payload ``request`` names if it sits undecided in ``conn.node``'s delay line and
+        the budget still runs (the waveplate applied), else the refusal."""
         node = conn.node
         plane, now = self.plane, self.plane.host.clock.now()
         payload = plane.payloads.get(request.payload)
@@ -311,7 +342,4 @@ class FlightLinkRuntime(LinkRuntime):
                 return p.Error("bad_request", "rotation must be finite", id=request.id)
             plane.host.memories.apply_gate(FLIGHT, [payload.ref], pol.su2(r), now)
             plane.counts[f"{node}.rotations"] += 1
-        payload.switched_to = self.name
-        plane.counts[f"{node}.switches"] += 1
-        plane.schedule(payload.deadline, "depart", payload.id)
-        return p.Switched(request.id, payload.id, now, payload.deadline)
+        return payload

@@ -37,6 +37,7 @@ def merge(scenario: Any, app: HybridSendApp, entries: list[dict]) -> list[dict]:
     out["router_measurements"] = None  # filled from the daemon's report
     if out["path"] and src.get("send_times"):
         latencies = {node: e.get("decision_us", []) for node, e in routers.items()}
+        latencies[app.dst] = dst.get("decision_us", [])  # its own delay line's stores
         model = flow_prediction(scenario, out["path"], src["send_times"], latencies)
         pair = app.payload == "pair"
         out["fidelity_model"] = model.pair_fidelity if pair else model.fidelity

@@ -163,6 +163,7 @@ async def _destination(node: NodeContext, app: HybridSendApp, plane: HybridPlane
             records.append((got.header.seq, basis, m.outcomes[0]))
     theirs = await _exchange(node, app, records, opener=True)
     out.update(_estimate(app, theirs, records))
+    out["decision_us"] = list(plane.decision_us)  # stores from its own delay line, if any
     return out
 
 
