@@ -48,28 +48,15 @@ def detect_frame(
     if eta_1 is not None and eta_1 != eta:
         return _detect_mismatched(rng, key, slot_start, slot_end, intensities, probabilities,
                                   (eta, eta_1), p_dc, e_det)
-    mus = np.asarray(intensities, dtype=np.float64)
-    thresholds = intensity_thresholds(probabilities)
-    if mus.shape != thresholds.shape:
-        raise ValueError("intensities and probabilities must have the same length")
-    n = int(slot_end) - int(slot_start)
-    y0 = float(background_yield(p_dc))
+    mus, thresholds, n, y0, possible = _frame_model(intensities, probabilities, slot_start,
+                                                    slot_end, p_dc)
     q = gain(mus, eta, y0)
-    # only intensities that can occur bound the candidate rate
-    possible = np.asarray(probabilities, dtype=np.float64) > 0
     p_max = float(q[possible].max())
-    empty = FrameDetections(
-        np.empty(0, np.uint64), np.empty(0, np.uint8), np.empty(0, np.uint8)
-    )
     if n <= 0 or p_max <= 0.0:
-        return empty
-
-    offsets = candidate_offsets(rng, n, p_max)
-    if offsets.size == 0:
-        return empty
-    slots = offsets.astype(np.uint64)
-    slots += np.uint64(slot_start)
-    bit, basis_a, index = choices_from_words(slot_words(key, slots), thresholds)
+        return _no_clicks()
+    slots, bit, basis_a, index = _candidates(rng, key, slot_start, n, p_max, thresholds)
+    if slots.size == 0:
+        return _no_clicks()
 
     if np.any(q[possible] < p_max):  # thin to each slot's own gain; one intensity: no-op
         kept = rng.random(slots.size) * p_max < q[index]
@@ -110,22 +97,14 @@ def _detect_mismatched(
     """``detect_frame`` with detector efficiencies eta_0 != eta_1: the signal's target detector
     t = bit ^ wrong is drawn first, then the click with Q_t = 1 - (1 - Y0) e^{-eta_t mu}
     (thinning from p_max at the larger efficiency), then signal vs dark as before."""
-    mus = np.asarray(intensities, dtype=np.float64)
-    thresholds = intensity_thresholds(probabilities)
-    if mus.shape != thresholds.shape:
-        raise ValueError("intensities and probabilities must have the same length")
-    n = int(slot_end) - int(slot_start)
-    y0 = float(background_yield(p_dc))
+    mus, thresholds, n, y0, possible = _frame_model(intensities, probabilities, slot_start,
+                                                    slot_end, p_dc)
     eta = np.asarray(etas, dtype=np.float64)
     q = gain(mus[:, None], eta[None, :], y0)  # [intensity, target detector]
-    possible = np.asarray(probabilities, dtype=np.float64) > 0
     p_max = float(q[possible].max())
     if n <= 0 or p_max <= 0.0:
-        return FrameDetections(np.empty(0, np.uint64), np.empty(0, np.uint8),
-                               np.empty(0, np.uint8))
-    slots = candidate_offsets(rng, n, p_max).astype(np.uint64)
-    slots += np.uint64(slot_start)
-    bit, basis_a, index = choices_from_words(slot_words(key, slots), thresholds)
+        return _no_clicks()
+    slots, bit, basis_a, index = _candidates(rng, key, slot_start, n, p_max, thresholds)
     coins = rng.integers(0, 4, slots.size, dtype=np.uint8)
     basis_b = coins & 1
     wrong = rng.random(slots.size) < np.where(basis_a == basis_b, e_det, 0.5)
@@ -141,6 +120,35 @@ def _detect_mismatched(
     flip = (rng.random(m) < p_dc / 2.0) if p_dc > 0 else np.zeros(m, dtype=bool)
     outcome = np.where(signal, target ^ flip.astype(np.uint8), coin)
     return FrameDetections(slots, basis_b, outcome)
+
+
+def _frame_model(
+    intensities: Sequence[float], probabilities: Sequence[float], slot_start: int,
+    slot_end: int, p_dc: float,
+) -> tuple[np.ndarray, np.ndarray, int, float, np.ndarray]:
+    """A frame's intensities, PRF thresholds, slot count, background yield Y0, and which
+    intensities can occur (only those bound the candidate rate)."""
+    mus = np.asarray(intensities, dtype=np.float64)
+    thresholds = intensity_thresholds(probabilities)
+    if mus.shape != thresholds.shape:
+        raise ValueError("intensities and probabilities must have the same length")
+    possible = np.asarray(probabilities, dtype=np.float64) > 0
+    return mus, thresholds, int(slot_end) - int(slot_start), float(background_yield(p_dc)), possible
+
+
+def _candidates(
+    rng: np.random.Generator, key: bytes, slot_start: int, n: int, p_max: float,
+    thresholds: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate slots at rate ``p_max``, with the sender's bit, basis and intensity index of
+    each (from its PRF)."""
+    slots = candidate_offsets(rng, n, p_max).astype(np.uint64)
+    slots += np.uint64(slot_start)
+    return (slots, *choices_from_words(slot_words(key, slots), thresholds))
+
+
+def _no_clicks() -> FrameDetections:
+    return FrameDetections(np.empty(0, np.uint64), np.empty(0, np.uint8), np.empty(0, np.uint8))
 
 
 def candidate_offsets(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
