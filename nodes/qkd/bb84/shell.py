@@ -28,6 +28,7 @@ from nodes.qkd.blocks import PostprocessingConfig, decoy_estimate
 from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
 from nodes.qkd.postprocessing import ReceiverPostprocessing, SenderPostprocessing
+from nodes.qkd.rejection import post_processing_step
 from nodes.qkd.secure_channel import SecureChannel
 from nodes.qkd.sifting import SIGNAL, SiftReceiver, SiftSender
 from nodes.sdk import NodeContext
@@ -117,13 +118,7 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
             elif isinstance(message, m.ReceiverFinished):
                 return
             elif post is not None:
-                try:
-                    outs = post.on_message(message)
-                except BlockRejected as exc:
-                    rejected.append(exc)
-                    await remote_errors.report(node, link, [exc])
-                    outs = post.reject(exc)
-                for out in outs:
+                for out in await post_processing_step(node, link, post, message, rejected):
                     secure.post(out)
                 if await deliver_blocks(node, link, PROTOCOL, store, secure, post.finished):
                     node.partial(entry())

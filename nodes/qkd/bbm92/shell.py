@@ -24,7 +24,7 @@ from emulator.physics.entropy import binary_entropy
 from nodes import remote_errors
 from nodes.entanglement import estimate
 from nodes.entanglement.qubits import QuantumOps
-from nodes.errors import BlockRejected, RemoteProtocolError
+from nodes.errors import RemoteProtocolError
 from nodes.qkd.auth import Authenticator
 from nodes.qkd.bbm92.sifting import (
     Announce,
@@ -41,8 +41,10 @@ from nodes.qkd.blocks import PostprocessingConfig
 from nodes.qkd.delivery import deliver_blocks
 from nodes.qkd.keystore import KeyStore
 from nodes.qkd.postprocessing import ReceiverPostprocessing, SenderPostprocessing
+from nodes.qkd.rejection import post_processing_step
 from nodes.qkd.secure_channel import SecureChannel
 from nodes.sdk import NodeContext
+from nodes.transport import Channel
 
 BOOTSTRAP_AUTH_KEYS = 4096
 # b's settings: 0 = Z, 1 = X (key), 2 = b0 = (Z+X)/sqrt2, 3 = b1 = (Z-X)/sqrt2 (CHSH)
@@ -115,25 +117,23 @@ async def run(node: NodeContext, app: BBM92App) -> list[dict]:
     return [await run_b(node, app)]
 
 
-async def _post_processing_step(node: NodeContext, link: str, post, message,
-                                rejected: list[RemoteProtocolError]) -> list:
-    """One message into a post-processing core; a rejected block is reported and answered."""
-    try:
-        return post.on_message(message)
-    except BlockRejected as exc:
-        rejected.append(exc)
-        await remote_errors.report(node, link, [exc])
-        return post.reject(exc)
+async def _open_channel(node: NodeContext, app: BBM92App, link: str,
+                        role: str) -> tuple[Channel, SecureChannel]:
+    """The authenticated channel to the peer: ``a`` dials it (initiator), ``b`` accepts it."""
+    name = f"bbm92/{link}"
+    if role == "initiator":
+        channel = await node.transport.connect(app.b, name)
+    else:
+        channel = await node.transport.accept(app.a, name)
+    auth = Authenticator(role, app.psk.encode(), bootstrap_keys=BOOTSTRAP_AUTH_KEYS)
+    return channel, SecureChannel(channel, auth, decoder=decoder)
 
 
 async def run_a(node: NodeContext, app: BBM92App) -> dict:
     """a: measures in Z/X, answers b's announcements, follows b's post-processing."""
     ops = QuantumOps(node.daemon, node.name)
     link = link_name(node, app)
-    channel = await node.transport.connect(app.b, f"bbm92/{link}")
-    secure = SecureChannel(channel, Authenticator("initiator", app.psk.encode(),
-                                                  bootstrap_keys=BOOTSTRAP_AUTH_KEYS),
-                           decoder=decoder)
+    channel, secure = await _open_channel(node, app, link, "initiator")
     rng = node.rng(f"bbm92/{link}")
     post = SenderPostprocessing(_config(app), node.rng(f"bbm92/{link}/pp"))
     store = KeyStore(app.b)
@@ -164,7 +164,7 @@ async def run_a(node: NodeContext, app: BBM92App) -> dict:
             elif isinstance(message, Done):
                 return
             else:
-                for out in await _post_processing_step(node, link, post, message, rejected):
+                for out in await post_processing_step(node, link, post, message, rejected):
                     secure.post(out)
                 if await deliver_blocks(node, link, "bbm92", store, secure, post.finished):
                     node.partial(entry())
@@ -202,10 +202,7 @@ async def run_b(node: NodeContext, app: BBM92App) -> dict:
     """b: measures in Z/X/CHSH settings, drives sifting and post-processing (Cascade side)."""
     ops = QuantumOps(node.daemon, node.name)
     link = link_name(node, app)
-    channel = await node.transport.accept(app.a, f"bbm92/{link}")
-    secure = SecureChannel(channel, Authenticator("responder", app.psk.encode(),
-                                                  bootstrap_keys=BOOTSTRAP_AUTH_KEYS),
-                           decoder=decoder)
+    channel, secure = await _open_channel(node, app, link, "responder")
     rng = node.rng(f"bbm92/{link}")
     config = _config(app)
     post = ReceiverPostprocessing(config, node.rng(f"bbm92/{link}/pp"))
@@ -257,7 +254,7 @@ async def run_b(node: NodeContext, app: BBM92App) -> dict:
             if isinstance(message, Answer):
                 outs = on_answer(message)
             else:
-                outs = await _post_processing_step(node, link, post, message, rejected)
+                outs = await post_processing_step(node, link, post, message, rejected)
             for out in outs:
                 secure.post(out)
             if await deliver_blocks(node, link, "bbm92", store, secure, post.finished):
