@@ -11,13 +11,19 @@ Reported:
   line to the daemon setting its switch (``Switched.t - PayloadArrived.t``, emulated = wall at
   time_scale 1), i.e. push + core decision + ``PayloadSwitch`` round trip;
 * beside it, a bare daemon round trip (``StatsRequest``) and a UDP loopback round trip;
-* packets per second delivered to bob with ``WINDOW`` packets in flight (target >= 2000/s),
-  and the CPU each packet cost the daemon and the (single-process) sender, routers and bob.
+* packets per second delivered to bob and the CPU each packet cost the daemon and the
+  (single-process) sender, routers and bob, at windows (packets in flight end to end) sized
+  from the pipeline: each hop holds a payload for its whole budget, so a packet takes
+  ``LATENCY_S`` end to end and the target rate needs ``target x LATENCY_S`` in flight
+  (``window_for``); half and a quarter of it beside, since a window beyond what the CPU
+  sustains only queues and turns into late packets. The headline is the best run without any
+  late packet.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import statistics
@@ -33,6 +39,7 @@ import trio
 from emulator.child_config import DaemonConfig, write_config
 from emulator.daemon import protocol as p
 from emulator.hybrid_config import FlightFibre, LinkFlight, NodeHybrid
+from emulator.physics.channels import fibre_delay
 from emulator.scenario import NodeMemory
 from nodes.daemon_client import DaemonError, open_daemon
 from nodes.net.forwarding import Forwarder, HeaderForwarder
@@ -43,9 +50,16 @@ from nodes.net.spf import Route
 RESULT = Path(__file__).resolve().parent / "results" / "hybrid.json"
 CHAIN = ["alice", "r1", "r2", "r3", "bob"]
 PACKETS = 3000
-WINDOW = 32
+TARGET = 2000  # packets/s
 KEY = bytes(range(32))
 BUDGET_US = 30_000.0  # each hop holds a payload this long (a fixed spool): latency, not rate
+FIBRE_KM = 0.1
+LATENCY_S = 3 * BUDGET_US * 1e-6 + 4 * float(fibre_delay(FIBRE_KM))  # alice to bob
+
+
+def window_for(rate: float) -> int:
+    """Packets in flight that keep ``rate`` through the fixed-latency pipeline (Little)."""
+    return math.ceil(rate * LATENCY_S)
 
 
 def p99(values: list[float]) -> float:
@@ -54,7 +68,7 @@ def p99(values: list[float]) -> float:
 
 def config() -> DaemonConfig:
     fibre = LinkFlight(attenuation_db_per_km=0.0)
-    links = [FlightFibre(f"{a}-{b}", a, b, 0.1, fibre) for a, b in zip(CHAIN, CHAIN[1:])]
+    links = [FlightFibre(f"{a}-{b}", a, b, FIBRE_KM, fibre) for a, b in zip(CHAIN, CHAIN[1:])]
     return DaemonConfig("bench", time.monotonic(), 1.0, 1, {n: n for n in CHAIN}, [],
                         memories={n: NodeMemory(slots=4096) for n in CHAIN},
                         flight_fibres=links,
@@ -69,7 +83,7 @@ def core_of(i: int) -> HybridCore:
     return HybridCore(HeaderForwarder(Forwarder(name, routes), keys), compensate=False)
 
 
-async def run_chain(port: int) -> dict:
+async def run_chain(port: int, window_size: int, packets: int) -> dict:
     async with trio.open_nursery() as nursery:
         clients = {}
         for name in CHAIN:
@@ -93,8 +107,8 @@ async def run_chain(port: int) -> dict:
                     ref = p.QubitRef("bob", action.arrival.slot)
                     await clients["bob"].request(p.QubitDiscard, qubits=[ref])
                     delivered.append(time.perf_counter())
-                    window.release()  # WINDOW packets in flight end to end
-                    if len(delivered) + len(late) == PACKETS:
+                    window.release()  # window_size packets in flight end to end
+                    if len(delivered) + len(late) == packets:
                         done.set()
 
         async def switch(name: str, action: Switch) -> None:
@@ -104,7 +118,7 @@ async def run_chain(port: int) -> dict:
             except DaemonError as exc:
                 late.append(exc.code)  # it never reaches bob
                 window.release()
-                if len(delivered) + len(late) == PACKETS:
+                if len(delivered) + len(late) == packets:
                     done.set()
                 return
             latencies.append((reply.t - inbound.pop((name, action.payload))) * 1e6)
@@ -122,7 +136,7 @@ async def run_chain(port: int) -> dict:
         for i, name in enumerate(CHAIN[1:], start=1):
             nursery.start_soon(arrivals, name, f"{CHAIN[i - 1]}-{name}")
         await trio.sleep(0.1)
-        window = trio.Semaphore(WINDOW)  # released as each packet reaches bob
+        window = trio.Semaphore(window_size)  # released as each packet reaches bob
         codec = HeaderCodec(KEY)
         alice = clients["alice"]
 
@@ -134,7 +148,7 @@ async def run_chain(port: int) -> dict:
             await perform("r1", cores["r1"].header(codec.encode(h), "alice-r1", 0.0))
 
         t0 = time.perf_counter()
-        for seq in range(PACKETS):
+        for seq in range(packets):
             await window.acquire()
             nursery.start_soon(one, seq)
         with trio.fail_after(120):
@@ -146,9 +160,9 @@ async def run_chain(port: int) -> dict:
             await alice.request(p.StatsRequest)
             rtts.append((time.perf_counter() - t) * 1e6)
         nursery.cancel_scope.cancel()
-    return {"packets": PACKETS, "routers": 3, "window": WINDOW,
-            "delivered": len(delivered), "late": len(late), "budget_us": BUDGET_US,
-            "packets_per_s": len(delivered) / wall, "target_packets_per_s": 2000,
+    return {"packets": packets, "window": window_size,
+            "delivered": len(delivered), "late": len(late),
+            "packets_per_s": len(delivered) / wall,
             "decision_us_median": statistics.median(latencies),
             "decision_us_p99": p99(latencies), "decisions": len(latencies),
             "daemon_rtt_us_median": statistics.median(rtts), "daemon_rtt_us_p99": p99(rtts)}
@@ -184,6 +198,16 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _measured(pid: int, port: int, window_size: int) -> dict:
+    """One run through the daemon ``pid`` with ``window_size`` in flight, with its CPU."""
+    cpu0, daemon0 = time.process_time(), _cpu_s(pid)
+    result = trio.run(run_chain, port, window_size, PACKETS)
+    packets = result["delivered"] + result["late"]
+    result["daemon_cpu_us_per_packet"] = (_cpu_s(pid) - daemon0) / packets * 1e6
+    result["routers_cpu_us_per_packet"] = (time.process_time() - cpu0) / packets * 1e6
+    return result
+
+
 def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path, ready = Path(tmp) / "daemon.json", Path(tmp) / "ready.json"
@@ -199,15 +223,16 @@ def main() -> dict:
                     break
                 time.sleep(0.1)
             port = json.loads(ready.read_text())["port"]
-            cpu0, daemon0 = time.process_time(), _cpu_s(daemon.pid)
-            result = trio.run(run_chain, port)
-            packets = result["delivered"] + result["late"]
-            result["daemon_cpu_us_per_packet"] = (_cpu_s(daemon.pid) - daemon0) / packets * 1e6
-            result["routers_cpu_us_per_packet"] = (time.process_time() - cpu0) / packets * 1e6
-            result |= udp_rtt()
+            runs = [_measured(daemon.pid, port, window_for(TARGET) // k) for k in (1, 2, 4)]
+            udp = udp_rtt()
         finally:
             daemon.terminate()
             daemon.wait(10)
+    clean = [r for r in runs if r["late"] == 0] or runs
+    best = max(clean, key=lambda r: r["packets_per_s"])
+    result = {"routers": 3, "budget_us": BUDGET_US, "latency_s": LATENCY_S,
+              "target_packets_per_s": TARGET, "window_for_target": window_for(TARGET),
+              **best, "runs": runs, **udp}
     result["load_average_1m"] = os.getloadavg()[0]  # the machine is shared: read with this
     RESULT.parent.mkdir(exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=1))

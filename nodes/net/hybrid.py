@@ -94,14 +94,16 @@ class HybridCore:
         self.forwarder = forwarder
         self.compensate = compensate
         self.counters: Counter[str] = forwarder.counters
-        self._headers: dict[int, tuple[float, HybridHeader, Forward | None]] = {}
+        # a forwarded header travels with the datagram the forwarder made (sent as is unless
+        # flags must be added: one encoding per hop)
+        self._headers: dict[int, tuple[float, HybridHeader, Forward | None, bytes | None]] = {}
         self._arrivals: dict[int, tuple[float, Arrival]] = {}
-        self._switching: dict[int, tuple[HybridHeader, Forward]] = {}
+        self._switching: dict[int, tuple[HybridHeader, Forward, bytes | None]] = {}
         self._storing: dict[int, tuple[HybridHeader, Arrival]] = {}
 
     def header(self, data: bytes, link: str, now: float) -> list[Action]:
         """A header datagram from the neighbour on ``link``."""
-        decision, header, _ = self.forwarder.handle(data, link)
+        decision, header, out = self.forwarder.handle(data, link)
         if header is None or not isinstance(decision, Forward | Deliver):
             return []  # dropped and counted by the forwarder
         forward = decision if isinstance(decision, Forward) else None
@@ -110,12 +112,12 @@ class HybridCore:
             self.counters["hybrid_lost_upstream"] += 1
             if forward is None:
                 return [Delivered(header, None, bool(p.flags & FLAG_PAYLOAD_LATE))]
-            return [self._send(header, forward, p.flags)]
+            return [self._send(header, forward, 0, out)]
         arrival = self._arrivals.pop(p.payload_id, None)
         if arrival is None:
-            self._headers[p.payload_id] = (now, header, forward)
+            self._headers[p.payload_id] = (now, header, forward, out)
             return []
-        return self._match(header, forward, arrival[1])
+        return self._match(header, forward, out, arrival[1])
 
     def arrival(self, arrival: Arrival, now: float) -> list[Action]:
         """The daemon's push for a payload reaching this node (or lost before it)."""
@@ -123,10 +125,10 @@ class HybridCore:
         if waiting is None:
             self._arrivals[arrival.payload] = (now, arrival)
             return []
-        _, header, forward = waiting
-        return self._match(header, forward, arrival)
+        _, header, forward, out = waiting
+        return self._match(header, forward, out, arrival)
 
-    def _match(self, header: HybridHeader, forward: Forward | None,
+    def _match(self, header: HybridHeader, forward: Forward | None, out: bytes | None,
                arrival: Arrival) -> list[Action]:
         rotation = tuple(-x for x in arrival.reference) if self.compensate else None
         if forward is None:
@@ -138,7 +140,7 @@ class HybridCore:
         if not arrival.present:
             self.counters["hybrid_lost"] += 1
             return [self._send(header, forward, FLAG_PAYLOAD_LOST)]
-        self._switching[arrival.payload] = (header, forward)
+        self._switching[arrival.payload] = (header, forward, out)
         return [Switch(arrival.payload, forward.link, rotation)]  # type: ignore[arg-type]
 
     def stored(self, payload: int, slot: int | None) -> list[Action]:
@@ -155,23 +157,28 @@ class HybridCore:
 
     def switched(self, payload: int, ok: bool) -> list[Action]:
         """The daemon set the switch (``ok``) or refused it (late): forward the header."""
-        header, forward = self._switching.pop(payload)
+        header, forward, out = self._switching.pop(payload)
         self.counters["hybrid_switched" if ok else "hybrid_late"] += 1
-        return [self._send(header, forward, 0 if ok else FLAG_PAYLOAD_LOST | FLAG_PAYLOAD_LATE)]
+        return [self._send(header, forward, 0 if ok else FLAG_PAYLOAD_LOST | FLAG_PAYLOAD_LATE,
+                           out)]
 
-    def _send(self, header: HybridHeader, forward: Forward, flags: int) -> SendHeader:
-        if flags:
+    def _send(self, header: HybridHeader, forward: Forward, flags: int,
+              out: bytes | None = None) -> SendHeader:
+        """The header on to the next hop: ``out`` (the forwarder's datagram) when no flag is
+        added, else re-encoded with ``flags``."""
+        if flags or out is None:
             payload = msgspec.structs.replace(header.payload, flags=header.payload.flags | flags)
             header = msgspec.structs.replace(header, payload=payload)
-        data = self.forwarder.codecs[forward.link].encode(header)
+            out = self.forwarder.codecs[forward.link].encode(header)
+        data = out
         self.counters["hybrid_headers_forwarded"] += 1
         return SendHeader(forward.next_hop, data)
 
     def expire(self, now: float) -> list[Action]:
         """Drop halves that waited ``STALE_S`` for the other; free stored payloads' slots."""
         out: list[Action] = []
-        for pid in [k for k, (t, _, _) in self._headers.items() if now - t > STALE_S]:
-            _, header, forward = self._headers.pop(pid)
+        for pid in [k for k, (t, *_) in self._headers.items() if now - t > STALE_S]:
+            _, header, forward, _ = self._headers.pop(pid)
             self.counters["hybrid_header_unmatched"] += 1
             if forward is None:
                 out.append(Delivered(header, None))

@@ -100,25 +100,25 @@ class FlightPlane:
         self.wake.set()
 
     async def run(self) -> None:
-        """The payloads' events in time order (arrivals, spool ends, departures), at their
-        emulated times; the daemon runs it for the whole run when it has flight fibres."""
+        """The payloads' events in time order (arrivals, lost arrivals, spool ends), at their
+        emulated times, every event due at once in one pass; the daemon runs it for the whole
+        run when it has flight fibres."""
         clock = self.host.clock
+        handlers = {"arrive": self._arrive, "lost": self._fibre_lost, "spool_end": self._spool_end}
+        events, payloads = self.events, self.payloads
         while True:
-            while not self.events:
-                self.wake = trio.Event()
-                await self.wake.wait()
-            t = self.events[0][0]
-            if t > clock.now():
-                self.wake = trio.Event()
-                with trio.move_on_at(clock.deadline(t)):
+            now = clock.now()
+            while events and events[0][0] <= now:
+                t, _, what, pid = heapq.heappop(events)
+                payload = payloads.get(pid)
+                if payload is not None:
+                    handlers[what](payload, t)
+            self.wake = trio.Event()
+            if events:
+                with trio.move_on_at(clock.deadline(events[0][0])):
                     await self.wake.wait()
-                continue
-            _, _, what, pid = heapq.heappop(self.events)
-            payload = self.payloads.get(pid)
-            if payload is not None:
-                {"arrive": self._arrive, "lost": self._fibre_lost, "depart": self._depart,
-                 "expire": self._expire}[what](payload, t)
-            await trio.lowlevel.checkpoint()
+            else:
+                await self.wake.wait()
 
     # -- the payload's life -------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class FlightPlane:
         if end.switch_budget_us > 0:
             payload.in_spool = True
             payload.deadline = t + end.switch_budget_us * 1e-6
-            self.schedule(payload.deadline, "expire", payload.id)
+            self.schedule(payload.deadline, "spool_end", payload.id)
             self.counts[f"{payload.at}.arrived"] += 1
             self._notify(payload.at, p.PayloadArrived(payload.link, payload.id, t, True, -1,
                                                       payload.deadline, reference))
@@ -187,16 +187,18 @@ class FlightPlane:
         self.counts[f"{payload.at}.stored"] += 1
         return ref.slot
 
-    def _depart(self, payload: Payload, t: float) -> None:
-        assert payload.switched_to is not None
-        self.launch(payload, self.links[payload.switched_to], t)
-
-    def _expire(self, payload: Payload, t: float) -> None:
-        if payload.in_spool and payload.switched_to is None:
-            self._lost(payload, t, "late")
-            self.late[payload.id] = (payload.at, payload.deadline)  # to answer a late switch
-            while len(self.late) > LATE_MEMORY:
-                del self.late[next(iter(self.late))]
+    def _spool_end(self, payload: Payload, t: float) -> None:
+        """The end of the payload's delay line: on to the fibre it was switched to, else lost
+        as late (one event per spool, whether switched or not)."""
+        if not payload.in_spool:
+            return
+        if payload.switched_to is not None:
+            self.launch(payload, self.links[payload.switched_to], t)
+            return
+        self._lost(payload, t, "late")
+        self.late[payload.id] = (payload.at, payload.deadline)  # to answer a late switch
+        while len(self.late) > LATE_MEMORY:
+            del self.late[next(iter(self.late))]
 
     def _notify(self, node: str, message: p.PayloadArrived) -> None:
         channel = self.push.get((message.link, node))
@@ -297,8 +299,7 @@ class FlightLinkRuntime(LinkRuntime):
             return payload
         plane, node = self.plane, conn.node
         payload.switched_to = self.name
-        plane.counts[f"{node}.switches"] += 1
-        plane.schedule(payload.deadline, "depart", payload.id)
+        plane.counts[f"{node}.switches"] += 1  # it leaves at its spool end (already due)
         return p.Switched(request.id, payload.id, plane.host.clock.now(), payload.deadline)
 
     async def payload_store(self, conn: Connection, request: p.PayloadStore) -> Reply:
