@@ -6,7 +6,6 @@ detection + convergence (reported in result.json ``routing``) + the backup path'
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ BACKUP_HOPS = 3  # a - q1 - q2 - b
 # Delivery on the backup after the routes changed: its one-way delay, a message interval
 # (200 Hz), and Python's forwarding per hop on a loaded 2-core machine (measured 1-3 ms).
 PER_HOP_PROCESSING_MS = 5.0
-HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
 
 def left_behind(run_dir: Path) -> set[int]:
@@ -88,26 +86,6 @@ def test_crashed_router_restarts_and_rejoins(tmp_path) -> None:
     assert stream["max_gap_ms"] <= gap_bound_ms(crashed), (stream, result["routing"])
     p = next(x for x in result["processes"] if x["name"] == "p")
     assert p["counters"]["net.lsa_originated"] >= 1  # the restarted p reported its routing
-
-
-@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto binary not installed")
-def test_mesh_16_streams_survive_random_link_failures(tmp_path) -> None:
-    # mosquitto: the embedded (Python) broker passes 16 nodes' and 26 relays' final reports
-    # too slowly on a loaded 2-core host for the orchestrator's 5 s wait
-    result = run(tmp_path, (ROOT / "scenarios/mesh-16.toml").read_text(), "--broker",
-                 "mosquitto")
-    assert result["ok"], result["expectations"]
-    assert len(result["streams"]) == 3
-    for stream in result["streams"]:
-        assert stream["sent"] > 100 and stream["delivered"] == stream["sent"], stream
-        assert stream["duplicates"] == 0 and stream["out_of_order"] == 0 and stream["all_acked"]
-    routing = result["routing"]
-    cuts = [f for f in routing["faults"] if f["action"] == "cut"]
-    assert len(cuts) == 3
-    for cut in cuts:  # silent cuts: found by the dead interval (slack: a loaded 2-core host)
-        assert cut["detection_ms"] is not None, routing
-        assert cut["detection_ms"] <= 1e3 * routing["dead_interval_s"] + 200, routing
-        assert cut["convergence_ms"] is not None
 
 
 def test_rtt_metric_measured_from_hellos_avoids_the_slow_short_path(tmp_path) -> None:

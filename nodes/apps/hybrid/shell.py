@@ -54,7 +54,8 @@ async def _sender(node: NodeContext, app: HybridSendApp, plane: HybridPlane) -> 
     rng = node.rng(f"hybrid/{app.flow}")
     t_stop = node.t_end - app.stop_before_end_s
     out: dict = {"role": "src", "sent": 0, "no_route": 0, "send_errors": 0, "path": None}
-    with trio.move_on_at(clock.deadline(t_stop)):
+    with trio.move_on_at(clock.deadline(t_stop)):  # the path at start_s: routing has converged
+        await clock.sleep_until(node.t_start + app.start_s)
         out["path"] = list((await net.wait_route(app.dst)).path)
     records: list = []
     times: list[float] = []
