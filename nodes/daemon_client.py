@@ -72,6 +72,9 @@ class DaemonClient:
                 await self._detections[message.link].send(message)
             elif isinstance(message, p.PayloadArrived):
                 await self._payloads[message.link].send(message)
+            elif isinstance(message, p.PayloadsArrived):
+                for arrival in message.arrivals:
+                    await self._payloads[message.link].send(arrival)
             elif getattr(message, "id", None) in self._waiting:
                 await self._waiting[message.id].send(message)
             elif isinstance(message, p.Error):

@@ -342,13 +342,21 @@ class PayloadArrived(msgspec.Struct, tag="payload_arrived"):
     reference: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
+class PayloadsArrived(msgspec.Struct, tag="payloads_arrived"):
+    """Several ``PayloadArrived`` of one link in one frame, in their order: what had queued for
+    the receiving end when the daemon sent the first (one frame, not one each, under load)."""
+
+    link: str
+    arrivals: list[PayloadArrived]
+
+
 Request = (Hello | SourceStart | SourceStop | DetectorOpen | StatsRequest | EntangleStart
            | EntangleStop | PairAwait | QubitPrepare | QubitGate | QubitMeasure | BellMeasure
            | QubitDiscard | MemoryStatsRequest | FlightOpen | QubitSend | PayloadSwitch
            | PayloadStore)
 Reply = (Welcome | SourceStarted | SourceStopped | DetectorOpened | Detections | Stats | Error
          | EntangleStarted | PairsDelivered | Prepared | Measured | BellResult | Done
-         | MemoryStats | Sent | Switched | Stored | PayloadArrived)
+         | MemoryStats | Sent | Switched | Stored | PayloadArrived | PayloadsArrived)
 
 request_decoder = msgspec.msgpack.Decoder(Request)
 reply_decoder = msgspec.msgpack.Decoder(Reply)

@@ -38,6 +38,7 @@ from emulator.physics.channels import fibre_delay, transmittance
 FLIGHT = "~flight"  # memories pseudo-node holding the qubits in fibres and delay lines
 FLIGHT_SLOTS = 100_000
 PUSH_BUFFER = 10_000  # PayloadArrived queued per receiving connection before drops
+PUSH_BATCH = 256  # PayloadArrived in one PayloadsArrived frame at most (~30 kB)
 LATE_MEMORY = 10_000  # payloads lost as late whose late switch is still answered "late"
 
 
@@ -268,9 +269,17 @@ class FlightLinkRuntime(LinkRuntime):
 
     @staticmethod
     async def _pump(conn: Connection, receive: trio.MemoryReceiveChannel) -> None:
+        """Send the link's pushes to ``conn``: those queued meanwhile in one frame."""
         async with receive:
             async for message in receive:
-                if not await conn.send(message):
+                batch = [message]
+                while len(batch) < PUSH_BATCH:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                out = message if len(batch) == 1 else p.PayloadsArrived(message.link, batch)
+                if not await conn.send(out):
                     return
 
     async def qubit_send(self, conn: Connection, request: p.QubitSend) -> Reply:
