@@ -247,3 +247,56 @@ async def test_destination_stores_from_its_delay_line(nursery) -> None:
             await r1.request(p.PayloadSwitch, link="r1-b", payload=arrived.payload)
         assert err.value.code == "not_allowed"
     assert daemon.flight.counts["r1.stored"] == 1
+
+
+class _Recording:
+    """A connection stand-in that keeps what the pump sends it."""
+
+    def __init__(self) -> None:
+        self.frames: list = []
+
+    async def send(self, message) -> bool:
+        self.frames.append(message)
+        return True
+
+
+def test_pump_sends_queued_pushes_in_one_frame_in_order():
+    """Pushes queued while the pump was busy leave as ``PayloadsArrived`` (at most
+    ``PUSH_BATCH`` each, in order); a lone one stays a plain ``PayloadArrived``; the daemon
+    client hands the batch's arrivals to the link's channel one by one."""
+    from emulator.daemon.links.flight import PUSH_BATCH, FlightLinkRuntime
+    from nodes.daemon_client import DaemonClient
+
+    n = PUSH_BATCH + 44
+    pushes = [p.PayloadArrived("a-r1", i, i * 1e-3, True, -1, 1.0) for i in range(n)]
+
+    async def main():
+        conn = _Recording()
+        send, receive = trio.open_memory_channel(10 * n)
+        for m in pushes:
+            send.send_nowait(m)
+        send.close()
+        await FlightLinkRuntime._pump(conn, receive)
+        assert [type(f) for f in conn.frames] == [p.PayloadsArrived, p.PayloadsArrived]
+        assert [len(f.arrivals) for f in conn.frames] == [PUSH_BATCH, 44]
+        lone = _Recording()
+        send, receive = trio.open_memory_channel(1)
+        send.send_nowait(pushes[0])
+        send.close()
+        await FlightLinkRuntime._pump(lone, receive)
+        assert lone.frames == [pushes[0]]
+
+        class Framed:  # the client's side: the two batch frames, then the daemon closes
+            def __init__(self) -> None:
+                self.data = [p.encoder.encode(f) for f in conn.frames]
+
+            async def receive(self):
+                return self.data.pop(0) if self.data else None
+
+        client = DaemonClient(Framed(), None)
+        channel = client.payloads("a-r1", buffer=n)
+        with pytest.raises(ConnectionError):
+            await client._read_loop()
+        got = [channel.receive_nowait() for _ in range(n)]
+        assert got == pushes
+    trio.run(main)
