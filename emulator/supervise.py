@@ -307,7 +307,11 @@ class Supervisor:
 
     async def settle_failures(self, timeout_s: float) -> None:
         """After the first failure, wait up to ``timeout_s`` for one in a lower tier: a node
-        exits as soon as its daemon connection closes, often before the daemon is reaped."""
+        exits as soon as its daemon connection closes, often before the daemon is reaped. A
+        child killed by a signal died of that, not of what it depends on: no wait then."""
+        first = self.failures[0].child
+        if first.exit_code is not None and first.exit_code < 0:
+            return
         with trio.move_on_after(timeout_s):
             while not any(f.child.tier < self.failures[0].child.tier for f in self.failures):
                 await self._failure_added.wait()

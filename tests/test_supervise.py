@@ -168,6 +168,14 @@ async def test_the_root_failure_is_the_lowest_tier_even_when_it_is_reaped_second
         assert 0.25 < trio.current_time() - started < 2.0
         assert sup.root_failure().child is alone
 
+    killed = child(tmp_path, "killed", "ready()\nos.kill(os.getpid(), signal.SIGKILL)\n", tier=3)
+    async with open_supervisor(raise_failures=False) as sup:
+        await sup.start(killed)
+        await sup.failed.wait()
+        started = trio.current_time()
+        await sup.settle_failures(5.0)  # killed by a signal: it did not die of its daemon
+        assert trio.current_time() - started < 0.1
+
 
 async def test_readiness_timeout(tmp_path):
     silent = child(tmp_path, "silent", "time.sleep(30)\n")
