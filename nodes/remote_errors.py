@@ -2,8 +2,9 @@
 
 A core raises a ``RemoteProtocolError`` subclass (``nodes.errors``); the shell catches it
 (``except* RemoteProtocolError``), ends the block or session it concerns and calls
-``report`` here, which logs it and publishes a ``remote_protocol_error`` event. The app then
-returns its result so far with ``remote_errors`` counted; the node process keeps running.
+``report_group`` here (``report`` for a single error), which logs it and publishes a
+``remote_protocol_error`` event. The app then returns its result so far with
+``remote_errors`` counted; the node process keeps running.
 """
 
 from __future__ import annotations
@@ -32,3 +33,10 @@ async def report(node, app: str, errors: list[RemoteProtocolError]) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(2.0):
             await node.event("remote_protocol_error", app=app, error=type(exc).__name__,
                              scope=exc.scope, peer=exc.peer, message=str(exc))
+
+
+async def report_group(node, app: str, group: BaseExceptionGroup) -> list[RemoteProtocolError]:
+    """Report the remote errors of an ``except*`` group (see ``report``) and return them."""
+    errors = leaves(group)
+    await report(node, app, errors)
+    return errors

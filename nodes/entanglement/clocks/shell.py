@@ -107,8 +107,7 @@ class ChainNode:
                         await channel.drain()
                 nursery.cancel_scope.cancel()
         except* RemoteProtocolError as group:
-            errors = remote_errors.leaves(group)
-            await remote_errors.report(self.node, name, errors)
+            errors = await remote_errors.report_group(self.node, name, group)
         if self.right_link is not None:
             with trio.CancelScope(shield=True):
                 try:

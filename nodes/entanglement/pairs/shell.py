@@ -185,8 +185,7 @@ async def run_repeater(node: NodeContext, app: PairsApp) -> list[dict]:
             right.post(finished)
             await right.drain()
     except* RemoteProtocolError as group:
-        errors = remote_errors.leaves(group)
-        await remote_errors.report(node, app_name(app), errors)
+        errors = await remote_errors.report_group(node, app_name(app), group)
     await _stop_link(ops, links[1])
     stats = await ops.stats()
     return [{"section": "repeater", "name": app_name(app), "node": node.name,
@@ -292,8 +291,7 @@ async def run_end_a(node: NodeContext, app: PairsApp) -> dict:
                 await acked.wait()
             outer.cancel_scope.cancel()
     except* RemoteProtocolError as group:
-        errors += remote_errors.leaves(group)
-        await remote_errors.report(node, name, errors)
+        errors += await remote_errors.report_group(node, name, group)
         await _stop_link(ops, link)
     return entry()
 
@@ -391,7 +389,6 @@ async def run_end_b(node: NodeContext, app: PairsApp) -> dict:
             left.post(encoder.encode(FinishedAck()))  # our last message on this channel
             await left.drain()
     except* RemoteProtocolError as group:
-        errors += remote_errors.leaves(group)
-        await remote_errors.report(node, name, errors)
+        errors += await remote_errors.report_group(node, name, group)
     await _stop_link(ops, link)
     return entry()

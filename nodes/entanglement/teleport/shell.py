@@ -64,8 +64,7 @@ async def run_sender(node: NodeContext, app: TeleportApp) -> dict:
             channel.post(encoder.encode(core.end()))
             await channel.drain()
     except* RemoteProtocolError as group:
-        errors = remote_errors.leaves(group)
-        await remote_errors.report(node, name, errors)
+        errors = await remote_errors.report_group(node, name, group)
     with trio.CancelScope(shield=True):
         await ops.stop_link(link)
     return {**core.entry(name), "remote_errors_a": len(errors)}
@@ -119,8 +118,7 @@ async def run_receiver(node: NodeContext, app: TeleportApp) -> dict:
             await channel.drain()
             nursery.cancel_scope.cancel()
     except* RemoteProtocolError as group:
-        errors = remote_errors.leaves(group)
-        await remote_errors.report(node, name, errors)
+        errors = await remote_errors.report_group(node, name, group)
     with trio.CancelScope(shield=True):
         await ops.stop_link(link)
     return {**core.entry(name), "a": app.a, "b": app.b, "state": app.state,

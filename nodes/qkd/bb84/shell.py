@@ -134,8 +134,7 @@ async def run_sender(node: NodeContext, app: BB84App, link: str) -> dict:
             await answer()
             nursery.cancel_scope.cancel()
     except* RemoteProtocolError as group:
-        errors = remote_errors.leaves(group)
-        await remote_errors.report(node, link, errors)
+        errors = await remote_errors.report_group(node, link, group)
         if not stopped:
             await stop_source()
     await channel.aclose()
@@ -232,8 +231,7 @@ async def run_receiver(node: NodeContext, app: BB84App, link: str) -> dict:
             await channel.drain()
             nursery.cancel_scope.cancel()
     except* RemoteProtocolError as group:
-        errors = remote_errors.leaves(group)
-        await remote_errors.report(node, link, errors)
+        errors = await remote_errors.report_group(node, link, group)
     t_done = node.clock.now()
     await channel.aclose()
     pulses = run.pulses or 0

@@ -180,8 +180,7 @@ async def run_a(node: NodeContext, app: BBM92App) -> dict:
             await follow()
             nursery.cancel_scope.cancel()
     except* RemoteProtocolError as group:
-        errors = remote_errors.leaves(group)
-        await remote_errors.report(node, link, errors)
+        errors = await remote_errors.report_group(node, link, group)
     with trio.CancelScope(shield=True):
         await ops.stop_link(link)
         await channel.aclose()
@@ -278,8 +277,7 @@ async def run_b(node: NodeContext, app: BBM92App) -> dict:
             await channel.drain()
             nursery.cancel_scope.cancel()
     except* RemoteProtocolError as group:
-        errors = remote_errors.leaves(group)
-        await remote_errors.report(node, link, errors)
+        errors = await remote_errors.report_group(node, link, group)
     with trio.CancelScope(shield=True):
         await ops.stop_link(link)
         await channel.aclose()
