@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import hmac
 import logging
 import math
@@ -218,13 +219,34 @@ class Sessions:
 
 
 def non_finite_field(message: msgspec.Struct) -> str | None:
-    """Name of the first field holding a NaN or infinity (also inside lists), else None."""
-    for name in message.__struct_fields__:
+    """Name of the first field holding a NaN or infinity (also inside lists), else None.
+    Only fields whose declared type can hold a float are looked at (``float_fields``)."""
+    for name in float_fields(type(message)):
         value = getattr(message, name)
         values = value if isinstance(value, (list, tuple)) else (value,)
         if any(isinstance(x, float) and not math.isfinite(x) for x in values):
             return name
     return None
+
+
+@functools.cache
+def float_fields(struct_type: type) -> tuple[str, ...]:
+    """Fields of ``struct_type`` that can hold a float, directly or as an item of a list or
+    tuple (computed once per type from msgspec's type info): the only ones worth scanning."""
+    return tuple(f.name for f in msgspec.inspect.type_info(struct_type).fields
+                 if _may_hold_float(f.type, depth=0))
+
+
+def _may_hold_float(info: msgspec.inspect.Type, depth: int) -> bool:
+    if isinstance(info, (msgspec.inspect.FloatType, msgspec.inspect.AnyType)):
+        return True
+    if isinstance(info, msgspec.inspect.UnionType):
+        return any(_may_hold_float(t, depth) for t in info.types)
+    if depth == 0 and isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.VarTupleType)):
+        return _may_hold_float(info.item_type, depth + 1)
+    if depth == 0 and isinstance(info, msgspec.inspect.TupleType):
+        return any(_may_hold_float(t, depth + 1) for t in info.item_types)
+    return False
 
 
 def _libc_trim():
