@@ -73,7 +73,6 @@ from emulator.child_config import (
 )
 from emulator.clock import EmulatedClock
 from emulator.relay_core import (
-    MAX_TIMER_LEAD_S,
     Counters,
     DirectionShaper,
     TimerLead,
@@ -213,9 +212,7 @@ class Relay:
             target = trio.current_time() + 0.001
             await trio.sleep_until(target)
             late.append(trio.current_time() - target)
-        late.sort()
-        start = late[int(self.timer.quantile * (len(late) - 1))]
-        self.timer.lead = min(MAX_TIMER_LEAD_S, max(0.0, start))
+        self.timer.start_from(late)
         log.debug("timer lead calibrated to %.0f us", self.timer.lead * 1e6)
 
     async def sleep_until(self, deadline: float) -> None:

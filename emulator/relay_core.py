@@ -149,6 +149,16 @@ class DatagramQueue:
         return dropped
 
 
+def other(side: str) -> str:
+    """The other side of a link: "b" for "a", "a" for "b"."""
+    return "b" if side == "a" else "a"
+
+
+def direction_of(sender: str) -> str:
+    """Counter/shaper key of traffic sent by ``sender``: "ab" or "ba"."""
+    return "ab" if sender == "a" else "ba"
+
+
 @dataclass
 class TimerLead:
     """How early to ask the timer for a deadline, so most wake-ups land just after it.
@@ -166,6 +176,11 @@ class TimerLead:
     lead: float = 0.0
     quantile: float = 0.3
     step: float = 20e-6
+
+    def start_from(self, late: list[float]) -> None:
+        """Start the lead at the ``quantile`` of calibration oversleeps ``late`` (s), clamped."""
+        ordered = sorted(late)
+        self.lead = min(MAX_TIMER_LEAD_S, max(0.0, ordered[int(self.quantile * (len(ordered) - 1))]))
 
     def observe(self, lateness: float) -> None:
         below = 1.0 if lateness < 0 else 0.0  # the oversleep (lateness + lead) was below the lead

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from emulator.capture import TcpFlow
-from emulator.relay_core import StreamOrder
+from emulator.relay_core import StreamOrder, direction_of, other
 
 if TYPE_CHECKING:
     from emulator.relay import Relay
@@ -26,15 +26,6 @@ TCP_QUEUE_CHUNKS = 64  # chunks buffered per TCP direction before the relay stop
 MAX_TCP_CONNECTIONS = 256  # concurrent joined connections per side; more are closed at once
 FIRST_BYTE_TIMEOUT_S = 30.0  # wall s a new connection may stay silent (its hello is unshaped)
 IDLE_TIMEOUT_S = 600.0  # emulated s without a byte either way before a connection is closed
-
-
-def other(side: str) -> str:
-    return "b" if side == "a" else "a"
-
-
-def direction_of(sender: str) -> str:
-    """Counter/shaper key of traffic sent by ``sender``: "ab" or "ba"."""
-    return "ab" if sender == "a" else "ba"
 
 
 class TcpJoiner:

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from emulator.capture import udp_frame
-from emulator.relay_core import DatagramQueue
-from emulator.relay_tcp import direction_of, other
+from emulator.relay_core import DatagramQueue, direction_of, other
 
 if TYPE_CHECKING:
     from emulator.relay import Relay

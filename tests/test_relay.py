@@ -24,8 +24,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from emulator.child_config import Direction, Endpoint, RelayConfig, write_config
-from emulator.relay import MAX_TIMER_LEAD_S, Relay, serve
-from emulator.relay_core import DatagramQueue, DirectionShaper, StreamOrder, TimerLead, link_rng
+from emulator.relay import Relay, serve
+from emulator.relay_core import (
+    MAX_TIMER_LEAD_S,
+    DatagramQueue,
+    DirectionShaper,
+    StreamOrder,
+    TimerLead,
+    link_rng,
+)
 from emulator.wire import FramedStream
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +117,17 @@ def test_timer_lead_tracks_oversleep_quantile():
     timer.lead = MAX_TIMER_LEAD_S
     timer.observe(1.0)
     assert timer.lead == MAX_TIMER_LEAD_S
+
+
+def test_timer_lead_starts_at_calibration_quantile_clamped():
+    timer = TimerLead()
+    late = [0.0009, 0.0001, 0.0005, 0.0003, 0.0007, 0.0002, 0.0004, 0.0008, 0.0006, 0.0010, 0.0]
+    timer.start_from(late)  # sorted 0 .. 1 ms in 0.1 ms steps: index int(0.3 * 10) = 3
+    assert timer.lead == 0.0003
+    timer.start_from([0.5] * 4)
+    assert timer.lead == MAX_TIMER_LEAD_S
+    timer.start_from([-0.001] * 4)
+    assert timer.lead == 0.0
 
 
 # -- relay over loopback ---------------------------------------------------------------------

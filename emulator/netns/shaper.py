@@ -39,7 +39,6 @@ from emulator.clock import EmulatedClock
 from emulator.netns import wire_capture
 from emulator.netns.kernel import TimerFd, entered, ip_batch, open_tap
 from emulator.relay_core import (
-    MAX_TIMER_LEAD_S,
     Counters,
     DatagramQueue,
     DirectionShaper,
@@ -276,9 +275,7 @@ class Wire:
             await trio.lowlevel.wait_readable(timer.fd)
             timer.clear()
             late.append(trio.current_time() - target)
-        late.sort()
-        start = late[int(self.timer.quantile * (len(late) - 1))]
-        self.timer.lead = min(MAX_TIMER_LEAD_S, max(0.0, start))
+        self.timer.start_from(late)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for shaper in self.shapers.values():  # a satellite pass's delay schedule starts at 0
