@@ -27,25 +27,36 @@ class DaemonError(Exception):
         self.code = error.code
 
 
+class _Pending:
+    """Slot for the reply to one request, and the event its requester waits on (cheaper
+    than a memory channel per request)."""
+
+    __slots__ = ("arrived", "reply")
+
+    def __init__(self) -> None:
+        self.arrived = trio.Event()
+        self.reply: object = None
+
+
 class DaemonClient:
     def __init__(self, framed: FramedStream, welcome: p.Welcome) -> None:
         self.framed = framed
         self.welcome = welcome
         self._ids = itertools.count(1)
-        self._waiting: dict[int, trio.MemorySendChannel] = {}
+        self._waiting: dict[int, _Pending] = {}
         self._detections: dict[str, trio.MemorySendChannel] = {}
         self._payloads: dict[str, trio.MemorySendChannel] = {}
 
     async def request(self, message_type: type, **fields: object) -> object:
         """Send one request and return its reply; raises ``DaemonError`` on an error reply."""
         request_id = next(self._ids)
-        send, receive = trio.open_memory_channel(1)
-        self._waiting[request_id] = send
+        pending = self._waiting[request_id] = _Pending()
         try:
             await self.framed.send(p.encoder.encode(message_type(id=request_id, **fields)))
-            reply = await receive.receive()
+            await pending.arrived.wait()
         finally:
             del self._waiting[request_id]
+        reply = pending.reply
         if isinstance(reply, p.Error):
             raise DaemonError(reply)
         return reply
@@ -75,8 +86,9 @@ class DaemonClient:
             elif isinstance(message, p.PayloadsArrived):
                 for arrival in message.arrivals:
                     await self._payloads[message.link].send(arrival)
-            elif getattr(message, "id", None) in self._waiting:
-                await self._waiting[message.id].send(message)
+            elif (pending := self._waiting.get(getattr(message, "id", None))) is not None:
+                pending.reply = message
+                pending.arrived.set()
             elif isinstance(message, p.Error):
                 raise DaemonError(message)
 
