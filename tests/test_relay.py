@@ -34,6 +34,7 @@ from emulator.relay_core import (
     link_rng,
 )
 from emulator.wire import FramedStream
+from tests.mqtt_helpers import next_payload
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -456,24 +457,6 @@ async def test_subprocess_ready_file_forwarding_and_sigterm(tmp_path):
 
 
 # -- MQTT control plane ----------------------------------------------------------------------
-@pytest.fixture
-async def broker(tmp_path):
-    from emulator.broker import open_broker
-
-    async with open_broker("embedded", tmp_path, tmp_path / "broker.log") as info:
-        yield info
-    with pytest.raises(ProcessLookupError):
-        os.kill(info.pid, 0)
-
-
-async def next_payload(mqtt, topic: str) -> dict:
-    with trio.fail_after(5):
-        async for message in mqtt.messages():
-            if message.topic == topic:
-                return json.loads(message.payload)
-    raise AssertionError("message stream ended")
-
-
 async def test_mqtt_cut_restore_metrics_and_stop(broker):
     from emulator.child_config import MqttAddress
     from emulator.mqtt import open_mqtt

@@ -3,11 +3,8 @@ and on ``control/stop`` a retained ``daemon/result`` (what result.json shows per
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
-import pytest
 import trio
 
 from emulator.child_config import DaemonConfig, MqttAddress
@@ -15,26 +12,9 @@ from emulator.daemon import protocol as p
 from emulator.daemon.server import serve
 from emulator.mqtt import open_mqtt
 from emulator.wire import HEADER, FramedStream
+from tests.mqtt_helpers import next_payload
 
 TOKENS = {"alice": "tok-alice"}
-
-
-@pytest.fixture
-async def broker(tmp_path):
-    from emulator.broker import open_broker
-
-    async with open_broker("embedded", tmp_path, tmp_path / "broker.log") as info:
-        yield info
-    with pytest.raises(ProcessLookupError):
-        os.kill(info.pid, 0)
-
-
-async def next_payload(mqtt, topic: str) -> dict:
-    with trio.fail_after(10):
-        async for message in mqtt.messages():
-            if message.topic == topic:
-                return json.loads(message.payload)
-    raise AssertionError("message stream ended")
 
 
 async def test_metrics_and_retained_result_on_stop(broker, nursery):
