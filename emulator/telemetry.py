@@ -177,7 +177,7 @@ class RelayReport(_Payload):
 
 
 class TrafficReport(_Payload):
-    """``relay/<link>/traffic`` (every ``emulator.relay.TRAFFIC_INTERVAL_S``): bytes each
+    """``relay/<link>/traffic`` (every ``emulator.relay_telemetry.TRAFFIC_INTERVAL_S``): bytes each
     direction delivered in the last ``window_s`` emulated seconds (the daemon's Raman input)."""
 
     window_s: float
