@@ -50,13 +50,34 @@ class FlightFibre(Struct):
     flight: LinkFlight
 
 
+class NoFlightFibre(ValueError):
+    """A path crosses a link without ``[links.flight]``: no payload can take it, no model."""
+
+
+def flight_connected(links: Sequence, a: str, b: str) -> bool:
+    """Whether ``b`` can be reached from ``a`` over ``[links.flight]`` fibres alone (scenario
+    links): if not, no route ever carries a payload between them."""
+    seen, todo = {a}, [a]
+    while todo:
+        node = todo.pop()
+        for link in links:
+            if link.flight is not None and node in (link.a, link.b):
+                other = link.b if node == link.a else link.a
+                if other not in seen:
+                    seen.add(other)
+                    todo.append(other)
+    return b in seen
+
+
 def path_hops(path: Sequence[str], fibres: Mapping[frozenset, FlightFibre],
               nodes: Mapping[str, NodeHybrid]) -> list[Hop]:
     """``physics.flight.Hop`` per fibre of ``path`` (node names, source first): the fibre's
     physics and its far end's delay line and compensation (a destination with a delay
-    line stores its payloads from it)."""
+    line stores its payloads from it). ``NoFlightFibre`` if a hop has no flight fibre."""
     hops = []
     for near, far in zip(path, path[1:]):
+        if frozenset((near, far)) not in fibres:
+            raise NoFlightFibre(f"the path crosses {near}-{far}, which has no [links.flight]")
         fibre = fibres[frozenset((near, far))].flight
         end = nodes.get(far, NodeHybrid())
         hops.append(Hop(
@@ -74,7 +95,7 @@ def flow_prediction(scenario, path: Sequence[str], send_times: Sequence[float],
     """The model of a flow over ``path`` (from the scenario's physics): ``flow_model`` at its
     send times since its first (the daemon calibrates each fibre, U = I, as the first payload
     crosses it), with each router's late share from its measured decision latencies
-    (``late_fraction``; none measured, none late)."""
+    (``late_fraction``; none measured, none late). ``NoFlightFibre`` as ``path_hops``."""
     fibres = {frozenset((x.a, x.b)): FlightFibre(x.id, x.a, x.b, x.length_km, x.flight)
               for x in scenario.links if x.flight is not None}
     nodes = {n.name: n.hybrid for n in scenario.nodes if n.hybrid is not None}

@@ -9,7 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from nodes.apps.hybrid import estimate
+from emulator.hybrid_config import NoFlightFibre, flow_prediction
+from emulator.scenario import ScenarioError, parse_scenario
+from nodes.apps.hybrid import estimate, results
 from nodes.apps.hybrid.estimate import binomial_stderr
 
 
@@ -86,3 +88,48 @@ def test_state_fidelity_error(agree: int, mean: float) -> None:
 def test_state_fidelity_none_matched() -> None:
     got = estimate.estimate("state", *state_records([True] * 5, measured_in_axis=False))
     assert got == {"matched": 0, "fidelity_mean": None, "fidelity_stderr": None}
+
+
+FIBRE = {"diffusion_rad2_per_s": 0.2, "estimation_sigma_rad": 0.1}
+
+
+def scenario(links: list[tuple[str, str, bool]]) -> dict:
+    """alice -> bob over ``links`` (a, b, with flight fibre), router r between them."""
+    return {"scenario": {"name": "t", "duration_s": 4},
+            "nodes": [{"name": "alice", "memory": {"slots": 8}},
+                      {"name": "r", "hybrid": {"switch_budget_us": 1000}},
+                      {"name": "x"}, {"name": "bob", "memory": {"slots": 8}}],
+            "links": [{"a": a, "b": b, "length_km": 1.0, **({"flight": FIBRE} if f else {})}
+                      for a, b, f in links],
+            "apps": [{"kind": "hybrid.send", "src": "alice", "dst": "bob"}]}
+
+
+def test_validation_refuses_ends_joined_by_no_flight_fibre() -> None:
+    # both ends have a flight fibre, but only the classical a-b link joins the two islands
+    raw = scenario([("alice", "r", True), ("x", "bob", True), ("r", "x", False),
+                    ("alice", "bob", False)])
+    with pytest.raises(ScenarioError, match=r"apps\[0\]\.dst: 'bob' cannot be reached from "
+                                            r"'alice' over \[links.flight\] fibres"):
+        parse_scenario(raw)
+    links = [("alice", "r", True), ("r", "x", True), ("x", "bob", True), ("alice", "bob", False)]
+    assert parse_scenario(scenario(links)).apps[0].routers == ["r", "x"]
+
+
+def test_merge_gives_no_model_to_a_path_over_a_classical_only_link() -> None:
+    links = [("alice", "r", True), ("r", "x", True), ("x", "bob", True), ("alice", "bob", False)]
+    sc = parse_scenario(scenario(links))
+    times = [10.0, 10.5, 11.0]
+    src = {"role": "src", "sent": 3, "send_times": times, "path": ["alice", "bob"]}
+    dst = {"role": "dst", "delivered": 0, "lost_in_fibre": 0, "late": 0}
+    (out,) = results.merge(sc, sc.apps[0], [src, dst])
+    assert out["fidelity_model"] is None and "model" not in out
+    assert out["model_note"] == "the path crosses alice-bob, which has no [links.flight]"
+    assert out["dropped_header"] == 3
+    with pytest.raises(NoFlightFibre):
+        flow_prediction(sc, ["alice", "r", "bob"], times, {})
+    (fine,) = results.merge(sc, sc.apps[0], [{**src, "path": ["alice", "r", "x", "bob"]}, dst])
+    assert fine["model_note"] is None and 0 < fine["fidelity_model"] <= 1
+    for missing, note in (({"path": None}, "the sender recorded no path"),
+                          ({"send_times": []}, "nothing was sent")):
+        (out,) = results.merge(sc, sc.apps[0], [{**src, **missing}, dst])
+        assert out["fidelity_model"] is None and out["model_note"] == note

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.hybrid_config import flow_prediction
+from emulator.hybrid_config import NoFlightFibre, flow_prediction
 from emulator.results import print_rows
 from nodes.apps.hybrid.spec import HybridSendApp
 
@@ -17,7 +17,8 @@ FIELDS = ("src", "dst", "flow", "sent", "delivered", "lost_in_fibre", "late", "d
 
 
 def merge(scenario: Any, app: HybridSendApp, entries: list[dict]) -> list[dict]:
-    """Sender, destination and routers joined; the model of the sender's path."""
+    """Sender, destination and routers joined; the model of the sender's path (none, and
+    ``model_note`` saying why, without a path, a packet sent, or flight fibre all along)."""
     src = next((e for e in entries if e.get("role") == "src"), {})
     dst = next((e for e in entries if e.get("role") == "dst"), {})
     routers = {e["node"]: e for e in entries if e.get("section") == "router"}
@@ -35,18 +36,25 @@ def merge(scenario: Any, app: HybridSendApp, entries: list[dict]) -> list[dict]:
     out["matched"] = dst.get("matched")
     out["matched_per_basis"] = dst.get("matched_per_basis")  # Z, X, Y (pair payloads)
     out["router_measurements"] = None  # filled from the daemon's report
-    if out["path"] and src.get("send_times"):
+    out["fidelity_model"], out["model_note"] = None, None
+    if not out["path"]:
+        out["model_note"] = "the sender recorded no path"
+    elif not src.get("send_times"):
+        out["model_note"] = "nothing was sent"
+    else:
         latencies = {node: e.get("decision_us", []) for node, e in routers.items()}
         latencies[app.dst] = dst.get("decision_us", [])  # its own delay line's stores
-        model = flow_prediction(scenario, out["path"], src["send_times"], latencies)
-        pair = app.payload == "pair"
-        out["fidelity_model"] = model.pair_fidelity if pair else model.fidelity
-        out["fidelity_model_spread"] = (model.pair_fidelity_spread if pair
-                                        else model.fidelity_spread)
-        out["model"] = {"delivered": model.delivered, "lost_in_fibre": model.lost_in_fibre,
-                        "late": model.late}
-    else:
-        out["fidelity_model"] = None
+        try:
+            model = flow_prediction(scenario, out["path"], src["send_times"], latencies)
+        except NoFlightFibre as exc:  # routed over a classical-only link: nothing to model
+            out["model_note"] = str(exc)
+        else:
+            pair = app.payload == "pair"
+            out["fidelity_model"] = model.pair_fidelity if pair else model.fidelity
+            out["fidelity_model_spread"] = (model.pair_fidelity_spread if pair
+                                            else model.fidelity_spread)
+            out["model"] = {"delivered": model.delivered,
+                            "lost_in_fibre": model.lost_in_fibre, "late": model.late}
     out["routers"] = [{"node": node, "switches": e.get("counters", {}).get("hybrid_switched", 0),
                        "late": e.get("counters", {}).get("hybrid_late", 0),
                        "decision_us_median": _median(e.get("decision_us", []))}
@@ -64,7 +72,7 @@ def print_summary(console: Any, entry: dict) -> None:
             ("dropped header", "dropped_header", ",d"),
             ("fidelity (estimated)", "fidelity_mean", ".4f"),
             ("  standard error", "fidelity_stderr", ".4f"),
-            ("fidelity (model)", "fidelity_model", ".4f"),
+            ("fidelity (model)", "fidelity_model", ".4f"), ("  no model", "model_note", ""),
             ("router measurements", "router_measurements", ",d"), ("path", "path", "")]
     print_rows(console, f"hybrid flow {entry.get('flow')} {entry.get('src')}->"
                         f"{entry.get('dst')}", entry, rows)

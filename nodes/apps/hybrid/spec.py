@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
+from emulator.hybrid_config import flight_connected
 from emulator.scenario import Name, NonNegative, Scenario, ScenarioError
 
 
@@ -47,6 +48,9 @@ def validate(sc: Scenario, i: int, app: HybridSendApp) -> None:
         if getattr(app, field) not in capable:
             raise ScenarioError(f"apps[{i}].{field}: {getattr(app, field)!r} has no "
                                 f"[links.flight] fibre")
+    if not flight_connected(sc.links, app.src, app.dst):
+        raise ScenarioError(f"apps[{i}].dst: {app.dst!r} cannot be reached from {app.src!r} "
+                            f"over [links.flight] fibres")
     if app.start_s + app.stop_before_end_s >= sc.scenario.duration_s:
         raise ScenarioError(f"apps[{i}].stop_before_end_s: start_s + stop_before_end_s must "
                             f"be shorter than the run ({sc.scenario.duration_s:g} s)")
