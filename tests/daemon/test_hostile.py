@@ -21,10 +21,8 @@ from emulator.daemon.taps import Tap
 from emulator.physics.channels import transmittance
 from emulator.physics.detectors import background_yield, gain
 from emulator.scenario import LinkEntanglement, NodeMemory, QuantumLink, Source
-from emulator.wire import HEADER, FramedStream, frame
-
-TOKENS = {"alice": "tok-alice", "bob": "tok-bob", "eve": "tok-eve"}
-KEY = b"0123456789abcdef"
+from emulator.wire import HEADER, frame
+from tests.daemon.test_server import KEY, TOKENS, Peer
 
 
 def make_config(frame_ms: float = 10.0, rate_hz: float = 1e8) -> DaemonConfig:
@@ -36,31 +34,6 @@ def make_config(frame_ms: float = 10.0, rate_hz: float = 1e8) -> DaemonConfig:
     return DaemonConfig("test", time.time(), 1.0, 42, dict(TOKENS), [link],
                         memories={"alice": memory, "bob": memory},
                         entanglement_links=[ent])
-
-
-class Peer:
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.framed = FramedStream(stream, p.MAX_FRAME)
-
-    @classmethod
-    async def connect(cls, port: int, node: str | None = None) -> Peer:
-        peer = cls(await trio.open_tcp_stream("127.0.0.1", port))
-        if node is not None:
-            welcome = await peer.ask(p.Hello(p.PROTOCOL_VERSION, node, TOKENS[node]))
-            assert isinstance(welcome, p.Welcome)
-        return peer
-
-    async def send(self, message) -> None:
-        await self.framed.send(p.encoder.encode(message))
-
-    async def receive(self):
-        with trio.fail_after(5):
-            payload = await self.framed.receive()
-        return None if payload is None else p.reply_decoder.decode(payload)
-
-    async def ask(self, message):
-        await self.send(message)
-        return await self.receive()
 
 
 async def pulse(alice: Peer, bob: Peer, seconds: float) -> tuple[p.SourceStopped, list]:
