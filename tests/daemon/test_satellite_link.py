@@ -37,12 +37,8 @@ async def run_pass(config: DaemonConfig) -> tuple[int, np.ndarray]:
     """Pulses sent and the slots of every detection, over RUN_S of source output."""
     async with trio.open_nursery() as nursery:
         daemon = await nursery.start(serve, config)
-        sat = await Peer.connect(daemon.port)
-        await sat.send(p.Hello(p.PROTOCOL_VERSION, "sat", TOKENS["alice"]))
-        assert isinstance(await sat.receive(), p.Welcome)
-        ground = await Peer.connect(daemon.port)
-        await ground.send(p.Hello(p.PROTOCOL_VERSION, "ground", TOKENS["bob"]))
-        assert isinstance(await ground.receive(), p.Welcome)
+        sat = await Peer.connect(daemon.port, "sat", TOKENS["alice"])
+        ground = await Peer.connect(daemon.port, "ground", TOKENS["bob"])
         assert isinstance(await ground.ask(p.DetectorOpen(1, "sat-ground")), p.DetectorOpened)
         started = await sat.ask(p.SourceStart(1, "sat-ground", KEY, INTENSITIES, PROBABILITIES))
         assert isinstance(started, p.SourceStarted)

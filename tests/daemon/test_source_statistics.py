@@ -37,12 +37,8 @@ async def run_source(config: DaemonConfig, intensities: list[float]):
     """(SourceStarted or Error, slots of every detection, pulses sent)."""
     async with trio.open_nursery() as nursery:
         daemon = await nursery.start(serve, config)
-        a = await Peer.connect(daemon.port)
-        await a.send(p.Hello(p.PROTOCOL_VERSION, "a", TOKENS["alice"]))
-        assert isinstance(await a.receive(), p.Welcome)
-        b = await Peer.connect(daemon.port)
-        await b.send(p.Hello(p.PROTOCOL_VERSION, "b", TOKENS["bob"]))
-        assert isinstance(await b.receive(), p.Welcome)
+        a = await Peer.connect(daemon.port, "a", TOKENS["alice"])
+        b = await Peer.connect(daemon.port, "b", TOKENS["bob"])
         assert isinstance(await b.ask(p.DetectorOpen(1, "a-b")), p.DetectorOpened)
         started = await a.ask(p.SourceStart(1, "a-b", KEY, intensities, PROBABILITIES))
         if not isinstance(started, p.SourceStarted):
