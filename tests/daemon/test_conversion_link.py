@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-import trio
 
 from emulator.child_config import DaemonConfig, DaemonEntanglementLink
 from emulator.daemon import protocol as p
@@ -17,6 +16,7 @@ from emulator.daemon.server import serve
 from emulator.physics import conversion as qfc
 from emulator.scenario import FrequencyConversion, LinkEntanglement, NodeMemory
 from nodes.daemon_client import open_daemon
+from tests.daemon.test_entanglement_server import collect
 
 TOKENS = {"alice": "tok-a", "bob": "tok-b"}
 F0 = 0.95
@@ -35,15 +35,6 @@ def config(length_km: float) -> DaemonConfig:
                         memories={"alice": memory, "bob": memory}, entanglement_links=[link])
 
 
-async def collect(client, n: int) -> list[p.DeliveredPair]:
-    out: list[p.DeliveredPair] = []
-    with trio.fail_after(30):
-        while len(out) < n:
-            reply = await client.request(p.PairAwait, link="ab", max=n - len(out))
-            out.extend(reply.pairs)
-    return out
-
-
 @pytest.mark.parametrize("length_km", [5.0, 25.0])
 async def test_converted_heralds_rate_and_fidelity(nursery, length_km: float) -> None:
     cfg = config(length_km)
@@ -55,7 +46,7 @@ async def test_converted_heralds_rate_and_fidelity(nursery, length_km: float) ->
                 open_daemon("127.0.0.1", daemon.port, "bob", "tok-b") as bob):
         started = await alice.request(p.EntangleStart, link="ab", max_pending=N)
         assert started.p_success == pytest.approx(model.p_herald)
-        pairs_a, pairs_b = await collect(alice, N), await collect(bob, N)
+        pairs_a, pairs_b = await collect(alice, N, 30.0), await collect(bob, N, 30.0)
         await alice.request(p.EntangleStop, link="ab")
         assert [x.pair for x in pairs_a] == [x.pair for x in pairs_b]
         gaps = np.diff([x.t_stored for x in pairs_a]) * e.attempt_rate_hz

@@ -33,9 +33,10 @@ def make_config(t2_s: float | None = None, cutoff_s: float | None = None, slots:
                         entanglement_links=[link])
 
 
-async def collect(client, n: int) -> list[p.DeliveredPair]:
+async def collect(client, n: int, timeout_s: float = 20.0) -> list[p.DeliveredPair]:
+    """``n`` delivered pairs of link "ab", awaited in as many PairAwait rounds as it takes."""
     out: list[p.DeliveredPair] = []
-    with trio.fail_after(20):
+    with trio.fail_after(timeout_s):
         while len(out) < n:
             reply = await client.request(p.PairAwait, link="ab", max=n - len(out))
             out.extend(reply.pairs)
