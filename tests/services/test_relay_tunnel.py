@@ -67,6 +67,18 @@ async def echo_server(task_status=trio.TASK_STATUS_IGNORED):
         await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
 
 
+async def neighbours(nursery, network: FakeNetwork, program_port: int | None):
+    """Tunnel services of neighbours a and b (b's program at ``program_port``), serving in
+    ``nursery``; (a, b, a's local ports by peer)."""
+    a = TunnelService("a", network.transport("a"), {"b": "b"}, None)
+    b = TunnelService("b", network.transport("b"), {"a": "a"}, program_port)
+    ports = await a.bind()
+    await b.bind()
+    nursery.start_soon(a.serve)
+    nursery.start_soon(b.serve)
+    return a, b, ports
+
+
 async def test_bytes_cross_two_hops_both_ways_and_connections_end_cleanly():
     network = FakeNetwork()
     with trio.fail_after(10):
@@ -104,12 +116,7 @@ async def test_connection_to_a_node_without_a_listening_program_is_closed():
     network = FakeNetwork()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            a = TunnelService("a", network.transport("a"), {"b": "b"}, None)
-            b = TunnelService("b", network.transport("b"), {"a": "a"}, None)
-            ports = await a.bind()
-            await b.bind()
-            nursery.start_soon(a.serve)
-            nursery.start_soon(b.serve)
+            _, b, ports = await neighbours(nursery, network, None)
             stream = await trio.open_tcp_stream("127.0.0.1", ports["b"])
             assert await stream.receive_some(100) == b""  # closed by the far end
             assert b.counters["tunnel_refused"] == 1
@@ -186,12 +193,7 @@ async def test_a_program_that_does_not_read_loses_its_connection_not_the_node(mo
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(sleepy_server)
-            a = TunnelService("a", network.transport("a"), {"b": "b"}, None)
-            b = TunnelService("b", network.transport("b"), {"a": "a"}, port)
-            ports = await a.bind()
-            await b.bind()
-            nursery.start_soon(a.serve)
-            nursery.start_soon(b.serve)
+            a, b, ports = await neighbours(nursery, network, port)
             stream = await trio.open_tcp_stream("127.0.0.1", ports["b"])
             chunk = b"x" * 65536
             with pytest.raises(trio.BrokenResourceError):  # closed at both ends in the end
