@@ -400,11 +400,14 @@ async def _phases(supervisor: Supervisor, state: RunState, mqtt, mqtt_address, c
     supervisor.expect_exits()
     await mqtt.publish(telemetry.control_stop(state.run_id),
                        telemetry.encode(telemetry.StopMessage()), qos=1)
-    # The daemon's final report is awaited only from a daemon that reported live.
+    # The daemon's final report is awaited only from a daemon that reported live; nodes with
+    # a key service re-publish their result with its report at the end (nodes/runtime.py).
     await wait_for(state, lambda: len(state.relay_results) == len(relays) and (
-        "metrics" not in state.daemon_reports or "result" in state.daemon_reports),
+        "metrics" not in state.daemon_reports or "result" in state.daemon_reports) and all(
+        r.get("final") for n, r in state.node_results.items()
+        if r.get("services") and n not in state.gone),
         RELAY_RESULT_TIMEOUT_S + RELAY_RESULT_PER_RELAY_S * len(relays),
-        "relay and daemon counters")
+        "relay and daemon counters, key services' final reports")
     await mqtt.publish(telemetry.control_start(state.run_id), b"", qos=1, retain=True)
     # nodes and relays end on control/stop; the daemon and broker are stopped by signal
     await supervisor.wait_exits([*nodes, *relays], EXIT_LINGER_S)

@@ -135,6 +135,7 @@ class NodeResult(_Payload):
     counters: dict[str, int] = {}
     partial: bool = False  # published on abort: what the apps had recorded so far
     services: dict[str, Any] = {}  # node services' reports, e.g. "kms" (nodes/services)
+    final: bool = False  # re-published on control/stop: counters and services at the run's end
 
 
 class NodeMetrics(_Payload):

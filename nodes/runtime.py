@@ -3,7 +3,8 @@
 Lifecycle (each step a line in the node's log): bind TCP/UDP, connect to the daemon (token)
 and to MQTT, subscribe to ``qnet/<run>/control/#``, write the ready file, wait for the
 ``control/start`` message (peers' relay endpoints, start and end times), run the apps of this
-node in one nursery, publish the result entries (retained) and wait for ``control/stop``.
+node in one nursery, publish the result entries (retained) and wait for ``control/stop``
+(a node with a key service then publishes them again with its report at the run's end).
 A node restarted after a crash (``config.restarted``) binds the ports of its first start, reads
 the retained ``control/start`` and serves (key service, tunnel, transport) but runs no app.
 Control messages are decoded by ``emulator.telemetry`` (bad ones dropped and counted); a stop
@@ -108,10 +109,16 @@ async def serve(config: NodeConfig, ready_file) -> None:
         result_sent = trio.Event()
         decoder = TelemetryDecoder(config.run_id)
 
-        async def publish_result(entries: list[dict], partial: bool) -> None:
-            if result_sent.is_set():
+        sent: list = []  # (entries, partial) as published, again with the final reports
+
+        async def publish_result(entries: list[dict], partial: bool, final: bool = False) -> None:
+            """Publish the entries once; ``final`` (on control/stop) again, with the counters
+            and services' reports at the run's end: [[nodes.run]] programs may still take keys
+            after the apps."""
+            if result_sent.is_set() != final:
                 return
             result_sent.set()
+            sent[:] = [entries, partial]
             counters = {**transport.counters(), "telemetry_rejected": decoder.rejected_total}
             if tunnel is not None:
                 counters.update(tunnel.counters)
@@ -119,7 +126,7 @@ async def serve(config: NodeConfig, ready_file) -> None:
                 counters.update(node.net.counters())
             services = {"kms": await keys.report()} if keys is not None else {}
             payload = NodeResult(node=config.name, apps=entries, counters=counters,
-                                 partial=partial, services=services)
+                                 partial=partial, services=services, final=final)
             await mqtt.publish(telemetry.node_result(config.run_id, config.name),
                                telemetry.encode(payload), qos=1, retain=True)
 
@@ -140,6 +147,8 @@ async def serve(config: NodeConfig, ready_file) -> None:
                     if got.payload.reason == "abort":
                         log.info("run aborted: publishing what the apps recorded so far")
                         await publish_result(node.partial_entries(), partial=True)
+                    elif keys is not None and sent:  # the orchestrator waits for it
+                        await publish_result(*sent, final=True)
                     stop.set()
 
         async def run_when_started() -> None:
