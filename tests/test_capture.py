@@ -6,22 +6,20 @@ with tshark and the shipped dissector (skipped, with the reason, when tshark is 
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import trio
 
 from emulator.capture import Host, PcapngWriter, checksum, tcp_frame, udp_frame
-from emulator.child_config import Direction, write_config
+from emulator.child_config import Direction
 from emulator.relay import serve
 from nodes.net.header import HeaderCodec, HybridHeader, PayloadDescriptor
-from tests.test_relay import HOST, open_node, recv_all, relay_config, settled
+from tests.test_relay import HOST, open_node, recv_all, relay_config, relay_process, settled
 
 dpkt = pytest.importorskip("dpkt", reason="dpkt (test extra) reads the capture back")
 TSHARK = shutil.which("tshark")
@@ -130,30 +128,14 @@ async def test_sigterm_flushes_the_capture(tmp_path: Path) -> None:
     """A relay process stopped by SIGTERM leaves a complete, readable file."""
     a, b = await open_node(), await open_node()
     path = tmp_path / "capture.pcapng"
-    config_path, ready = tmp_path / "relay.json", tmp_path / "ready.json"
-    write_config(config_path, relay_config(a, b, Direction(), capture=str(path)))
-    command = [sys.executable, "-m", "emulator.relay", "--config", config_path,
-               "--ready-file", ready]
-    proc = await trio.lowlevel.open_process(command, cwd=REPO)
-    try:
+    config = relay_config(a, b, Direction(), capture=str(path))
+    async with relay_process(config, tmp_path) as (proc, listen):
         with trio.fail_after(15):
-            while not ready.exists():
-                assert proc.poll() is None
-                await trio.sleep(0.02)
-            import json
-
-            listen = json.loads(ready.read_text())["listen"]
             for i in range(5):
                 await a.udp.sendto(b"datagram %d" % i, (HOST, listen["a"]["udp"]))
                 assert await b.udp.recv(100) == b"datagram %d" % i
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    with pytest.raises(ProcessLookupError):
-        os.kill(proc.pid, 0)
     assert [eth.data.data.data for _, eth in frames(path)] == [b"datagram %d" % i
                                                                for i in range(5)]
 
