@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import trio
 
 from emulator.child_config import DaemonConfig, DaemonLink
 from emulator.daemon import protocol as p
@@ -14,7 +13,7 @@ from emulator.daemon.server import serve
 from emulator.physics import detector_effects as fx
 from emulator.physics.detectors import background_yield, gain
 from emulator.scenario import Detector, QuantumLink, Source
-from tests.daemon.test_server import KEY, TOKENS, Peer
+from tests.daemon.test_server import KEY, TOKENS, Peer, detections_for
 
 DEAD_SLOTS = 10  # 100 ns at 100 MHz
 
@@ -33,19 +32,7 @@ async def run_link(nursery, afterpulse_probability: float):
     bob = await Peer.connect(daemon.port, "bob")
     assert isinstance(await bob.ask(p.DetectorOpen(1, "alice-bob")), p.DetectorOpened)
     assert isinstance(await alice.ask(p.SourceStart(1, "alice-bob", KEY)), p.SourceStarted)
-    frames: list[p.Detections] = []
-
-    async def read_bob():
-        while True:
-            message = await bob.receive()
-            frames.append(message)
-            if message.last:
-                return
-
-    async with trio.open_nursery() as inner:
-        inner.start_soon(read_bob)
-        await trio.sleep(0.15)
-        stopped = await alice.ask(p.SourceStop(2, "alice-bob"))
+    stopped, frames = await detections_for(alice, bob, "alice-bob", 0.15)
     slot = np.concatenate([np.frombuffer(f.slot, "<u8") for f in frames]).astype(np.int64)
     outcome = np.concatenate([np.frombuffer(f.outcome, np.uint8) for f in frames])
     return stopped.pulses, slot, outcome, daemon

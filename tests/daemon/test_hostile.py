@@ -22,7 +22,7 @@ from emulator.physics.channels import transmittance
 from emulator.physics.detectors import background_yield, gain
 from emulator.scenario import LinkEntanglement, NodeMemory, QuantumLink, Source
 from emulator.wire import HEADER, frame
-from tests.daemon.test_server import KEY, TOKENS, Peer
+from tests.daemon.test_server import KEY, TOKENS, Peer, detections_for
 
 
 def make_config(frame_ms: float = 10.0, rate_hz: float = 1e8) -> DaemonConfig:
@@ -40,20 +40,7 @@ async def pulse(alice: Peer, bob: Peer, seconds: float) -> tuple[p.SourceStopped
     """Run the source ``seconds`` while bob reads; (alice's SourceStopped, bob's Detections)."""
     await bob.ask(p.DetectorOpen(1, "alice-bob"))
     await alice.ask(p.SourceStart(2, "alice-bob", KEY))
-    messages: list[p.Detections] = []
-
-    async def read() -> None:
-        while True:
-            message = await bob.receive()
-            messages.append(message)
-            if message.last:
-                return
-
-    async with trio.open_nursery() as inner:
-        inner.start_soon(read)
-        await trio.sleep(seconds)
-        stopped = await alice.ask(p.SourceStop(3, "alice-bob"))
-    return stopped, messages
+    return await detections_for(alice, bob, "alice-bob", seconds)
 
 
 async def test_silent_connection_is_closed_after_the_hello_timeout(nursery):

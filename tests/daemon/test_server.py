@@ -66,6 +66,28 @@ class Peer:
         return await self.receive()
 
 
+async def detections_for(alice: Peer, bob: Peer, link: str,
+                         seconds: float) -> tuple[p.SourceStopped, list[p.Detections]]:
+    """With alice's source started on ``link``, let it run ``seconds`` while bob reads; then
+    stop it: (alice's SourceStopped, bob's Detections up to the last)."""
+    messages: list[p.Detections] = []
+
+    async def read_bob() -> None:
+        while True:
+            message = await bob.receive()
+            assert isinstance(message, p.Detections), message
+            messages.append(message)
+            if message.last:
+                return
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(read_bob)
+        await trio.sleep(seconds)
+        stopped = await alice.ask(p.SourceStop(99, link))  # any id: ask reads the next reply
+    assert isinstance(stopped, p.SourceStopped), stopped
+    return stopped, messages
+
+
 @pytest.fixture
 async def daemon(nursery):
     return await nursery.start(serve, make_config())
@@ -79,21 +101,7 @@ async def test_alice_bob_exchange_and_information_separation(daemon):
     assert isinstance(started, p.SourceStarted) and started.rate_hz == 1e8
     assert started.slots_per_frame == 1_000_000 and started.intensities == [0.5]
 
-    frames: list[p.Detections] = []
-
-    async def read_bob():
-        while True:
-            message = await bob.receive()
-            assert isinstance(message, p.Detections)
-            frames.append(message)
-            if message.last:
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_bob)
-        await trio.sleep(0.3)
-        stopped = await alice.ask(p.SourceStop(2, "alice-bob"))
-    assert isinstance(stopped, p.SourceStopped)
+    stopped, frames = await detections_for(alice, bob, "alice-bob", 0.3)
     pulses = stopped.pulses
     assert 0.25e8 < pulses < 0.6e8  # ~0.3 s at 1e8 Hz, generous for a loaded machine
 

@@ -18,7 +18,7 @@ from emulator.physics import channels, raman
 from emulator.physics.detectors import background_yield, gain
 from emulator.scenario import Detector, QuantumLink, Raman, Source
 from emulator.telemetry import Decoded, FaultEffect, LinkControl, TrafficReport
-from tests.daemon.test_server import KEY, TOKENS, Peer
+from tests.daemon.test_server import KEY, TOKENS, Peer, detections_for
 
 RAMAN = Raman(launch_power_mw=1.0, rho_per_km_nm=3e-9, filter_nm=0.8, wavelength_nm=1550.0,
               line_rate_mbps=100.0)
@@ -130,20 +130,8 @@ def config(raman_config: Raman | None) -> DaemonConfig:
 
 async def run_source(alice: Peer, bob: Peer, seconds: float) -> tuple[int, int]:
     """Let alice's started source run ``seconds`` while bob counts clicks; (pulses, clicks)."""
-    found = 0
-    async with trio.open_nursery() as inner:
-        async def read_bob() -> None:
-            nonlocal found
-            while True:
-                message = await bob.receive()
-                found += len(message.outcome)
-                if message.last:
-                    return
-
-        inner.start_soon(read_bob)
-        await trio.sleep(seconds)
-        stopped = await alice.ask(p.SourceStop(2, "a-b"))
-    return stopped.pulses, found
+    stopped, messages = await detections_for(alice, bob, "a-b", seconds)
+    return stopped.pulses, sum(len(m.outcome) for m in messages)
 
 
 async def clicks(nursery, *, duty: float, cut: bool = False) -> tuple[int, int, LinkState]:
