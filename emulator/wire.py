@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Iterable
 
 import trio
 
@@ -103,6 +104,17 @@ class FrameBuffer:
         return out
 
 
+class _Batch:
+    """Frames that will go out in one ``send_all``, and whether (and how) that happened."""
+
+    __slots__ = ("failed", "frames", "sent")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.sent = False
+        self.failed = False
+
+
 class FramedStream:
     """A trio stream that sends and receives whole frames, holding at most one partial frame
     (bounded by ``max_frame``) plus one ``CHUNK`` of the peer's bytes."""
@@ -112,6 +124,7 @@ class FramedStream:
         self._buffer = FrameBuffer(max_frame)
         self._pending: deque[bytes] = deque()
         self._send_lock = trio.Lock()
+        self._batch = _Batch()  # frames queued for the next send_all
 
     @property
     def max_frame(self) -> int:
@@ -132,8 +145,38 @@ class FramedStream:
         self._buffer.raise_limit(max_frame)
 
     async def send(self, payload: bytes) -> None:
-        async with self._send_lock:
-            await self.stream.send_all(frame(payload))
+        await self.send_many((payload,))
+
+    async def send_many(self, payloads: Iterable[bytes]) -> None:
+        """Send frames in order; frames other tasks queue while a send is under way go
+        together in one ``send_all`` (one system call for replies and pushes due together).
+
+        Returns once these frames are written; a cancelled sender's unsent frames are dropped,
+        and if the batch holding them failed this raises ``trio.BrokenResourceError``."""
+        batch = self._batch
+        mine = [frame(payload) for payload in payloads]
+        batch.frames.extend(mine)
+        try:
+            await self._send_lock.acquire()
+        except BaseException:
+            if batch is self._batch:  # not taken by another sender: unqueue ours
+                batch.frames = [f for f in batch.frames if not any(f is m for m in mine)]
+            raise
+        try:
+            if batch.sent:  # an earlier sender wrote our frames with its own
+                if batch.failed:
+                    raise trio.BrokenResourceError("the send holding this frame failed")
+                return
+            self._batch = _Batch()
+            try:
+                await self.stream.send_all(b"".join(batch.frames))
+            except BaseException:
+                batch.failed = True
+                raise
+            finally:
+                batch.sent = True
+        finally:
+            self._send_lock.release()
 
     async def receive(self) -> bytes | None:
         """Next frame payload, or None when the peer closed the connection between frames.
