@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
 
 def descendants(pid: int) -> set[int]:
@@ -43,6 +45,18 @@ def alive(pid: int) -> bool:
         return (Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]) != "Z"
     except OSError:
         return False
+
+
+def left_behind(run_dir: Path) -> set[int]:
+    """Live processes started with a config in ``run_dir`` (every child of the run is)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(run_dir).encode() in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return {pid for pid in found if alive(pid)}
 
 
 def wait_gone(pids: set[int], timeout: float) -> set[int]:

@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
-from qnet_process import ROOT, alive, run_qnet, wait_gone
+from qnet_process import HAVE_MOSQUITTO, ROOT, left_behind, run_qnet, wait_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(200)]
 SCENARIO = ROOT / "scenarios/qchip-campus.toml"
-HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 ROUTERS = (1, 2, 3)  # ra, core, rb in the scenario's [[nodes]]
 NO_COMPENSATION = [f"nodes.{i}.hybrid.compensate=false" for i in (*ROUTERS, 4)]
-
-
-def left_behind(run_dir: Path) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and str(run_dir).encode() in (entry / "cmdline").read_bytes():
-                found.add(int(entry.name))
-        except OSError:
-            continue
-    return {pid for pid in found if alive(pid)}
 
 
 def run(tmp_path: Path, *overrides: str) -> dict:

@@ -7,29 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
-from qnet_process import ROOT, alive, run_qnet, wait_gone
+from qnet_process import HAVE_MOSQUITTO, ROOT, left_behind, run_qnet, wait_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 SCENARIO = ROOT / "scenarios/mesh-16.toml"
-HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 HYBRID_PATHS = {"r13->r30:1": ["r13", "r12", "r22", "r21", "r20", "r30"],
                 "r31->r02:2": ["r31", "r21", "r22", "r12", "r02"]}
-
-
-def left_behind(run_dir: Path) -> set[int]:
-    """Live processes started with a config in ``run_dir`` (every child of the run is)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and str(run_dir).encode() in (entry / "cmdline").read_bytes():
-                found.add(int(entry.name))
-        except OSError:
-            continue
-    return {pid for pid in found if alive(pid)}
 
 
 def check_streams(result: dict) -> None:

@@ -6,10 +6,9 @@ detection + convergence (reported in result.json ``routing``) + the backup path'
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from qnet_process import ROOT, alive, run_qnet, wait_gone
+from qnet_process import ROOT, left_behind, run_qnet, wait_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 SCENARIO = ROOT / "scenarios/quanet-failover.toml"
@@ -18,18 +17,6 @@ BACKUP_HOPS = 3  # a - q1 - q2 - b
 # Delivery on the backup after the routes changed: its one-way delay, a message interval
 # (200 Hz), and Python's forwarding per hop on a loaded 2-core machine (measured 1-3 ms).
 PER_HOP_PROCESSING_MS = 5.0
-
-
-def left_behind(run_dir: Path) -> set[int]:
-    """Live processes started with a config in ``run_dir`` (every child of the run is)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and str(run_dir).encode() in (entry / "cmdline").read_bytes():
-                found.add(int(entry.name))
-        except OSError:
-            continue
-    return {pid for pid in found if alive(pid)}
 
 
 def run(tmp_path, text: str, *options: str) -> dict:
