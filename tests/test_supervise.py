@@ -168,7 +168,8 @@ async def test_the_root_failure_is_the_lowest_tier_even_when_it_is_reaped_second
         assert 0.25 < trio.current_time() - started < 2.0
         assert sup.root_failure().child is alone
 
-    killed = child(tmp_path, "killed", "ready()\nos.kill(os.getpid(), signal.SIGKILL)\n", tier=3)
+    suicide = "ready()\ntime.sleep(0.3)\nos.kill(os.getpid(), signal.SIGKILL)\n"  # after ready
+    killed = child(tmp_path, "killed", suicide, tier=3)
     async with open_supervisor(raise_failures=False) as sup:
         await sup.start(killed)
         await sup.failed.wait()

@@ -28,7 +28,7 @@ def iperf(names: list[str], *client: str, seconds: float) -> dict:
                                    "-t", str(seconds), "-J", *client], capture_output=True,
                                   text=True, timeout=seconds + 30)
             report = json.loads(done.stdout) if done.stdout.strip() else {}
-            if done.returncode == 0:
+            if done.returncode == 0 and "error" not in report:
                 return report
             if "connect" not in report.get("error", "connect"):
                 raise AssertionError(report.get("error", done.stderr))
