@@ -187,9 +187,10 @@ async def test_attacks_during_a_run_are_counted_and_change_nothing(tmp_path: Pat
     # over the pre-auth limit: the 4 GiB header, random bytes (their first 4 are a length);
     # the nested hello fits the limit and fails decoding
     assert d["rejected_too_large"] >= 2 and d["rejected_bad_frame"] >= 1
-    # the wrong token, and the partial frames (timed out, or still open at the final report)
+    # the wrong token, and the partial frames (timed out, or still open at the final report;
+    # the nodes' own connections may be open or already closed by then, so not counted)
     assert d["rejected_unauthenticated"] >= 1
-    assert d["rejected_unauthenticated"] + d["open_connections"] >= 1 + DAEMON_PARTIAL + 2
+    assert d["rejected_unauthenticated"] + d["open_connections"] >= 1 + DAEMON_PARTIAL
     assert d["connections"] >= 5 + DAEMON_PARTIAL + 2  # the attacks and both nodes
     assert d["authenticated"] == 2  # alice and bob, nobody else
     r = counters["relay-alice-bob"]
