@@ -1,7 +1,7 @@
 """End to end through ``qnet run``: ``scenarios/clocks-ghz.toml``, GHZ states fused over chains
 of 3 and 4 detuned clocks against unentangled Ramsey qubits. On each chain the GHZ parity mean
 must follow sin(2 pi T D) with D = sum_i s_i delta_i over all N nodes (within 4 binomial
-sigma; D of the first N - 1 nodes is excluded), both estimates of D must match it within 4
+sigma), both estimates of D must match it within 4
 sigma, and result.json must carry the N scaling: per round the GHZ sigma is 1/(2 pi T) and the
 unentangled one sqrt(N)/(2 pi T). No process may outlive the run."""
 
@@ -33,7 +33,6 @@ def test_ghz_over_three_and_four_clocks(tmp_path: Path) -> None:
         d, signs = entry["difference_true_hz"], entry["signs"]
         detuning = [entry["detuning_hz"][x] for x in entry["nodes"]]
         assert d == pytest.approx(sum(s * x for s, x in zip(signs, detuning, strict=True)))
-        partial = sum(s * x for s, x in zip(signs[:-1], detuning[:-1], strict=True))
         assert entry["remote_errors"] == 0 and entry["pairs_per_state"] == n - 1
         ent, loc = entry["entangled"], entry["unentangled"]
         m, tau = ent["rounds"], ent["interrogation_s"]
@@ -42,7 +41,9 @@ def test_ghz_over_three_and_four_clocks(tmp_path: Path) -> None:
         # the parity of the fused state oscillates at the whole chain's D
         sd = math.sqrt(max(1 - ent["parity_mean"] ** 2, 1 / m) / m)
         assert abs(ent["parity_mean"] - math.sin(2 * math.pi * tau * d)) < K * sd
-        assert abs(ent["parity_mean"] - math.sin(2 * math.pi * tau * partial)) > 2 * sd
+        # (Not asserted: that it is > 2 sigma from a chain missing its last node. At these
+        # round counts the two predictions lie only ~3 sigma apart, so that check failed by
+        # chance: 1.7 sigma in a fresh-clone run.)
         assert abs(ent["estimate_hz"] - ent["estimate_model_hz"]) < K * ent["sigma_hz"]
         assert abs(loc["estimate_hz"] - d) < K * loc["sigma_hz"]
         # N scaling, per round at equal interrogation time: GHZ 1/(2 pi T) whatever N (the
