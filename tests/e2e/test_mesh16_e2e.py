@@ -1,20 +1,22 @@
 """End to end through ``qnet run``: mesh-16 (16 routers, three classical streams, two hybrid
-flows, three seeded random cuts) on the 2-core machine. Every stream loses and duplicates
-nothing; each hybrid flow's delivered share and fidelity are within 4 standard errors of the
-orchestrator's model of its path (which no cut touches); no router measured a payload."""
+flows, three seeded random cuts, one on both flows' paths) on the 2-core machine. Every
+stream loses and duplicates nothing; each hybrid flow moves off the cut link and back, and its
+counts and fidelity are within 4 standard errors (plus the packets whose fate a cut's edge or
+a reroute leaves open) of the orchestrator's model of the paths its packets took; no router
+measured a payload."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
+from hybrid_model import check_flow, segments
 from qnet_process import HAVE_MOSQUITTO, ROOT, left_behind, run_qnet, wait_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 SCENARIO = ROOT / "scenarios/mesh-16.toml"
-HYBRID_PATHS = {"r13->r30:1": ["r13", "r12", "r22", "r21", "r20", "r30"],
+FIRST_PATHS = {"r13->r30:1": ["r13", "r12", "r22", "r21", "r20", "r30"],
                 "r31->r02:2": ["r31", "r21", "r22", "r12", "r02"]}
 
 
@@ -37,30 +39,21 @@ def check_cuts(routing: dict) -> set[frozenset]:
     return {frozenset(cut["target"].split("-")) for cut in cuts}
 
 
-def check_hybrid(flow: dict, cut: set[frozenset]) -> None:
-    """The counts add up; delivered and fidelity within 4 SE of the model of its path."""
-    path = HYBRID_PATHS[flow["name"]]
-    assert flow["path"] == flow["path_at_end"] == path, flow
-    # the model's premise: no cut on the path, every packet went over it
-    assert not cut & {frozenset(hop) for hop in zip(path, path[1:])}
-    assert flow["delivered_by_link"] == {"-".join(sorted(path[-2:])): flow["delivered"]}, flow
-    assert flow["router_measurements"] == 0
-    sent = flow["sent"]
-    assert sent >= 60, flow  # 161 at 40/s for 4 s; fewer if the sender falls behind
-    assert flow["dropped_header"] == 0, flow
-    assert flow["delivered"] + flow["lost_in_fibre"] + flow["late"] == sent, flow
-    p = flow["model"]["delivered"]
-    assert abs(flow["delivered"] / sent - p) < 4 * math.sqrt(p * (1 - p) / sent), flow
-    q = flow["model"]["late"]  # from the routers' measured decision latencies
-    assert abs(flow["late"] / sent - q) < 4 * math.sqrt(q * (1 - q) / sent) + 1 / sent, flow
-    # binomial SE at the model: each basis correlator is +-lambda, lambda = (4 F - 1)/3,
-    # Var = (1 - lambda^2)/n_b, F = (1 + sum)/4; plus the model's spread over the send times
-    lam = (4 * flow["fidelity_model"] - 1) / 3
-    assert min(flow["matched_per_basis"]) > 0, flow
-    binomial = math.sqrt(sum((1 - lam**2) / n for n in flow["matched_per_basis"])) / 4
-    se = math.hypot(binomial, flow["fidelity_model_spread"])
-    assert abs(flow["fidelity_mean"] - flow["fidelity_model"]) < 4 * se, flow
-    assert flow["fidelity_mean"] == flow["fidelity_mean_src"]  # both ends, same records
+def check_hybrid(flow: dict, cut: set[frozenset]) -> bool:
+    """The flow starts on its unique shortest path and is within its model (the mixture of
+    the paths its sender's route took, packet by packet, those sent into a cut link lost with
+    it); delivered only over the last fibres of those paths. True if a cut hit its paths."""
+    first = FIRST_PATHS[flow["name"]]
+    paths = segments(flow)
+    assert paths[0] == first == flow["path"], flow
+    last = {"-".join(sorted(path[-2:])) for path in paths}
+    assert set(flow["delivered_by_link"]) <= last, flow
+    assert sum(flow["delivered_by_link"].values()) == flow["delivered"], flow
+    check_flow(flow)
+    hit = any(cut & {frozenset(hop) for hop in zip(path, path[1:])} for path in paths)
+    if hit:  # it moved off the cut links and came back to its first path
+        assert len(paths) >= 3 and flow["path_at_end"] == first, flow
+    return hit
 
 
 @pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto binary not installed")
@@ -76,6 +69,6 @@ def test_mesh_16_streams_and_hybrid_flows_within_their_models(tmp_path: Path) ->
     assert result["ok"], result["expectations"]
     check_streams(result)
     cut = check_cuts(result["routing"])
-    assert sorted(f["name"] for f in result["hybrid"]) == sorted(HYBRID_PATHS)
-    for flow in result["hybrid"]:
-        check_hybrid(flow, cut)
+    assert sorted(f["name"] for f in result["hybrid"]) == sorted(FIRST_PATHS)
+    hit = [check_hybrid(flow, cut) for flow in result["hybrid"]]
+    assert all(hit), "the scenario's 2.3 s cut (r12-r22) lies on both flows' first paths"

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from emulator.hybrid_config import daemon_counts, flow_prediction
+from emulator.hybrid_config import daemon_counts, flow_mixture
 from emulator.scenario import ScenarioError, parse_scenario
 from nodes.apps.hybrid import estimate, results
 
@@ -76,15 +76,21 @@ def test_merge_models_the_path_and_counts() -> None:
     times = list(np.linspace(10.0, 12.0, 50))
     entries = [
         {"role": "src", "sent": 50, "path": ["alice", "r", "bob"], "send_times": times,
-         "path_at_end": ["alice", "r", "bob"], "fidelity_mean": 0.9},
+         "paths": [[0, ["alice", "r", "bob"]]], "path_at_end": ["alice", "r", "bob"],
+         "fidelity_mean": 0.9, "t_start": 9.0},
         {"role": "dst", "delivered": 40, "lost_in_fibre": 6, "late": 1, "fidelity_mean": 0.9,
-         "fidelity_stderr": 0.02, "matched_per_basis": [5, 5, 5]},
+         "fidelity_stderr": 0.02, "matched_per_basis": [5, 5, 5],
+         "counters": {"dropped_bad_mac": 1}},
         {"section": "router", "node": "r", "decision_us": [500.0] * 9 + [2000.0],
-         "counters": {"hybrid_switched": 45, "hybrid_late": 1}}]
+         "counters": {"hybrid_switched": 45, "hybrid_late": 1, "dropped_no_route": 1}}]
     (out,) = results.merge(sc, app, entries)
-    assert out["dropped_header"] == 3 and out["router_measurements"] is None
-    model = flow_prediction(sc, ["alice", "r", "bob"], times, {"r": [500.0] * 9 + [2000.0]})
+    # the ends' remainder, and the drops the nodes on the path counted
+    assert out["unseen"] == 3 and out["dropped_header"] == 2
+    assert out["router_measurements"] is None
+    model = flow_mixture(sc, [(0, ["alice", "r", "bob"])], times,
+                         {"r": [500.0] * 9 + [2000.0]})
     assert out["fidelity_model"] == pytest.approx(model.pair_fidelity)
+    assert out["model"]["lost_on_cut"] == 0 and out["model"]["ambiguous"] == 0
     assert out["model"]["late"] == pytest.approx(0.1 * 10 ** (-0.2 / 10), rel=1e-9)
     assert out["routers"] == [{"node": "r", "switches": 45, "late": 1,
                                "decision_us_median": 500.0}]
@@ -93,3 +99,18 @@ def test_merge_models_the_path_and_counts() -> None:
     assert out["router_measurements"] == 0
     daemon_counts(sections, {"measurements": {"r": 2}})
     assert out["router_measurements"] == 2
+
+
+def test_router_measurements_leave_out_what_another_flow_s_end_measured() -> None:
+    """Flow 1 rerouted through r31, which sends flow 2 (it measures its kept halves: one per
+    packet) and through r02, flow 2's destination (one per delivered payload)."""
+    one = {"src": "r13", "dst": "r30", "payload": "pair", "sent": 100, "delivered": 30,
+           "paths": [[0, ["r13", "r22", "r30"]], [40, ["r13", "r31", "r02", "r30"]]],
+           "path_at_end": ["r13", "r22", "r30"]}
+    two = {"src": "r31", "dst": "r02", "payload": "pair", "sent": 80, "delivered": 25,
+           "paths": [[0, ["r31", "r22", "r02"]]], "path_at_end": ["r31", "r22", "r02"]}
+    sections = {"hybrid": [one, two]}
+    daemon_counts(sections, {"measurements": {"r13": 100, "r30": 30, "r31": 80, "r02": 25}})
+    assert one["router_measurements"] == 0 and two["router_measurements"] == 0
+    daemon_counts(sections, {"measurements": {"r31": 81, "r02": 25, "r22": 1}})
+    assert one["router_measurements"] == 2 and two["router_measurements"] == 1

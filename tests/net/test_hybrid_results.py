@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import numpy as np
 import pytest
 
-from emulator.hybrid_config import NoFlightFibre, flow_prediction
-from emulator.scenario import ScenarioError, parse_scenario
+from emulator.hybrid_config import NoFlightFibre, flow_mixture
+from emulator.scenario import Fault, ScenarioError, parse_scenario
 from nodes.apps.hybrid import estimate, results
 from nodes.apps.hybrid.estimate import binomial_stderr
 
@@ -119,17 +120,84 @@ def test_merge_gives_no_model_to_a_path_over_a_classical_only_link() -> None:
     links = [("alice", "r", True), ("r", "x", True), ("x", "bob", True), ("alice", "bob", False)]
     sc = parse_scenario(scenario(links))
     times = [10.0, 10.5, 11.0]
-    src = {"role": "src", "sent": 3, "send_times": times, "path": ["alice", "bob"]}
+    src = {"role": "src", "sent": 3, "send_times": times, "path": ["alice", "bob"],
+           "paths": [[0, ["alice", "bob"]]]}
     dst = {"role": "dst", "delivered": 0, "lost_in_fibre": 0, "late": 0}
     (out,) = results.merge(sc, sc.apps[0], [src, dst])
     assert out["fidelity_model"] is None and "model" not in out
     assert out["model_note"] == "the path crosses alice-bob, which has no [links.flight]"
-    assert out["dropped_header"] == 3
+    assert out["unseen"] == 3
     with pytest.raises(NoFlightFibre):
-        flow_prediction(sc, ["alice", "r", "bob"], times, {})
-    (fine,) = results.merge(sc, sc.apps[0], [{**src, "path": ["alice", "r", "x", "bob"]}, dst])
+        flow_mixture(sc, [(0, ["alice", "r", "bob"])], times, {})
+    (fine,) = results.merge(sc, sc.apps[0], [{**src, "paths": [[0, ["alice", "r", "x", "bob"]]]},
+                                             dst])
     assert fine["model_note"] is None and 0 < fine["fidelity_model"] <= 1
-    for missing, note in (({"path": None}, "the sender recorded no path"),
+    for missing, note in (({"paths": None}, "the sender recorded no path"),
                           ({"send_times": []}, "nothing was sent")):
         (out,) = results.merge(sc, sc.apps[0], [{**src, **missing}, dst])
         assert out["fidelity_model"] is None and out["model_note"] == note
+
+
+def failover_scenario() -> object:
+    """alice -> bob over r (1 + 1 km, Raman noise 0.2 on r-bob) or over s (1 + 4 km, none);
+    alice-r cut 1 s after the start for 1 s. No drift, no readout error, no late share."""
+    clean = {"diffusion_rad2_per_s": 0.0}
+    links = [("alice", "r", 1.0, clean), ("r", "bob", 1.0, {"noise_photons": 0.2}),
+             ("alice", "s", 1.0, clean), ("s", "bob", 4.0, clean)]
+    return parse_scenario({
+        "scenario": {"name": "t", "duration_s": 5},
+        "nodes": [{"name": "alice", "memory": {"slots": 8}},
+                  {"name": "r", "hybrid": {"switch_budget_us": 1000}},
+                  {"name": "s", "hybrid": {"switch_budget_us": 1000}},
+                  {"name": "bob", "memory": {"slots": 8}}],
+        "links": [{"a": a, "b": b, "length_km": km, "flight": f} for a, b, km, f in links],
+        "apps": [{"kind": "hybrid.send", "src": "alice", "dst": "bob"}],
+        "faults": [{"at_s": 1.0, "action": "cut", "link": "alice-r", "for_s": 1.0}]})
+
+
+def test_two_path_mixture_by_hand() -> None:
+    """301 packets every 10 ms from 10.003 s (apps started at 10 s): 140 on alice-r-bob, the
+    sender rerouted at seq 140 (11.403 s) onto alice-s-bob and back at seq 220 (12.203 s).
+    Seqs 100..139 entered alice-r while it was cut [11, 12): lost on the cut, a point mass.
+    The other 181 on r deliver T_r = 10^-0.04 with lambda = exp(-0.1) (Raman: p = 1 -
+    exp(-n/2)); the 80 on s deliver T_s = 10^-0.1 with lambda = 1. Open: 9 packets about the
+    cut's start (|t - 11| <= 0.045) and 9 about each reroute; none about its end (no packet
+    on r then)."""
+    sc = failover_scenario()
+    r, s = ["alice", "r", "bob"], ["alice", "s", "bob"]
+    times = [10.003 + 0.01 * i for i in range(301)]
+    src = {"role": "src", "sent": 301, "send_times": times, "path": r, "t_start": 10.0,
+           "paths": [[0, r], [140, s], [220, r]], "path_at_end": r}
+    dst = {"role": "dst", "delivered": 200, "lost_in_fibre": 40, "late": 0, "counters": {}}
+    cuts = results.cut_windows(sc, 10.0)
+    assert [(sorted(c.link), c.start, c.end) for c in cuts] == [(["alice", "r"], 11.0, 12.0)]
+    model = flow_mixture(sc, src["paths"], times, {}, cuts, ambiguity_s=0.045)
+    t_r, t_s = 10 ** -0.04, 10 ** -0.1
+    f_r = (1 + 3 * math.exp(-0.1)) / 4
+    assert [(m.sent, m.lost_on_cut, m.ambiguous) for m in model.segments] == \
+        [(140, 40, 9 + 4), (80, 0, 5 + 4), (81, 0, 5)]  # each reroute's nine: 4 before, 5 from
+    assert model.ambiguous == 27
+    assert model.lost_on_cut == pytest.approx(40 / 301)
+    assert model.delivered == pytest.approx((181 * t_r + 80 * t_s) / 301)
+    assert model.lost_in_fibre == pytest.approx((181 * (1 - t_r) + 80 * (1 - t_s)) / 301)
+    assert model.late == 0 and model.late_se == 0
+    assert model.delivered_se == pytest.approx(
+        math.sqrt(181 * t_r * (1 - t_r) + 80 * t_s * (1 - t_s)) / 301)
+    assert model.pair_fidelity == pytest.approx((181 * t_r * f_r + 80 * t_s) /
+                                                (181 * t_r + 80 * t_s))
+    assert model.delivered + model.lost_in_fibre + model.late + model.lost_on_cut == \
+        pytest.approx(1.0)
+    (out,) = results.merge(sc, sc.apps[0], [src, dst])  # the same through the merge
+    assert out["model"]["lost_on_cut"] == pytest.approx(40 / 301)
+    assert out["fidelity_model"] == pytest.approx(model.pair_fidelity)
+    assert out["unseen"] == 61 and out["dropped_header"] == 0
+    assert [seg["path"] for seg in out["model"]["segments"]] == [r, s, r]
+
+
+def test_cut_ends_at_a_restore_or_the_run() -> None:
+    sc = failover_scenario()
+    sc.faults[0].for_s = None
+    assert [(c.start, c.end) for c in results.cut_windows(sc, 0.0)] == [(1.0, math.inf)]
+    sc.faults.append(msgspec.convert({"at_s": 1.5, "action": "restore", "link": "alice-r"},
+                                     Fault))
+    assert [(c.start, c.end) for c in results.cut_windows(sc, 0.0)] == [(1.0, 1.5)]

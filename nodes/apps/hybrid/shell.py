@@ -59,17 +59,18 @@ async def _sender(node: NodeContext, app: HybridSendApp, plane: HybridPlane) -> 
         out["path"] = list((await net.wait_route(app.dst)).path)
     records: list = []
     times: list[float] = []
+    paths: list[tuple[int, tuple[str, ...]]] = []  # (first seq, its route's path) per change
     kept: list[tuple[int, p.QubitRef]] = []  # (seq, the sender's half), measured in batches
     t_next = max(clock.now(), node.t_start + app.start_s)
     seq = 0
     while (app.count == 0 or seq < app.count) and clock.now() < t_stop:
         await clock.sleep_until(t_next)
         t_next = max(t_next + 1.0 / app.rate_hz, clock.now())  # behind: slower, no burst
-        hop = net.next_hop(app.dst)
-        if hop is None:
+        route = net.route(app.dst)
+        if route is None:
             out["no_route"] += 1
             continue
-        link, codec = plane.codec_to(hop)
+        link, codec = plane.codec_to(route.next_hop)
         keep = None
         try:
             if app.payload == "pair":
@@ -87,9 +88,11 @@ async def _sender(node: NodeContext, app: HybridSendApp, plane: HybridPlane) -> 
             continue
         kind = PAYLOAD_EPR_HALF if app.payload == "pair" else PAYLOAD_QUBIT
         header = make_header(node, app.dst, app.flow, seq, app.ttl, kind, sent.payload)
-        if not net.send_udp(hop, codec.encode(header)):
+        if not net.send_udp(route.next_hop, codec.encode(header)):
             plane.counters["hybrid_header_send_failed"] += 1
         times.append(sent.t)
+        if not paths or route.path != paths[-1][1]:
+            paths.append((seq, route.path))
         if app.payload == "pair":
             kept.append((seq, keep))
             if len(kept) >= MEASURE_BATCH:
@@ -100,6 +103,8 @@ async def _sender(node: NodeContext, app: HybridSendApp, plane: HybridPlane) -> 
     records.extend(await _measure_kept(daemon, rng, kept))
     out["sent"] = seq
     out["send_times"] = times
+    out["paths"] = [[first, list(path)] for first, path in paths]
+    out["t_start"] = node.t_start  # the apps' start: [[faults]] at_s count from it
     out["path_at_end"] = list(r.path) if (r := net.route(app.dst)) is not None else None
     theirs = await _exchange(node, app, records, opener=False)
     out.update(_estimate(app, records, theirs))
@@ -165,6 +170,7 @@ async def _destination(node: NodeContext, app: HybridSendApp, plane: HybridPlane
     theirs = await _exchange(node, app, records, opener=True)
     out.update(_estimate(app, theirs, records))
     out["decision_us"] = list(plane.decision_us)  # stores from its own delay line, if any
+    out["counters"] = {k: int(v) for k, v in plane.counters.items() if k.startswith("dropped_")}
     return out
 
 
