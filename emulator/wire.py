@@ -157,11 +157,16 @@ class FramedStream:
         mine = [frame(payload) for payload in payloads]
         batch.frames.extend(mine)
         try:
-            await self._send_lock.acquire()
-        except BaseException:
-            if batch is self._batch:  # not taken by another sender: unqueue ours
-                batch.frames = [f for f in batch.frames if not any(f is m for m in mine)]
-            raise
+            # uncontended: no checkpoint of its own (send_all has one); a free lock has no
+            # waiters, so this batch holds only our frames
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            try:
+                await self._send_lock.acquire()
+            except BaseException:
+                if batch is self._batch:  # not taken by another sender: unqueue ours
+                    batch.frames = [f for f in batch.frames if not any(f is m for m in mine)]
+                raise
         try:
             if batch.sent:  # an earlier sender wrote our frames with its own
                 if batch.failed:
@@ -177,6 +182,11 @@ class FramedStream:
                 batch.sent = True
         finally:
             self._send_lock.release()
+
+    @property
+    def has_pending(self) -> bool:
+        """A complete frame is already received: the next ``receive`` returns it at once."""
+        return bool(self._pending)
 
     async def receive(self) -> bytes | None:
         """Next frame payload, or None when the peer closed the connection between frames.

@@ -109,6 +109,7 @@ class Error(msgspec.Struct, tag="error"):
     message: str
     id: int | None = None
     fatal: bool = False
+    t: float | None = None  # emulated time the daemon refused the request (set for late)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +292,17 @@ class Sent(msgspec.Struct, tag="sent"):
     t: float  # emulated time it entered the fibre
 
 
+class QubitPrepareSend(msgspec.Struct, tag="qubit_prepare_send", forbid_unknown_fields=True):
+    """Prepare ``cos(theta/2)|0> + exp(i phi) sin(theta/2)|1>`` straight into fibre ``link``
+    (as ``QubitPrepare`` then ``QubitSend``, in one request and without a memory slot of the
+    sender's); answered by ``Sent``."""
+
+    id: int
+    link: str
+    theta: float = 0.0
+    phi: float = 0.0
+
+
 class PayloadSwitch(msgspec.Struct, tag="payload_switch", forbid_unknown_fields=True):
     """Set the switch of this node's delay line: the payload leaves on ``link`` when its
     spool ends, after the waveplate ``exp(-i |r|/2 r.sigma/|r|)`` if ``rotation`` r is given
@@ -353,7 +365,7 @@ class PayloadsArrived(msgspec.Struct, tag="payloads_arrived"):
 Request = (Hello | SourceStart | SourceStop | DetectorOpen | StatsRequest | EntangleStart
            | EntangleStop | PairAwait | QubitPrepare | QubitGate | QubitMeasure | BellMeasure
            | QubitDiscard | MemoryStatsRequest | FlightOpen | QubitSend | PayloadSwitch
-           | PayloadStore)
+           | PayloadStore | QubitPrepareSend)
 Reply = (Welcome | SourceStarted | SourceStopped | DetectorOpened | Detections | Stats | Error
          | EntangleStarted | PairsDelivered | Prepared | Measured | BellResult | Done
          | MemoryStats | Sent | Switched | Stored | PayloadArrived | PayloadsArrived)

@@ -3,7 +3,9 @@
 ``Sessions.handle`` serves one TCP connection: a small frame limit and ``hello_timeout_s``
 until the node's ``Hello`` is authenticated, at most ``max_unauthenticated`` such connections
 at a time (more are closed at once), then requests dispatched through a table keyed by message
-type. Every framing or decoding error (including nesting deep enough to hit the recursion
+type. The requests of one read are answered together: each reply is queued, and the queue
+is written in one ``send_all`` when no received frame is left (or before a push, in order).
+Every framing or decoding error (including nesting deep enough to hit the recursion
 limit) ends that connection only, with a fatal ``Error``; it is counted, and logged a few
 times per reason, never as a traceback per frame. Closed connections are forgotten.
 """
@@ -32,6 +34,9 @@ log = logging.getLogger("qnet.daemon")
 CLOSE_DRAIN_S = 0.5  # after a fatal error: read and discard this long so the Error is not reset
 LOGGED_PER_REASON = 5  # rejections logged in full per reason; after that every power of ten
 TRIM_AFTER_BYTES = 1 << 20  # a closed connection that buffered this much: return it to the OS
+# requests whose handler may wait (a source's end, the detector's lock): the replies queued
+# before them are written first
+WAITING_REQUESTS = (p.SourceStop, p.DetectorOpen)
 
 
 @dataclass(frozen=True)
@@ -58,20 +63,43 @@ class Connection:
         self.received: Counter[str] = Counter()
         self.closed = False
         self._sessions = sessions
+        self._queued: list[bytes] = []  # encoded replies not yet written (``queue``)
+        self._queued_tags: list[str] = []
         self.tasks: trio.Nursery | None = None  # this connection's long polls (by Sessions)
 
+    def queue(self, message: msgspec.Struct) -> None:
+        """Queue a reply, written with the next ``flush`` or ``send`` (in order): the replies
+        to every request of one read go out in one ``send_all``."""
+        self._queued.append(p.encoder.encode(message))
+        self._queued_tags.append(type(message).__struct_config__.tag)
+
+    async def flush(self) -> bool:
+        """Write the queued replies; False (and marked closed) if the peer has gone."""
+        if not self._queued:
+            return not self.closed
+        return await self._write([], [])
+
     async def send(self, message: msgspec.Struct) -> bool:
-        """Send one message; False (and marked closed) if the peer has gone."""
+        """Send one message after the queued replies; False (and marked closed) if the peer
+        has gone."""
+        return await self._write([p.encoder.encode(message)],
+                                 [type(message).__struct_config__.tag])
+
+    async def _write(self, frames: list[bytes], tags: list[str]) -> bool:
         if self.closed:
             return False
+        if self._queued:
+            frames, tags = self._queued + frames, self._queued_tags + tags
+            self._queued, self._queued_tags = [], []
         try:
-            await self.framed.send(p.encoder.encode(message))
+            await self.framed.send_many(frames)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closed = True
             return False
-        tag = type(message).__struct_config__.tag
-        self.sent[tag] += 1
-        self._sessions.sent_by_node[self.node or "?"][tag] += 1
+        by_node = self._sessions.sent_by_node[self.node or "?"]
+        for tag in tags:
+            self.sent[tag] += 1
+            by_node[tag] += 1
         return True
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -181,12 +209,17 @@ class Sessions:
             conn.tasks = polls
             try:
                 while True:
+                    if not conn.framed.has_pending:  # the read's requests are all answered
+                        await conn.flush()
                     request = await self._receive(conn)
                     if request is None:
+                        await conn.flush()
                         break
+                    if isinstance(request, WAITING_REQUESTS):
+                        await conn.flush()
                     reply = await self._dispatch(conn, request)
                     if reply is not None:
-                        await conn.send(reply)
+                        conn.queue(reply)
             except (_Fatal, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 pending = exc  # re-raised outside the nursery, unwrapped
             polls.cancel_scope.cancel()
