@@ -30,8 +30,9 @@ STATES = [((0.0, 0.0), "Z", 0), ((math.pi, 0.0), "Z", 1), ((math.pi / 2, 0.0), "
 
 
 def make_config(compensate: bool, diffusion: float, sigma: float = 0.2,
-                budget_us: float = 50_000.0, noise: float = 0.05) -> DaemonConfig:
-    fibre = LinkFlight(attenuation_db_per_km=0.2, diffusion_rad2_per_s=diffusion,
+                budget_us: float = 50_000.0, noise: float = 0.05,
+                attenuation: float = 0.2) -> DaemonConfig:
+    fibre = LinkFlight(attenuation_db_per_km=attenuation, diffusion_rad2_per_s=diffusion,
                        estimation_sigma_rad=sigma, noise_photons=noise)
     memory = NodeMemory(slots=4096)
     return DaemonConfig(
@@ -63,8 +64,10 @@ async def run_router(r1, arrivals, compensate: bool, log: list) -> None:
             log.append(exc.code)
 
 
-async def flow(config: DaemonConfig, n: int, compensate: bool, nursery):
-    """Send ``n`` random axis states alice -> bob through r1; bob measures each in its axis.
+async def flow(config: DaemonConfig, n: int, compensate: bool, nursery,
+               prepare_send: bool = False):
+    """Send ``n`` random axis states alice -> bob through r1 (``QubitPrepare`` and
+    ``QubitSend``, or one ``QubitPrepareSend``); bob measures each in its axis.
     Returns (send times, correct outcomes, daemon)."""
     daemon = await nursery.start(serve, config)
     port = daemon.port
@@ -86,8 +89,13 @@ async def flow(config: DaemonConfig, n: int, compensate: bool, nursery):
             for _ in range(n):
                 k = int(rng.integers(6))
                 (theta, phi), _, _ = STATES[k]
-                q = (await alice.request(p.QubitPrepare, theta=theta, phi=phi)).qubit
-                reply = await alice.request(p.QubitSend, link="a-r1", qubit=q)
+                if prepare_send:
+                    reply = await alice.request(p.QubitPrepareSend, link="a-r1", theta=theta,
+                                                phi=phi)
+                    await trio.sleep(2e-4)  # the router in this process keeps up under load
+                else:
+                    q = (await alice.request(p.QubitPrepare, theta=theta, phi=phi)).qubit
+                    reply = await alice.request(p.QubitSend, link="a-r1", qubit=q)
                 sent[reply.payload] = (reply.t, k)
             # until every payload's fate is known (the in-process daemon's table is empty)
             # and bob has measured every one stored
@@ -118,11 +126,13 @@ async def flow(config: DaemonConfig, n: int, compensate: bool, nursery):
     return np.array([t for t, _ in sent.values()]), np.array(correct), daemon, refused
 
 
-@pytest.mark.parametrize("compensate, diffusion", [(True, 5.0), (False, 2.0)])
-async def test_path_matches_flow_model(nursery, compensate: bool, diffusion: float) -> None:
+@pytest.mark.parametrize("compensate, diffusion, prepare_send",
+                         [(True, 5.0, True), (False, 2.0, False)])
+async def test_path_matches_flow_model(nursery, compensate: bool, diffusion: float,
+                                       prepare_send: bool) -> None:
     config = make_config(compensate, diffusion)
     n = 800
-    times, correct, daemon, refused = await flow(config, n, compensate, nursery)
+    times, correct, daemon, refused = await flow(config, n, compensate, nursery, prepare_send)
     assert refused == []
     fibres = {frozenset((f.a, f.b)): f for f in config.flight_fibres}
     hops = path_hops(["alice", "r1", "bob"], fibres, config.hybrid)
@@ -192,6 +202,48 @@ async def test_refusals_and_no_measurement_in_flight(nursery) -> None:
         assert err.value.code == "not_allowed"
     assert daemon.memories.measurements["r1"] == 0
     assert daemon.flight.counts["r1.refused"] == 2
+
+
+async def test_switched_payload_leaves_at_its_spool_end_without_a_timer(nursery) -> None:
+    """A switch set in time schedules the next arrival at once (spool end + fibre delay);
+    a payload nobody switches is lost as late at its spool end, and a switch after it is
+    refused as late. ``QubitPrepareSend`` takes no memory slot of the sender's."""
+    config = make_config(False, 0.0, budget_us=2000.0, noise=0.0, attenuation=0.0)
+    daemon = await nursery.start(serve, config)
+    plane = daemon.flight
+    async with (open_daemon("127.0.0.1", daemon.port, "alice", "tok-a") as alice,
+                open_daemon("127.0.0.1", daemon.port, "r1", "tok-r") as r1,
+                open_daemon("127.0.0.1", daemon.port, "bob", "tok-b") as bob):
+        arrivals, bob_in = r1.payloads("a-r1"), bob.payloads("r1-b")
+        await r1.request(p.FlightOpen, link="a-r1")
+        await bob.request(p.FlightOpen, link="r1-b")
+        free = daemon.memories.free_slots("alice")
+        sent = [await alice.request(p.QubitPrepareSend, link="a-r1", theta=math.pi)
+                for _ in range(2)]
+        assert daemon.memories.free_slots("alice") == free
+        with trio.fail_after(5):
+            got = [await arrivals.receive() for _ in range(2)]
+        assert [a.payload for a in got] == [s.payload for s in sent]
+        assert all(a.present for a in got)
+        switched = await r1.request(p.PayloadSwitch, link="r1-b", payload=got[0].payload)
+        assert switched.t <= switched.t_depart == got[0].deadline
+        delay = plane.links["r1-b"].delay_s
+        assert [(t, pid) for t, _, pid in plane.events] == [(got[0].deadline + delay,
+                                                             got[0].payload)]
+        with trio.fail_after(5):
+            stored = await bob_in.receive()
+        assert stored.payload == got[0].payload and stored.present
+        assert stored.t == got[0].deadline + delay
+        m = await bob.request(p.QubitMeasure, qubits=[p.QubitRef("bob", stored.slot)],
+                              bases=["Z"])
+        assert m.outcomes == b"\x01"  # |1> as prepared: no drift, no noise
+        await trio.sleep(max(0.0, got[1].deadline - daemon.clock.now()) + 0.01)
+        assert plane.counts["r1.late"] == 1 and plane.counts["r1.switches"] == 1
+        with pytest.raises(DaemonError) as err:
+            await r1.request(p.PayloadSwitch, link="r1-b", payload=got[1].payload)
+        assert err.value.code == "late"
+    assert daemon.memories.free_slots(FLIGHT) == 100_000
+    assert not plane.payloads and not plane.events
 
 
 def test_rotation_vector_inverts_su2() -> None:

@@ -1,7 +1,8 @@
 """Flying-qubit link runtime: photonic qubits a node sends through a fibre to its neighbour.
 
 A ``QubitSend`` moves the sender's qubit out of its memory into the fibre (a slot of the
-``FLIGHT`` pseudo-node, so it stays entangled with what it was entangled with). Crossing the
+``FLIGHT`` pseudo-node, so it stays entangled with what it was entangled with); a
+``QubitPrepareSend`` prepares a known state straight into it. Crossing the
 fibre it meets the fibre's rotation U(t) (``polarisation.drift_step``, one walk per fibre and
 direction, U = I when the first payload crosses it: its calibration), its loss (and the far
 end's delay line's), and Raman photons that travel with it and depolarise it when stored
@@ -27,6 +28,7 @@ import numpy as np
 import trio
 
 from emulator.daemon import memories as mem
+from emulator.daemon import ops
 from emulator.daemon import protocol as p
 from emulator.daemon.links import LinkHost, LinkRuntime, Reply, name_word, not_allowed
 from emulator.daemon.session import Connection
@@ -70,19 +72,27 @@ class Payload:
     noise: float = 0.0  # Raman photons per gate travelling with it
     in_spool: bool = False
     deadline: float = 0.0
-    switched_to: str | None = None
     u: np.ndarray | None = None  # the rotation of the fibre it crossed last
+    src: str = ""  # the end it left from, on the fibre it is crossing
+    depart: float = 0.0  # emulated time it entered that fibre
 
 
 @dataclass
 class FlightPlane:
-    """State shared by every flight fibre of the daemon: payloads, events, per-node counts."""
+    """State shared by every flight fibre of the daemon: payloads, events, per-node counts.
+
+    Two timer queues, serviced by one task (``run``) in one time-ordered pass: ``events``, one
+    entry per fibre crossing, due at the payload's (would-be) arrival; ``spools``, one per
+    payload entering a delay line, due at its spool end, which matters only if no switch was
+    set by then (late). A payload switched in time leaves at its spool end without a timer of
+    its own: the switch schedules its next arrival at once (``launch`` at the deadline)."""
 
     host: LinkHost
     hybrid: dict[str, NodeHybrid]
     links: dict[str, FlightLinkRuntime] = field(default_factory=dict)
     payloads: dict[int, Payload] = field(default_factory=dict)
-    events: list[tuple[float, int, str, int]] = field(default_factory=list)
+    events: list[tuple[float, int, int]] = field(default_factory=list)  # (t, order, payload)
+    spools: list[tuple[float, int, int]] = field(default_factory=list)  # (deadline, order, id)
     counts: Counter[str] = field(default_factory=Counter)  # "<node>.<what>"
     push: dict[tuple[str, str], trio.MemorySendChannel] = field(default_factory=dict)
     late: dict[int, tuple[str, float]] = field(default_factory=dict)  # recent: node, deadline
@@ -92,58 +102,110 @@ class FlightPlane:
         self.ids = itertools.count(1)
         self.order = itertools.count()
         self.wake = trio.Event()
+        self.wake_at = -math.inf  # the emulated time ``run`` sleeps until (-inf: not asleep)
+        self._spool_survival: dict[str, float] = {}
 
     def budget(self, node: str) -> NodeHybrid:
         return self.hybrid.get(node, NodeHybrid())
 
-    def schedule(self, t: float, what: str, payload: int) -> None:
-        heapq.heappush(self.events, (t, next(self.order), what, payload))
-        self.wake.set()
+    def spool_survival(self, node: str) -> float:
+        """Transmittance of ``node``'s whole delay line, 10^(-dB/us x budget / 10)."""
+        survival = self._spool_survival.get(node)
+        if survival is None:
+            end = self.budget(node)
+            survival = 10.0 ** (-end.delay_line_db_per_us * end.switch_budget_us / 10.0)
+            self._spool_survival[node] = survival
+        return survival
 
-    async def run(self) -> None:
-        """The payloads' events in time order (arrivals, lost arrivals, spool ends), at their
-        emulated times, every event due at once in one pass; the daemon runs it for the whole
-        run when it has flight fibres."""
-        clock = self.host.clock
-        handlers = {"arrive": self._arrive, "lost": self._fibre_lost, "spool_end": self._spool_end}
-        events, payloads = self.events, self.payloads
+    def schedule(self, t: float, payload: int) -> None:
+        """A crossing of ``payload`` that ends (arrival or loss) at ``t``; wakes ``run`` only
+        when that is before what it sleeps until."""
+        heapq.heappush(self.events, (t, next(self.order), payload))
+        if t < self.wake_at:
+            self.wake.set()
+
+    def _first_spool(self) -> float:
+        """The deadline of the first payload still undecided in a delay line (inf if none);
+        entries of payloads switched, stored or gone since are dropped on the way."""
+        spools, payloads = self.spools, self.payloads
+        while spools:
+            deadline, _, pid = spools[0]
+            payload = payloads.get(pid)
+            if payload is not None and payload.in_spool and payload.deadline == deadline:
+                return deadline
+            heapq.heappop(spools)
+        return math.inf
+
+    def due(self, now: float) -> None:
+        """Handle every crossing and undecided spool end due by ``now``, in time order."""
+        events, spools, payloads = self.events, self.spools, self.payloads
         while True:
-            now = clock.now()
-            while events and events[0][0] <= now:
-                t, _, what, pid = heapq.heappop(events)
+            t_event = events[0][0] if events else math.inf
+            t_spool = self._first_spool()
+            if t_event <= t_spool:
+                if t_event > now:
+                    return
+                _, _, pid = heapq.heappop(events)
                 payload = payloads.get(pid)
                 if payload is not None:
-                    handlers[what](payload, t)
+                    self._cross(payload, t_event)
+            else:
+                if t_spool > now:
+                    return
+                _, _, pid = heapq.heappop(spools)
+                self._late(payloads[pid], t_spool)
+
+    async def run(self) -> None:
+        """The payloads' events at their emulated times, every event due at once in one pass;
+        the daemon runs it for the whole run when it has flight fibres."""
+        clock = self.host.clock
+        while True:
+            self.due(clock.now())
             self.wake = trio.Event()
-            if events:
-                with trio.move_on_at(clock.deadline(events[0][0])):
+            t_next = min(self.events[0][0] if self.events else math.inf, self._first_spool())
+            self.wake_at = t_next
+            if t_next < math.inf:
+                with trio.move_on_at(clock.deadline(t_next)):
                     await self.wake.wait()
             else:
                 await self.wake.wait()
+            self.wake_at = -math.inf
 
     # -- the payload's life -------------------------------------------------------------------
 
     def launch(self, payload: Payload, link: FlightLinkRuntime, t: float) -> None:
-        """``payload`` enters ``link``'s fibre at ``t``: rotation, loss, noise; arrives later."""
+        """``payload`` enters ``link``'s fibre at ``t`` (now, or a switched payload's spool
+        end); what the fibre does to it is applied at its arrival (``_cross``)."""
         src = payload.at
-        dst = link.other(src)
-        u = payload.u = link.advance(src, t)
+        payload.src, payload.depart = src, t
+        payload.at, payload.link = link.other(src), link.name
+        payload.in_spool = False
+        self.counts[link.sent_key] += 1
+        self.schedule(t + link.delay_s, payload.id)
+
+    def _cross(self, payload: Payload, t: float) -> None:
+        """The end of a crossing at ``t``: the fibre's rotation at the departure (its walk is
+        advanced in departure order, since a fibre's crossings end in that order), its loss
+        with the far end's delay line's, the Raman photons; then the arrival or the loss."""
+        link = self.links[payload.link]
+        depart = payload.depart
+        u = payload.u = link.advance(payload.src, depart)
         if link.fibre.flight.diffusion_rad2_per_s > 0:  # else U = I for ever: nothing to do
             self.host.memories.apply_gate(FLIGHT, [payload.ref], u, t)
-        end = self.budget(dst)
-        spool = 10.0 ** (-end.delay_line_db_per_us * end.switch_budget_us / 10.0)
+        spool = self.spool_survival(payload.at)
         state = link.state  # quantum-plane faults and the measured classical traffic
-        t_fibre = link.transmittance * state.transmittance_factor()
+        setting = state.now
+        if setting.t > depart:  # changed while it crossed: what held when it entered
+            setting = state.at(depart)
+        t_fibre = link.transmittance * setting.factor
         noise = link.fibre.flight.noise_photons
         if state.raman is not None:
-            noise += state.noise_photons(efficiency=1.0)
+            noise += state.noise_photons(efficiency=1.0, setting=setting)
         payload.noise = (payload.noise * t_fibre + noise) * spool
-        payload.at, payload.link = dst, link.name
-        payload.in_spool, payload.switched_to = False, None
-        self.counts[f"{link.name}.sent"] += 1
-        alive = self.rng.random() < t_fibre * spool
-        # a lost payload is known lost at its would-be arrival (the push goes then)
-        self.schedule(t + link.delay_s, "arrive" if alive else "lost", payload.id)
+        if self.rng.random() < t_fibre * spool:
+            self._arrive(payload, t)
+        else:  # known lost at its would-be arrival (the push goes then)
+            self._fibre_lost(payload, t)
 
     def _lost(self, payload: Payload, t: float, why: str) -> None:
         self.host.memories.discard(FLIGHT, payload.ref, t)
@@ -163,7 +225,7 @@ class FlightPlane:
         if end.switch_budget_us > 0:
             payload.in_spool = True
             payload.deadline = t + end.switch_budget_us * 1e-6
-            self.schedule(payload.deadline, "spool_end", payload.id)
+            heapq.heappush(self.spools, (payload.deadline, next(self.order), payload.id))
             self.counts[f"{payload.at}.arrived"] += 1
             self._notify(payload.at, p.PayloadArrived(payload.link, payload.id, t, True, -1,
                                                       payload.deadline, reference))
@@ -188,14 +250,8 @@ class FlightPlane:
         self.counts[f"{payload.at}.stored"] += 1
         return ref.slot
 
-    def _spool_end(self, payload: Payload, t: float) -> None:
-        """The end of the payload's delay line: on to the fibre it was switched to, else lost
-        as late (one event per spool, whether switched or not)."""
-        if not payload.in_spool:
-            return
-        if payload.switched_to is not None:
-            self.launch(payload, self.links[payload.switched_to], t)
-            return
+    def _late(self, payload: Payload, t: float) -> None:
+        """The spool of ``payload`` ended at ``t`` with no switch set: lost as late."""
         self._lost(payload, t, "late")
         self.late[payload.id] = (payload.at, payload.deadline)  # to answer a late switch
         while len(self.late) > LATE_MEMORY:
@@ -217,11 +273,13 @@ class FlightLinkRuntime(LinkRuntime):
 
     kind = "flight"
     requests = {p.FlightOpen: "flight_open", p.QubitSend: "qubit_send",
-                p.PayloadSwitch: "payload_switch", p.PayloadStore: "payload_store"}
+                p.QubitPrepareSend: "qubit_prepare_send", p.PayloadSwitch: "payload_switch",
+                p.PayloadStore: "payload_store"}
 
     def __init__(self, fibre: FlightFibre, plane: FlightPlane) -> None:
         self.fibre = fibre
         self.name = fibre.name
+        self.sent_key = f"{fibre.name}.sent"
         self.ends = (fibre.a, fibre.b)
         self.plane = plane
         self.delay_s = float(fibre_delay(fibre.length_km))
@@ -296,6 +354,23 @@ class FlightLinkRuntime(LinkRuntime):
             return p.Error("expired", f"slot {ref.slot} passed its cutoff", id=request.id)
         except mem.EmptySlot as exc:
             return p.Error("empty_slot", str(exc), id=request.id)
+        return self._send(request, node, flying, now)
+
+    async def qubit_prepare_send(self, conn: Connection, request: p.QubitPrepareSend) -> Reply:
+        """Prepare the known state straight into the fibre (no memory slot of the sender's:
+        a photon source, not a stored qubit sent), as ``QubitPrepare`` then ``QubitSend``."""
+        node = conn.node
+        assert node is not None
+        now = self.plane.host.clock.now()
+        rho = ops.pure_density(request.theta, request.phi)
+        try:
+            (flying,) = self.plane.host.memories.store_density([FLIGHT], rho, now)
+        except mem.NoFreeSlot as exc:
+            return p.Error("no_free_slot", str(exc), id=request.id)
+        return self._send(request, node, flying, now)
+
+    def _send(self, request, node: str, flying: mem.SlotRef, now: float) -> p.Sent:
+        plane = self.plane
         payload = Payload(next(plane.ids), flying, node, self.name)
         plane.payloads[payload.id] = payload
         plane.counts[f"{node}.sends"] += 1
@@ -306,10 +381,10 @@ class FlightLinkRuntime(LinkRuntime):
         payload = self._held(conn, request)
         if not isinstance(payload, Payload):
             return payload
-        plane, node = self.plane, conn.node
-        payload.switched_to = self.name
-        plane.counts[f"{node}.switches"] += 1  # it leaves at its spool end (already due)
-        return p.Switched(request.id, payload.id, plane.host.clock.now(), payload.deadline)
+        plane, node, deadline = self.plane, conn.node, payload.deadline
+        plane.counts[f"{node}.switches"] += 1
+        plane.launch(payload, self, deadline)  # it leaves at its spool end
+        return p.Switched(request.id, payload.id, plane.host.clock.now(), deadline)
 
     async def payload_store(self, conn: Connection, request: p.PayloadStore) -> Reply:
         """The payload is for this node: out of its delay line into a memory slot now."""
@@ -336,8 +411,7 @@ class FlightLinkRuntime(LinkRuntime):
             plane.counts[f"{node}.late_decisions"] += 1
             return p.Error("late", f"payload {request.payload} left the delay line at "
                                    f"{late[1]:.6f} s, switch set at {now:.6f} s", id=request.id)
-        if payload is None or payload.at != node or not payload.in_spool \
-                or payload.switched_to is not None:
+        if payload is None or payload.at != node or not payload.in_spool:
             plane.counts[f"{node}.refused"] += 1
             return not_allowed(request, f"{node!r} holds no payload {request.payload} in its "
                                         f"delay line")
