@@ -2,8 +2,8 @@
 
 Header datagrams (magic ``b"QH"``) come from the node's ``NetService``; payload arrivals are
 the daemon's ``PayloadArrived`` pushes on each of the node's ``[links.flight]`` fibres. The
-shell performs the core's actions: switches (daemon ``PayloadSwitch``, one task each so a
-slow reply never holds the next header), header sends (``NetService.send_udp``), deliveries
+shell performs the core's actions: switches (daemon ``PayloadSwitch``; those decided
+together go in one write, in a task of their own so a slow reply never holds the next header), header sends (``NetService.send_udp``), deliveries
 to the local endpoint of the flow, discards. Header keys derive from each link's secret.
 """
 
@@ -22,7 +22,6 @@ from nodes.daemon_client import DaemonError
 from nodes.net.forwarding import Forwarder, HeaderForwarder
 from nodes.net.header import MAGIC, HeaderCodec, HybridHeader, PayloadDescriptor
 from nodes.net.hybrid import (
-    Arrival,
     Delivered,
     Discard,
     HybridCore,
@@ -107,30 +106,42 @@ class HybridPlane:
     async def _headers(self) -> None:
         async for data, link in self._headers_out:
             self.forwarder.routes = self.net.routes
-            await self._perform(self.core.header(data, link, self.node.clock.now()), None)
+            await self._perform(self.core.header(data, link, self.node.clock.now()))
 
     async def _arrivals(self, channel: trio.MemoryReceiveChannel) -> None:
+        """The pushed arrivals of one fibre; those queued together are decided together, and
+        the switches they yield go to the daemon in one write."""
         async for message in channel:
-            arrival = Arrival(message.link, message.payload, message.t, message.present,
-                              message.slot, message.deadline, message.reference)
-            if arrival.present and arrival.slot < 0:  # in our delay line: the budget runs
-                self._arrived_at[arrival.payload] = arrival.t
-            await self._perform(self.core.arrival(arrival, self.node.clock.now()), arrival)
+            batch = [message]
+            while True:
+                try:
+                    batch.append(channel.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            switches: list[Switch | Store] = []
+            for arrival in batch:
+                if arrival.present and arrival.slot < 0:  # in our delay line: the budget runs
+                    self._arrived_at[arrival.payload] = arrival.t
+                await self._perform(self.core.arrival(arrival, self.node.clock.now()),
+                                    switches)
+            self._start_switches(switches)
 
     async def _expire(self) -> None:
         clock = self.node.clock
         while True:
             await trio.sleep(clock.wall_duration(EXPIRE_EVERY_S))
             now = clock.now()
-            await self._perform(self.core.expire(now), None)
+            await self._perform(self.core.expire(now))
             for pid in [k for k, t in self._arrived_at.items() if now - t > EXPIRE_EVERY_S * 4]:
                 del self._arrived_at[pid]  # never switched: its header was dropped
 
-    async def _perform(self, actions: list, arrival: Arrival | None) -> None:
+    async def _perform(self, actions: list, switches: list | None = None) -> None:
+        """Carry out the core's actions; switches and stores are collected in ``switches``
+        when given (the caller starts them together), else started at once."""
+        own: list[Switch | Store] = [] if switches is None else switches
         for action in actions:
             if isinstance(action, Switch | Store):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._switch, action)
+                own.append(action)
             elif isinstance(action, SendHeader):
                 if not self.net.send_udp(action.neighbour, action.data):
                     self.core.counters["hybrid_header_send_failed"] += 1
@@ -142,29 +153,46 @@ class HybridPlane:
                     await self.node.daemon.request(p.QubitDiscard, qubits=[ref])
                 except DaemonError:
                     self.core.counters["hybrid_discard_failed"] += 1
+        if switches is None:
+            self._start_switches(own)
 
-    async def _switch(self, action: Switch | Store) -> None:
-        """Set the switch (or store the payload, at its destination) and go on with the
-        core's answer; the decision latency is measured from the payload's arrival."""
-        arrived = self._arrived_at.pop(action.payload, self.node.clock.now())
-        kwargs = {"rotation": action.rotation} if action.rotation is not None else {}
-        request = p.PayloadSwitch if isinstance(action, Switch) else p.PayloadStore
-        try:
-            reply = await self.node.daemon.request(request, link=action.link,
-                                                   payload=action.payload, **kwargs)
-            ok, t_set = True, reply.t
-        except DaemonError as exc:
-            if exc.code != "late":
-                log.warning("%s of payload %d refused: %s", request.__name__, action.payload,
-                            exc)
-            reply, ok, t_set = None, False, self.node.clock.now()
-        if len(self.decision_us) < MAX_LATENCY_SAMPLES:
-            self.decision_us.append(max(0.0, t_set - arrived) * 1e6)
-        if isinstance(action, Switch):
-            await self._perform(self.core.switched(action.payload, ok), None)
-        else:
-            slot = reply.slot if reply is not None else None
-            await self._perform(self.core.stored(action.payload, slot), None)
+    def _start_switches(self, actions: list[Switch | Store]) -> None:
+        """One task for these switches (one daemon write, one wait): a slow reply holds none
+        of the headers or arrivals that come meanwhile."""
+        if actions:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._switch, actions)
+
+    async def _switch(self, actions: list[Switch | Store]) -> None:
+        """Set the switches (or store the payloads, at their destination) and go on with the
+        core's answers. The decision latency is the interval the daemon judges the budget on:
+        the payload's arrival (``PayloadArrived.t``) to the switch set (``Switched.t``), or to
+        the daemon's refusal (``Error.t``) when it came late."""
+        requests = []
+        for action in actions:
+            fields: dict = {"link": action.link, "payload": action.payload}
+            if action.rotation is not None:
+                fields["rotation"] = action.rotation
+            requests.append((p.PayloadSwitch if isinstance(action, Switch) else p.PayloadStore,
+                             fields))
+        replies = await self.node.daemon.request_many(requests)
+        follow: list = []
+        for action, reply in zip(actions, replies):
+            arrived = self._arrived_at.pop(action.payload, None)
+            if isinstance(reply, p.Error):
+                if reply.code != "late":
+                    log.warning("%s of payload %d refused: %s", type(action).__name__,
+                                action.payload, reply.message)
+                ok, t_set = False, reply.t if reply.t is not None else self.node.clock.now()
+            else:
+                ok, t_set = True, reply.t
+            if arrived is not None and len(self.decision_us) < MAX_LATENCY_SAMPLES:
+                self.decision_us.append(max(0.0, t_set - arrived) * 1e6)
+            if isinstance(action, Switch):
+                follow += self.core.switched(action.payload, ok)
+            else:
+                follow += self.core.stored(action.payload, reply.slot if ok else None)
+        await self._perform(follow)
 
     def _deliver(self, delivered: Delivered) -> None:
         channel = self._flows.get(delivered.header.flow)
