@@ -270,3 +270,21 @@ def daemon_counts(sections: dict, daemon_report: Mapping | None) -> None:
         routers = {n for path in paths for n in (path or [])[1:-1]}
         entry["router_measurements"] = sum(int(measured.get(n, 0)) - own.get(n, 0)
                                            for n in routers)
+
+
+def note_unmodelled_faults(sections: dict, fault_log: Sequence[Mapping]) -> None:
+    """Name, in each ``hybrid`` entry's ``model_note``, the faults of the run that touched a
+    link or node of its paths and that its model leaves out: the model knows the scenario's
+    scheduled cuts and restores only (``cut_windows``), not ``qnet fault`` requests, degrades,
+    corruptions or crashes (``fault_log``: the run's, as for result.json ``faults``)."""
+    for entry in sections.get("hybrid", []):
+        paths = [path for _, path in entry.get("paths") or []]
+        links = {"-".join(hop) for path in paths for hop in zip(path, path[1:])}
+        links |= {"-".join(reversed(hop)) for path in paths for hop in zip(path, path[1:])}
+        nodes = {n for path in paths for n in path}
+        left_out = [f"{f['action']} {f['target']} at {f['at_s']:.3f} s ({f['source']})"
+                    for f in fault_log if f.get("target") in links | nodes
+                    and (f.get("source") != "scenario"
+                         or f.get("action") not in ("cut", "restore"))]
+        if left_out and entry.get("fidelity_model") is not None:
+            entry["model_note"] = "not in the model: " + "; ".join(left_out)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from emulator.coexistence import raman_section
 from emulator.collect import process_counters
 from emulator.faults import faults_section
-from emulator.hybrid_config import daemon_counts
+from emulator.hybrid_config import daemon_counts, note_unmodelled_faults
 from emulator.programs import programs_section
 from emulator.results import app_sections, check_expectations
 from emulator.routing_report import routing_section
@@ -75,6 +75,7 @@ def assemble(state: RunState, wall_s: float, emulated_s: float) -> dict:
     else:
         sections = app_sections(scenario, entries)
     daemon_counts(sections, state.daemon_reports.get("result"))  # hybrid router_measurements
+    note_unmodelled_faults(sections, state.fault_log)  # hybrid models: scheduled cuts only
     links = []
     for link in scenario.links:
         counters = state.relay_results.get(link.id, {})

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from emulator.hybrid_config import daemon_counts, flow_mixture
+from emulator.hybrid_config import daemon_counts, flow_mixture, note_unmodelled_faults
 from emulator.scenario import ScenarioError, parse_scenario
 from nodes.apps.hybrid import estimate, results
 
@@ -114,3 +114,18 @@ def test_router_measurements_leave_out_what_another_flow_s_end_measured() -> Non
     assert one["router_measurements"] == 0 and two["router_measurements"] == 0
     daemon_counts(sections, {"measurements": {"r31": 81, "r02": 25, "r22": 1}})
     assert one["router_measurements"] == 2 and two["router_measurements"] == 1
+
+
+def test_faults_the_model_leaves_out_are_named() -> None:
+    flow = {"paths": [[0, ["a", "p", "b"]], [9, ["a", "q", "b"]]], "fidelity_model": 0.9,
+            "model_note": None}
+    log = [{"action": "cut", "target": "a-p", "at_s": 3.0, "source": "scenario"},
+           {"action": "restore", "target": "a-p", "at_s": 5.0, "source": "scenario"},
+           {"action": "cut", "target": "x-y", "at_s": 1.0, "source": "qnet fault"},
+           {"action": "degrade", "target": "b-q", "at_s": 4.0, "source": "scenario"},
+           {"action": "crash", "target": "p", "at_s": 6.0, "source": "qnet fault"}]
+    note_unmodelled_faults({"hybrid": [flow]}, log[:3])
+    assert flow["model_note"] is None  # scheduled cuts are modelled; x-y is off its paths
+    note_unmodelled_faults({"hybrid": [flow]}, log)
+    assert flow["model_note"] == ("not in the model: degrade b-q at 4.000 s (scenario); "
+                                  "crash p at 6.000 s (qnet fault)")
