@@ -410,7 +410,8 @@ class FlightLinkRuntime(LinkRuntime):
         if payload is None and late is not None and late[0] == node:
             plane.counts[f"{node}.late_decisions"] += 1
             return p.Error("late", f"payload {request.payload} left the delay line at "
-                                   f"{late[1]:.6f} s, switch set at {now:.6f} s", id=request.id)
+                                   f"{late[1]:.6f} s, switch set at {now:.6f} s", id=request.id,
+                           t=now)
         if payload is None or payload.at != node or not payload.in_spool:
             plane.counts[f"{node}.refused"] += 1
             return not_allowed(request, f"{node!r} holds no payload {request.payload} in its "
@@ -419,7 +420,7 @@ class FlightLinkRuntime(LinkRuntime):
             plane.counts[f"{node}.late_decisions"] += 1
             return p.Error("late", f"payload {payload.id} left the delay line at "
                                    f"{payload.deadline:.6f} s, switch set at {now:.6f} s",
-                           id=request.id)
+                           id=request.id, t=now)
         if request.rotation is not None:
             r = np.asarray(request.rotation, dtype=np.float64)
             if not np.all(np.isfinite(r)):
