@@ -139,4 +139,5 @@ class HeaderForwarder:
         if out is None:
             return self.forwarder.drop("unknown_link"), header, None
         header = msgspec.structs.replace(header, ttl=decision.ttl)
-        return decision, header, out.encode(header)
+        data = out.retag(data, decision.ttl)  # the same bytes as encoding ``header``
+        return decision, header, data if data is not None else out.encode(header)

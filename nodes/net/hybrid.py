@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from emulator.daemon.protocol import PayloadArrived
 from nodes.net.forwarding import Deliver, Forward, HeaderForwarder
 from nodes.net.header import (
     FLAG_PAYLOAD_LATE,
@@ -28,17 +29,7 @@ from nodes.net.header import (
 STALE_S = 1.0  # emulated s a header or an arrival waits for its other half before dropped
 
 
-@dataclass(frozen=True)
-class Arrival:
-    """What the daemon pushed (``PayloadArrived``): the node's own knowledge of a payload."""
-
-    link: str
-    payload: int
-    t: float
-    present: bool
-    slot: int = -1
-    deadline: float = 0.0
-    reference: tuple[float, float, float] = (0.0, 0.0, 0.0)
+Arrival = PayloadArrived  # what the daemon pushed: the node's own knowledge of a payload
 
 
 @dataclass(frozen=True)
@@ -151,8 +142,9 @@ class HybridCore:
             self.counters["hybrid_late"] += 1
             return [Delivered(header, None, late=True)]
         self.counters["hybrid_delivered"] += 1
-        done = Arrival(arrival.link, arrival.payload, arrival.t, True, slot, arrival.deadline,
-                       (0.0, 0.0, 0.0) if self.compensate else arrival.reference)
+        done = msgspec.structs.replace(
+            arrival, present=True, slot=slot,
+            reference=(0.0, 0.0, 0.0) if self.compensate else arrival.reference)
         return [Delivered(header, done)]
 
     def switched(self, payload: int, ok: bool) -> list[Action]:

@@ -18,6 +18,7 @@ from nodes.net.header import (
     MalformedHeader,
     PayloadDescriptor,
     PolarisationReference,
+    _build,
     parse,
 )
 
@@ -140,13 +141,31 @@ headers = st.builds(
                              PolarisationReference(0.6, 0.0, 0.8), PolarisationReference(0, 0, 0)]))
 
 
+OTHER = HeaderCodec(b"another link's key, longer than a SHA-256 block: " * 2)
+
+
 @settings(max_examples=300, deadline=None)
-@given(headers)
-def test_any_valid_header_round_trips(h):
+@given(headers, st.integers(0, 255))
+def test_any_valid_header_round_trips(h, ttl):
     pol = h.pol_ref
     f32 = PolarisationReference(*struct.unpack(">fff", struct.pack(">fff", pol.s1, pol.s2,
                                                                     pol.s3)))
-    assert CODEC.decode(CODEC.encode(h)) == msgspec_replace(h, pol_ref=f32)
+    data = CODEC.encode(h)
+    assert CODEC.decode(data) == msgspec_replace(h, pol_ref=f32)
+    assert _build(parse(data)) == CODEC.decode(data)  # the generic walk agrees
+    # a router's re-MAC with a new TTL: the bytes of encoding the changed header
+    assert OTHER.retag(data, ttl) == OTHER.encode(msgspec_replace(h, ttl=ttl))
+
+
+def test_tags_are_hmac_sha256_for_any_key_length_and_extensions_are_not_retagged():
+    import hmac
+
+    for key in (KEY, b"k" * 64, b"k" * 65, b"k" * 200):
+        assert HeaderCodec(key)._tag(b"QH data") == \
+            hmac.new(key, b"QH data", "sha256").digest()[:MAC_LEN]
+    items = tlvs(CODEC.encode(H))
+    extended = _reframe(items[:3] + [(0x90, b"future")] + items[3:])
+    assert CODEC.retag(extended, 3) is None  # not encode's layout: the caller encodes
 
 
 def _typed(data: bytes) -> HybridHeader | None:
