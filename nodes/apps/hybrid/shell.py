@@ -2,9 +2,10 @@
 
 Every node runs the node's one hybrid plane (``nodes.net.hybrid_shell``). The sender makes
 each payload (a Bell pair, keeping one half and measuring it in a random basis, or one of
-six axis states), sends it into the fibre to the current next hop and its header on the
-link's classical channel right after; the destination corrects the last fibre's drift from
-its readout (if it compensates) and measures in a random basis. At the end the destination
+six axis states, prepared straight into the fibre: ``QubitPrepareSend``), sends it into the
+fibre to the current next hop and its header on the link's classical channel right after;
+the destination corrects the last fibre's drift from its readout (if it compensates) and
+measures in a random basis. At the end the destination
 opens a routed stream to the sender and both exchange their records (seq, basis, outcome)
 and estimate the fidelity (``estimate``). Routers report their decision latencies.
 """
@@ -75,11 +76,11 @@ async def _sender(node: NodeContext, app: HybridSendApp, plane: HybridPlane) -> 
         try:
             if app.payload == "pair":
                 keep, fly = await _prepare_pair(daemon)
-            else:
+                sent = await daemon.request(p.QubitSend, link=link, qubit=fly)
+            else:  # a known state: prepared straight into the fibre, one request
                 k = int(rng.integers(6))
                 (theta, phi), _, _ = estimate.STATES[k]
-                fly = (await daemon.request(p.QubitPrepare, theta=theta, phi=phi)).qubit
-            sent = await daemon.request(p.QubitSend, link=link, qubit=fly)
+                sent = await daemon.request(p.QubitPrepareSend, link=link, theta=theta, phi=phi)
         except DaemonError as exc:
             out["send_errors"] += 1
             log.warning("send %d: %s", seq, exc)
