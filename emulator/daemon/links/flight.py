@@ -378,33 +378,34 @@ class FlightLinkRuntime(LinkRuntime):
         return p.Sent(request.id, self.name, payload.id, now)
 
     async def payload_switch(self, conn: Connection, request: p.PayloadSwitch) -> Reply:
-        payload = self._held(conn, request)
+        now = self.plane.host.clock.now()  # the instant judged against the deadline
+        payload = self._held(conn, request, now)
         if not isinstance(payload, Payload):
             return payload
         plane, node, deadline = self.plane, conn.node, payload.deadline
         plane.counts[f"{node}.switches"] += 1
         plane.launch(payload, self, deadline)  # it leaves at its spool end
-        return p.Switched(request.id, payload.id, plane.host.clock.now(), deadline)
+        return p.Switched(request.id, payload.id, now, deadline)
 
     async def payload_store(self, conn: Connection, request: p.PayloadStore) -> Reply:
         """The payload is for this node: out of its delay line into a memory slot now."""
         held = self.plane.payloads.get(request.payload)
         if held is not None and held.at == conn.node and held.link != self.name:
             return not_allowed(request, f"payload {held.id} arrived on {held.link!r}")
-        payload = self._held(conn, request)
+        now = self.plane.host.clock.now()
+        payload = self._held(conn, request, now)
         if not isinstance(payload, Payload):
             return payload
-        now = self.plane.host.clock.now()
         slot = self.plane.store(payload, now)
         if slot is None:
             return p.Error("no_free_slot", f"{conn.node!r} has no free slot", id=request.id)
         return p.Stored(request.id, request.payload, slot, now)
 
-    def _held(self, conn: Connection, request) -> Payload | p.Error:
+    def _held(self, conn: Connection, request, now: float) -> Payload | p.Error:
         """The payload ``request`` names if it sits undecided in ``conn.node``'s delay line and
-        the budget still runs (the waveplate applied), else the refusal."""
+        the budget still runs at ``now`` (the waveplate applied), else the refusal."""
         node = conn.node
-        plane, now = self.plane, self.plane.host.clock.now()
+        plane = self.plane
         payload = plane.payloads.get(request.payload)
         late = plane.late.get(request.payload)
         if payload is None and late is not None and late[0] == node:
