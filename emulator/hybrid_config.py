@@ -181,7 +181,8 @@ def flow_mixture(scenario, segments: Sequence[tuple[int, Sequence[str]]],
     flow's first packet on that path (the daemon calibrates a fibre, U = I, as the first
     payload crosses it: exact per fibre when the path's far ends compensate, which makes λ
     time-independent), with each router's late share from its measured decision latencies
-    (``late_fraction``; none measured, none late). ``NoFlightFibre`` as ``path_hops``."""
+    of this flow (``decision_us``: node -> samples; ``late_fraction``; none measured, none
+    late). ``NoFlightFibre`` as ``path_hops``."""
     fibres = {frozenset((x.a, x.b)): FlightFibre(x.id, x.a, x.b, x.length_km, x.flight)
               for x in scenario.links if x.flight is not None}
     nodes = {n.name: n.hybrid for n in scenario.nodes if n.hybrid is not None}

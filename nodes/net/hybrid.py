@@ -34,21 +34,24 @@ Arrival = PayloadArrived  # what the daemon pushed: the node's own knowledge of 
 
 @dataclass(frozen=True)
 class Switch:
-    """Ask the daemon to switch ``payload`` onto ``link``, through ``rotation`` if any."""
+    """Ask the daemon to switch ``payload`` onto ``link``, through ``rotation`` if any
+    (``flow``: its header's, for the shell's latency samples per flow)."""
 
     payload: int
     link: str
     rotation: tuple[float, float, float] | None
+    flow: int
 
 
 @dataclass(frozen=True)
 class Store:
     """Ask the daemon to store ``payload`` (in this destination's delay line, arrived on
-    ``link``) in a memory slot, through ``rotation`` if any."""
+    ``link``) in a memory slot, through ``rotation`` if any (``flow``: its header's)."""
 
     payload: int
     link: str
     rotation: tuple[float, float, float] | None
+    flow: int
 
 
 @dataclass(frozen=True)
@@ -125,14 +128,14 @@ class HybridCore:
         if forward is None:
             if arrival.present and arrival.slot < 0:  # in our delay line: store it first
                 self._storing[arrival.payload] = (header, arrival)
-                return [Store(arrival.payload, arrival.link, rotation)]  # type: ignore[arg-type]
+                return [Store(arrival.payload, arrival.link, rotation, header.flow)]  # type: ignore[arg-type]
             self.counters["hybrid_delivered" if arrival.present else "hybrid_lost"] += 1
             return [Delivered(header, arrival if arrival.present else None)]
         if not arrival.present:
             self.counters["hybrid_lost"] += 1
             return [self._send(header, forward, FLAG_PAYLOAD_LOST)]
         self._switching[arrival.payload] = (header, forward, out)
-        return [Switch(arrival.payload, forward.link, rotation)]  # type: ignore[arg-type]
+        return [Switch(arrival.payload, forward.link, rotation, header.flow)]  # type: ignore[arg-type]
 
     def stored(self, payload: int, slot: int | None) -> list[Action]:
         """The daemon stored ``payload`` in ``slot`` (the waveplate applied: the delivered

@@ -65,6 +65,7 @@ class HybridPlane:
         self._headers_in, self._headers_out = trio.open_memory_channel[tuple[bytes, str]](
             HEADER_QUEUE)
         self.decision_us: list[float] = []  # payload arrival -> switch set (emulated us)
+        self.decision_us_by_flow: dict[int, list[float]] = {}  # the same, by the header's flow
         self._arrived_at: dict[int, float] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -188,6 +189,7 @@ class HybridPlane:
                 ok, t_set = True, reply.t
             if arrived is not None and len(self.decision_us) < MAX_LATENCY_SAMPLES:
                 self.decision_us.append(max(0.0, t_set - arrived) * 1e6)
+                self.decision_us_by_flow.setdefault(action.flow, []).append(self.decision_us[-1])
             if isinstance(action, Switch):
                 follow += self.core.switched(action.payload, ok)
             else:

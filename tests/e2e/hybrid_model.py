@@ -7,17 +7,20 @@ import math
 
 
 def check_flow(flow: dict, min_sent: int = 60) -> None:
-    """The counts add up and no router measured; delivered, lost in fibre and late each within
-    4 binomial SE of the model (the SE of a mixture of segments, sqrt(sum_i n_i p_i (1 -
-    p_i))/n, from the model) plus its ``ambiguous`` packets (sent near a cut's edge or a
-    reroute: either fate is possible), late + 1 (its share comes from the routers' own
-    latency samples); what the destination never heard of (``unseen``) is the model's
-    lost-on-cut count within the ambiguous packets and the headers the nodes on the paths
-    counted as dropped; the fidelity within 4 SE of the mixture's (pairs matched in every
-    basis: ``unestimated``)."""
+    """The counts add up, no router measured, and no router's latency sample above its
+    budget was a switch set in time (the model's late share counts those samples); delivered,
+    lost in fibre and late each within 4 binomial SE of the model (the SE of a mixture of
+    segments, sqrt(sum_i n_i p_i (1 - p_i))/n, from the model) plus its ``ambiguous``
+    packets (sent near a cut's edge or a reroute: either fate is possible), late + 1 (its
+    share comes from the routers' own latency samples); what the destination never heard of
+    (``unseen``) is the model's lost-on-cut count within the ambiguous packets and the
+    headers the nodes on the paths counted as dropped; the fidelity within 4 SE of the
+    mixture's (pairs matched in every basis: ``unestimated``)."""
     sent, model = flow["sent"], flow["model"]
     assert sent >= min_sent, flow
     assert flow["router_measurements"] == 0, flow
+    for router in flow["routers"]:  # a sample above the budget is a switch the daemon refused
+        assert router["over_budget"] <= router["late"], router
     assert flow["delivered"] + flow["lost_in_fibre"] + flow["late"] + flow["unseen"] == sent
     ambiguous = model["ambiguous"]
     for key, slack in (("delivered", 0), ("lost_in_fibre", 0), ("late", 1)):

@@ -82,6 +82,7 @@ def test_merge_models_the_path_and_counts() -> None:
          "fidelity_stderr": 0.02, "matched_per_basis": [5, 5, 5],
          "counters": {"dropped_bad_mac": 1}},
         {"section": "router", "node": "r", "decision_us": [500.0] * 9 + [2000.0],
+         "decision_us_by_flow": {str(app.flow): [500.0] * 9 + [2000.0]},
          "counters": {"hybrid_switched": 45, "hybrid_late": 1, "dropped_no_route": 1}}]
     (out,) = results.merge(sc, app, entries)
     # the ends' remainder, and the drops the nodes on the path counted
@@ -92,7 +93,7 @@ def test_merge_models_the_path_and_counts() -> None:
     assert out["fidelity_model"] == pytest.approx(model.pair_fidelity)
     assert out["model"]["lost_on_cut"] == 0 and out["model"]["ambiguous"] == 0
     assert out["model"]["late"] == pytest.approx(0.1 * 10 ** (-0.2 / 10), rel=1e-9)
-    assert out["routers"] == [{"node": "r", "switches": 45, "late": 1,
+    assert out["routers"] == [{"node": "r", "switches": 45, "late": 1, "over_budget": 1,
                                "decision_us_median": 500.0}]
     sections = {"hybrid": [out]}
     daemon_counts(sections, {"measurements": {"alice": 50, "bob": 40}})

@@ -55,7 +55,7 @@ def test_router_switches_once_both_halves_are_in(header_first: bool) -> None:
     else:
         assert core.arrival(ARRIVED, 1.0) == []
         actions = core.header(wire(header()), "a-r1", 1.0)
-    assert actions == [Switch(7, "r1-b", (-0.1, 0.2, -0.3))]
+    assert actions == [Switch(7, "r1-b", (-0.1, 0.2, -0.3), 1)]
     (sent,) = core.switched(7, True)
     assert isinstance(sent, SendHeader) and sent.neighbour == "bob"
     out = HeaderCodec(KEY_OUT).decode(sent.data)  # re-MACed for the next link, TTL - 1
@@ -66,7 +66,7 @@ def test_router_switches_once_both_halves_are_in(header_first: bool) -> None:
 def test_without_compensation_no_waveplate() -> None:
     core = router(compensate=False)
     core.header(wire(header()), "a-r1", 1.0)
-    assert core.arrival(ARRIVED, 1.0) == [Switch(7, "r1-b", None)]
+    assert core.arrival(ARRIVED, 1.0) == [Switch(7, "r1-b", None, 1)]
 
 
 def test_late_and_lost_payloads_flag_the_header() -> None:
@@ -120,7 +120,7 @@ def test_destination_with_a_delay_line_stores_from_it() -> None:
     h = header()
     core.header(wire(h, KEY_OUT), "r1-b", 1.0)
     spooled = Arrival("r1-b", 7, 1.0, True, -1, 1.02, (0.0, 0.2, 0.0))
-    assert core.arrival(spooled, 1.0) == [Store(7, "r1-b", (-0.0, -0.2, -0.0))]
+    assert core.arrival(spooled, 1.0) == [Store(7, "r1-b", (-0.0, -0.2, -0.0), 1)]
     (got,) = core.stored(7, 5)
     assert got.arrival.slot == 5 and got.arrival.reference == (0.0, 0.0, 0.0)  # corrected
     core.header(wire(header(8), KEY_OUT), "r1-b", 1.0)

@@ -201,3 +201,29 @@ def test_cut_ends_at_a_restore_or_the_run() -> None:
     sc.faults.append(msgspec.convert({"at_s": 1.5, "action": "restore", "link": "alice-r"},
                                      Fault))
     assert [(c.start, c.end) for c in results.cut_windows(sc, 0.0)] == [(1.0, 1.5)]
+
+
+def test_merge_takes_each_flows_own_latencies_at_a_router() -> None:
+    """A router's decision latency depends on the flow (its first router hears the header
+    after the payload, a later one ahead of it): the model of a flow takes the router's
+    samples of that flow, not the node's. r (1 ms budget) decided flow 1 in 0.5 ms 9 times
+    and late once, another flow late 3 times in 4; flow 1's late share at r is 0.1 of the
+    payloads that reach it (10^-0.2 of those sent: 1 km and no delay line at alice's end),
+    whatever the other flow did there."""
+    links = [("alice", "r", True), ("r", "bob", True)]
+    sc = parse_scenario(scenario(links))
+    app = sc.apps[0]
+    times = [10.0 + 0.01 * i for i in range(20)]
+    src = {"role": "src", "sent": 20, "send_times": times, "path": ["alice", "r", "bob"],
+           "paths": [[0, ["alice", "r", "bob"]]], "t_start": 10.0}
+    dst = {"role": "dst", "delivered": 15, "lost_in_fibre": 3, "late": 2, "counters": {}}
+    mine, theirs = [500.0] * 9 + [2000.0], [3000.0] * 3 + [500.0]
+    router = {"section": "router", "node": "r", "decision_us": mine + theirs,
+              "decision_us_by_flow": {str(app.flow): mine, str(app.flow + 1): theirs},
+              "counters": {}}
+    (out,) = results.merge(sc, app, [src, dst, router])
+    assert out["model"]["late"] == pytest.approx(0.1 * 10 ** (-0.2 / 10), rel=1e-9)
+    node_wide = flow_mixture(sc, src["paths"], times, {"r": mine + theirs})
+    assert node_wide.late == pytest.approx(4 / 14 * 10 ** (-0.2 / 10), rel=1e-9)
+    (none,) = results.merge(sc, app, [src, dst, {**router, "decision_us_by_flow": {}}])
+    assert none["model"]["late"] == 0  # no decision of this flow at r: none late

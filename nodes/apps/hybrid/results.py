@@ -54,7 +54,10 @@ def merge(scenario: Any, app: HybridSendApp, entries: list[dict]) -> list[dict]:
     elif not src.get("send_times"):
         out["model_note"] = "nothing was sent"
     else:
-        latencies = {node: e.get("decision_us", []) for node, e in routers.items()}
+        # a router's latency depends on the flow: its first router gets the header after the
+        # payload, a later one ahead of it (docs/scenarios.md, mesh-16)
+        latencies = {node: e.get("decision_us_by_flow", {}).get(str(app.flow), [])
+                     for node, e in routers.items()}
         latencies[app.dst] = dst.get("decision_us", [])  # its own delay line's stores
         cuts = cut_windows(scenario, src.get("t_start", 0.0))
         try:
@@ -68,8 +71,13 @@ def merge(scenario: Any, app: HybridSendApp, entries: list[dict]) -> list[dict]:
                                             else model.fidelity_spread)
             out["model"] = {k: getattr(model, k) for k in MODEL_FIELDS}
             out["model"]["segments"] = [msgspec.to_builtins(s) for s in model.segments]
+    # over_budget: the router's latency samples above its budget; each was refused late by
+    # the daemon, which judges the same interval, so never more than ``late``
+    budgets = {n.name: n.hybrid.switch_budget_us for n in scenario.nodes if n.hybrid is not None}
     out["routers"] = [{"node": node, "switches": e.get("counters", {}).get("hybrid_switched", 0),
                        "late": e.get("counters", {}).get("hybrid_late", 0),
+                       "over_budget": sum(x > budgets.get(node, 0.0)
+                                          for x in e.get("decision_us", [])),
                        "decision_us_median": _median(e.get("decision_us", []))}
                       for node, e in sorted(routers.items())]
     return [out]

@@ -7,7 +7,8 @@ fibre to the current next hop and its header on the link's classical channel rig
 the destination corrects the last fibre's drift from its readout (if it compensates) and
 measures in a random basis. At the end the destination
 opens a routed stream to the sender and both exchange their records (seq, basis, outcome)
-and estimate the fidelity (``estimate``). Routers report their decision latencies.
+and estimate the fidelity (``estimate``). Routers report their decision latencies, also per flow
+(a router's latency depends on its place on the flow's path).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ async def run(node: NodeContext, app: HybridSendApp) -> list[dict]:
         return [await _destination(node, app, plane)]
     await node.clock.sleep_until(node.t_end)
     return [{"section": "router", "node": node.name, "decision_us": list(plane.decision_us),
+             "decision_us_by_flow": {str(flow): list(samples)
+                                     for flow, samples in plane.decision_us_by_flow.items()},
              "counters": {k: int(v) for k, v in plane.counters.items()}}]
 
 
@@ -170,7 +173,7 @@ async def _destination(node: NodeContext, app: HybridSendApp, plane: HybridPlane
             records.append((got.header.seq, basis, m.outcomes[0]))
     theirs = await _exchange(node, app, records, opener=True)
     out.update(_estimate(app, theirs, records))
-    out["decision_us"] = list(plane.decision_us)  # stores from its own delay line, if any
+    out["decision_us"] = list(plane.decision_us_by_flow.get(app.flow, []))  # its stores
     out["counters"] = {k: int(v) for k, v in plane.counters.items() if k.startswith("dropped_")}
     return out
 
