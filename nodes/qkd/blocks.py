@@ -20,7 +20,6 @@ from nodes.qkd.sifting import SIGNAL, BatchRecord
 from nodes.qkd.toeplitz import ToeplitzHasher
 from nodes.qkd.verification import BlockVerifier
 
-MESSAGES_PER_BATCH = 3  # sift request, sift reply, sample result
 MESSAGES_PER_BLOCK = 5  # block start, cascade done, verify tag, verify result, PA seed
 
 
@@ -36,6 +35,9 @@ class PostprocessingConfig:
     verification_tag_bits: int = 122
     finite_key: bool = False  # Lim et al. 2014 bounds; needs the "z_basis" key rule
     entangled: bool = False  # entanglement-based (BBM92): no multi-photon term
+    # authenticated messages per sifting batch, charged to the block: BB84 sift request, sift
+    # reply, sample result; BBM92 announce, answer
+    sift_messages: int = 3
     eps_sec: float = 1e-10
     eps_cor: float = 1e-15
     # the sender's characterisation of its source, P(n) per intensity: LP decoy bounds
@@ -180,16 +182,16 @@ def output_length(block: Block, config: PostprocessingConfig) -> int:
                                    eps_pa=config.eps_pa)
 
 
-def auth_cost_bits(block: Block) -> int:
+def auth_cost_bits(block: Block, config: PostprocessingConfig) -> int:
     """Key bits of the one-time MACs this block's messages used (both directions)."""
-    messages = (MESSAGES_PER_BATCH * len(block.records) + 2 * block.cascade_rounds
+    messages = (config.sift_messages * len(block.records) + 2 * block.cascade_rounds
                 + MESSAGES_PER_BLOCK)
     return KEY_BITS_PER_MESSAGE * messages
 
 
-def finish_block(block: Block, amplified: np.ndarray) -> None:
+def finish_block(block: Block, amplified: np.ndarray, config: PostprocessingConfig) -> None:
     """Split the privacy-amplified key: first the auth refill, then the delivered key."""
-    block.auth_bits = min(len(amplified), auth_cost_bits(block))
+    block.auth_bits = min(len(amplified), auth_cost_bits(block, config))
     block.auth_material = np.packbits(amplified[: block.auth_bits]).tobytes()
     block.final_key = amplified[block.auth_bits:]
     block.status = "ok"

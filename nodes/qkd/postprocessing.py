@@ -203,7 +203,7 @@ class ReceiverPostprocessing(_Common):
                                        f"{len(message.seed)} bytes")
             seed = np.unpackbits(np.frombuffer(message.seed, np.uint8),
                                  count=seed_length(block.n, block.out_len))
-            finish_block(block, hash_block(block, seed))
+            finish_block(block, hash_block(block, seed), self.config)
             self._end(block, "ok")
             return self._maybe_start()
         raise UnexpectedMessage(f"{type(message).__name__} at the receiver's post-processing")
@@ -283,7 +283,7 @@ class SenderPostprocessing(_Common):
                 return []
             block.out_len = output_length(block, self.config)
             seed = self.rng.integers(0, 2, seed_length(block.n, block.out_len), dtype=np.uint8)
-            finish_block(block, hash_block(block, seed))
+            finish_block(block, hash_block(block, seed), self.config)
             self._end(block, "ok")
             return [m.PrivacyAmplification(block.block, block.out_len,
                                            np.packbits(seed).tobytes())]

@@ -12,9 +12,11 @@ import pytest
 
 from nodes.errors import MalformedMessage, UnexpectedMessage
 from nodes.qkd import messages as m
+from nodes.qkd.auth import KEY_BITS_PER_MESSAGE
 from nodes.qkd.bbm92 import sifting as bbm92
+from nodes.qkd.bbm92.shell import _config
+from nodes.qkd.bbm92.spec import BBM92App
 from nodes.qkd.postprocessing import (
-    PostprocessingConfig,
     ReceiverPostprocessing,
     SenderPostprocessing,
 )
@@ -77,12 +79,13 @@ def test_both_ends_build_identical_records_except_the_key() -> None:
 
 
 def test_records_feed_the_cores_to_identical_keys() -> None:
+    """... and each block's auth refill is exactly the one-time keys of the messages it took:
+    two per sifting batch (Announce, Answer), every post-processing message counted here."""
     rng = np.random.default_rng(5)
-    config = PostprocessingConfig((1.0,), (1.0,), block_bits=30_000, min_block_bits=10_000,
-                                  entangled=True)
+    config = _config(BBM92App("a", "b", block_bits=30_000, min_block_bits=10_000))
     tx = SenderPostprocessing(config, np.random.default_rng(1))
     rx = ReceiverPostprocessing(config, np.random.default_rng(2))
-    out, before = [], 0
+    out, before, messages = [], 0, 0
     for batch in range(4):
         rec_a, rec_b = _exchange(batch, before, *_batch(rng, 40_000, 0.02, 0.1, 0.1))
         before = rec_a.slot_end
@@ -95,14 +98,17 @@ def test_records_feed_the_cores_to_identical_keys() -> None:
                 break
             replies = [r for msg in out for r in tx.on_message(
                 bbm92.decoder.decode(m.encoder.encode(msg)))]
+            messages += len(out) + len(replies)
             out = [r for msg in replies for r in rx.on_message(
                 bbm92.decoder.decode(m.encoder.encode(msg)))]
     assert rx.idle
     ok_a = [b for b in tx.blocks if b.status == "ok"]
     ok_b = [b for b in rx.blocks if b.status == "ok"]
-    assert len(ok_b) == len(ok_a) >= 2
+    assert len(ok_b) == len(ok_a) == len(rx.blocks) >= 2
     for ba, bb in zip(ok_a, ok_b, strict=True):
         assert np.array_equal(ba.final_key, bb.final_key) and ba.out_len == bb.out_len > 0
+    batches = sum(len(b.records) for b in ok_b)
+    assert sum(b.auth_bits for b in ok_b) == KEY_BITS_PER_MESSAGE * (2 * batches + messages)
 
 
 def test_message_tags_do_not_clash_with_the_qkd_messages() -> None:

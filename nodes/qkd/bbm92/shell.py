@@ -66,7 +66,7 @@ def _config(app: BBM92App) -> PostprocessingConfig:
     return PostprocessingConfig(
         intensities=(1.0,), probabilities=(1.0,), block_bits=app.block_bits,
         min_block_bits=app.min_block_bits, schedule=app.cascade, qber_abort=app.qber_abort,
-        eps_pa=app.eps_pa, entangled=True)
+        eps_pa=app.eps_pa, entangled=True, sift_messages=2)  # Announce, Answer
 
 
 @dataclass
@@ -147,6 +147,7 @@ async def run_a(node: NodeContext, app: BBM92App) -> dict:
         return {"section": "entanglement", "role": "a_end", "name": report_name(app),
                 "announced_a": answerer.answered, "key_sha256_a": store.digest(),
                 "secret_bits_a": store.total_bits, "auth_rejected_a": secure.link.rejected,
+                "auth_key_bits_used_a": secure.link.auth.key_bits_used,
                 "blocks_rejected_a": len(rejected)}
 
     async def follow() -> None:
@@ -221,7 +222,8 @@ async def run_b(node: NodeContext, app: BBM92App) -> dict:
         emulated = max(1e-9, node.clock.now() - max(t_begin, node.t_start))
         result = report(app, tally, emulated)
         result.update(postprocessing_entry(post, store))
-        result.update(auth_rejected_b=secure.link.rejected, blocks_rejected=len(rejected))
+        result.update(auth_rejected_b=secure.link.rejected, blocks_rejected=len(rejected),
+                      auth_key_bits_used_b=secure.link.auth.key_bits_used)
         return result
 
     async def announce_batches() -> None:
@@ -325,6 +327,9 @@ def postprocessing_entry(post: ReceiverPostprocessing, store: KeyStore) -> dict:
         "blocks_failed": sum(b.status == "failed_verification" for b in post.blocks),
         "blocks_aborted": sum(b.status == "aborted" for b in post.blocks),
         "block_qber": [b.estimate.e_mu for b in post.blocks],
+        # what each block's auth refill pays for: 2 messages per batch, 2 per Cascade round
+        "block_batches": [len(b.records) for b in post.blocks],
+        "block_cascade_rounds": [b.cascade_rounds for b in post.blocks],
         "cascade": post.config.schedule,
         "key_length_model": "entanglement-based: n [1 - h(e)] - leak - verification "
                             "- 2 log2(1/eps_pa)",
