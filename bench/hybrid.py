@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import trio
 
+from emulator.batches import batches
 from emulator.child_config import DaemonConfig, write_config
 from emulator.daemon import protocol as p
 from emulator.hybrid_config import FlightFibre, LinkFlight, NodeHybrid
@@ -154,13 +155,7 @@ async def run_chain(port: int, window_size: int, packets: int) -> dict:
         async def arrivals(name: str, link: str) -> None:
             channel = clients[name].payloads(link)
             await clients[name].request(p.FlightOpen, link=link)
-            async for m in channel:
-                batch = [m]
-                while True:
-                    try:
-                        batch.append(channel.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+            async for batch in batches(channel):
                 switches: dict = {}
                 discards: list = []
                 for m in batch:

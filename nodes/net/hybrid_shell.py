@@ -17,6 +17,7 @@ import math
 import numpy as np
 import trio
 
+from emulator.batches import batches
 from emulator.daemon import protocol as p
 from nodes.daemon_client import DaemonError
 from nodes.net.forwarding import Forwarder, HeaderForwarder
@@ -112,13 +113,7 @@ class HybridPlane:
     async def _arrivals(self, channel: trio.MemoryReceiveChannel) -> None:
         """The pushed arrivals of one fibre; those queued together are decided together, and
         the switches they yield go to the daemon in one write."""
-        async for message in channel:
-            batch = [message]
-            while True:
-                try:
-                    batch.append(channel.receive_nowait())
-                except trio.WouldBlock:
-                    break
+        async for batch in batches(channel):
             switches: list[Switch | Store] = []
             for arrival in batch:
                 if arrival.present and arrival.slot < 0:  # in our delay line: the budget runs

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
+from emulator.batches import batches
 from emulator.daemon import memories as mem
 from emulator.daemon import ops
 from emulator.daemon import protocol as p
@@ -329,14 +330,8 @@ class FlightLinkRuntime(LinkRuntime):
     async def _pump(conn: Connection, receive: trio.MemoryReceiveChannel) -> None:
         """Send the link's pushes to ``conn``: those queued meanwhile in one frame."""
         async with receive:
-            async for message in receive:
-                batch = [message]
-                while len(batch) < PUSH_BATCH:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                out = message if len(batch) == 1 else p.PayloadsArrived(message.link, batch)
+            async for batch in batches(receive, PUSH_BATCH):
+                out = batch[0] if len(batch) == 1 else p.PayloadsArrived(batch[0].link, batch)
                 if not await conn.send(out):
                     return
 

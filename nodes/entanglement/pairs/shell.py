@@ -18,6 +18,7 @@ import math
 
 import trio
 
+from emulator.batches import batches
 from nodes import remote_errors
 from nodes.daemon_client import DaemonError
 from nodes.entanglement import estimate
@@ -27,7 +28,6 @@ from nodes.entanglement.purification import PurifyParity
 from nodes.entanglement.purify_ends import PurifierA, PurifierB
 from nodes.entanglement.qubits import QuantumOps
 from nodes.entanglement.swapping import (
-    EndToEnd,
     EndTracker,
     Finished,
     FinishedAck,
@@ -199,13 +199,7 @@ def node_log(node: NodeContext, text: str) -> None:
 
 async def _measure_loop(ops: QuantumOps, name: str, side: str, receive, on_measured) -> None:
     """Measure end-to-end pairs in their bases in batches; ``on_measured(batch, bits, t)``."""
-    async for first in receive:
-        batch: list[EndToEnd] = [first]
-        while len(batch) < MEASURE_BATCH:
-            try:
-                batch.append(receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+    async for batch in batches(receive, MEASURE_BATCH):
         bases = [basis_for(name, *((e.mine.pair, e.far_pair) if side == "a"
                                    else (e.far_pair, e.mine.pair))) for e in batch]
         bits, t = await ops.measure_array([ops.ref(e.mine.slot) for e in batch], bases)
