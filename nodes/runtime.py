@@ -32,7 +32,6 @@ from nodes.net.hybrid_shell import plane_for
 from nodes.net.kernel_routes import follow_routes
 from nodes.net.service import NetService
 from nodes.sdk import NodeContext, current_app
-from nodes.services.kme.node import KeyService
 from nodes.services.tunnel.service import TunnelService
 from nodes.transport import Transport
 
@@ -74,6 +73,8 @@ async def serve(config: NodeConfig, ready_file) -> None:
         endpoint["tunnel"] = await tunnel.bind(ports.tunnel if ports is not None else None)
     keys = None
     if config.kms is not None:  # key manager + ETSI 014 KME (nodes/services, docs/kms.md)
+        from nodes.services.kme.node import KeyService  # HTTP stack: only where a KME runs
+
         keys = KeyService(config.name, config.kms, config.view, transport, config.link_keys,
                           config.host, config.time_scale)
     async with (
