@@ -21,7 +21,7 @@ LOAD = Path(__file__).resolve().parent / "raman_load.py"
 SCENARIO = """
 [scenario]
 name = "raman-{name}"
-duration_s = 3
+duration_s = 6   # the applied noise lags the bytes by a window and MQTT: a share of 1/duration
 seed = 3
 
 [[nodes]]
@@ -89,7 +89,8 @@ def test_qber_rises_with_classical_load_as_the_raman_model_predicts(tmp_path: Pa
         sigma = math.sqrt(model * (1 - model) / n)
         assert abs(qber - model) <= 4 * sigma, (name, qber, model, sigma, link["raman"])
         # the noise the daemon applied follows the relay's measured bytes (it lags them by
-        # one 0.25 s window and misses the traffic after the end: within 25 %)
+        # one 0.25 s window plus the report's way through MQTT, and misses the traffic after
+        # the end: within 25 %; 11-14 % short in 3 s runs at load 8, so the run is 6 s)
         raman = link["raman"]
         assert raman["noise_photons_applied"] == pytest.approx(
             raman["noise_photons_measured"], rel=0.25)
