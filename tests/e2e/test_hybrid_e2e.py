@@ -2,8 +2,8 @@
 without drift compensation — delivered fraction and fidelity within 4 standard errors of the
 orchestrator's model (binomial over the counts, plus the model's run-to-run spread), the
 routers never measured, F >= 0.97 with compensation — and a 2 ms switch budget, within the
-routers' decision latency, which loses packets as late at time_scale 1 and none at 0.02 (100
-ms of wall time); and quanet-failover, whose flow moves to the backup path and back, within
+routers' decision latency, which loses packets as late at time_scale 1 and none at 0.05 (40
+ms of wall time, the issue's setting); and quanet-failover, whose flow moves to the backup path and back, within
 the mixture of its paths' models. The sender and the routers are CPU-bound: the campus and
 failover runs are at time_scale 0.5 (the same emulated physics in twice the wall time)."""
 
@@ -77,10 +77,11 @@ def test_budget_below_decision_latency_loses_late(tmp_path: Path) -> None:
     # the refusal's Error.t when late)
     q, n = fast["model"]["late"], fast["sent"]
     assert abs(fast["late"] - q * n) <= 4 * math.sqrt(q * (1 - q) * n) + 1, fast
-    # 50x the wall time per emulated us: the same routers decide within the budget (at 20x,
-    # 40 ms, a run at load 9 had 24 of 239 late: preempted routers, median 0.55 ms emulated)
-    slow = run(tmp_path / "slow", *budget, "scenario.time_scale=0.02",
-               "scenario.duration_s=1.0", "routing.hello_interval_s=0.01",
+    # 20x the wall time per emulated us (40 ms): the same routers decide within the budget.
+    # (Beside a load of 9 on 2 cores, preempted routers had 24 of 239 late; 0.02 gave 0 of
+    # 161. The issue asks for 0.05, and at CI's load it has always held.)
+    slow = run(tmp_path / "slow", *budget, "scenario.time_scale=0.05",
+               "scenario.duration_s=1.2", "routing.hello_interval_s=0.01",
                "routing.dead_interval_s=0.04", "apps.0.start_s=0.2",
                "apps.0.stop_before_end_s=0.4", "apps.0.rate_hz=400")
     assert slow["sent"] > 50 and slow["late"] == 0, slow
