@@ -1,7 +1,6 @@
-"""End to end: bob, the KME's node, SIGKILLed mid-run (a run-time fault, as by ``qnet fault
-crash``, once the keys the test takes before the crash are out) and restarted by the supervisor
-inside ``qnet run``: on its old ports, its key database reopened, the KME peer link back; no
-stored key lost, none served twice; the run exits 0 and leaves nothing behind."""
+"""End to end: bob, the KME's node, SIGKILLed mid-run (``action = "crash"``) and restarted by
+the supervisor inside ``qnet run``: on its old ports, its key database reopened, the KME peer
+link back; no stored key lost, none served twice; the run exits 0 and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -13,15 +12,10 @@ from pathlib import Path
 import pytest
 from qnet_process import ROOT, descendants, running_qnet, wait_gone
 
-from emulator.fault_cli import send_fault
 from nodes.services.kme.client import KmeClient, KmeHttpError, client_context
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
-# The crash comes at run time, once the keys the test takes before it are out: scheduled at
-# 20 s, it left a loaded machine 5 s from bob's restart (2.9 s to be ready) to the run's end,
-# and that machine's first key came at 8.6 s. It is sent in-process: `qnet fault` took 8 s
-# to start on a loaded machine.
-RESTART_AFTER_S, DURATION_S = 2, 30
+CRASH_AT_S, RESTART_AFTER_S, DURATION_S = 20, 2, 30  # keys before the crash, under load
 
 
 def rows(database: Path) -> dict[str, tuple[str, bytes | None]]:
@@ -43,7 +37,14 @@ def test_a_crashed_and_restarted_kme_node_keeps_every_key(tmp_path) -> None:
     base = (ROOT / "scenarios/kms-etsi014.toml").read_text()
     both_ends = '[[expect]]\nmetric = "qkd.alice-bob.secret_bits"\n'
     assert both_ends in base  # bob's app entries die with bob: expect alice's half only
-    scenario.write_text(base.replace(both_ends, both_ends.replace("secret_bits", "secret_bits_a")))
+    scenario.write_text(base.replace(both_ends, both_ends.replace("secret_bits", "secret_bits_a"))
+                        + f"""
+[[faults]]
+at_s = {CRASH_AT_S}
+action = "crash"
+node = "bob"
+restart_after_s = {RESTART_AFTER_S}
+""")
     run_dir, kms = tmp_path / "run", tmp_path / "run" / "kms"
     with running_qnet("run", str(scenario), "--duration", str(DURATION_S), "--run-dir",
                       str(run_dir), "--json", str(tmp_path / "r.json")) as qnet:
@@ -79,10 +80,9 @@ def test_a_crashed_and_restarted_kme_node_keeps_every_key(tmp_path) -> None:
         delivered, reserved = sent[:6], sent[6:]
         assert b.dec_keys("sae-alice", [k for k, _ in delivered]) == delivered
         mine = b.enc_keys("sae-alice", number=4)  # bob's SAE is master: alice reserves them
-        before = rows(Path(config["bob"]["database"]))  # bob's store, just before the crash
+        before = rows(Path(config["bob"]["database"]))  # bob's store, some time before the crash
         assert all(before[k][0] == "reserved" for k, _ in reserved)
         b.close()
-        send_fault(run_dir, "crash", "bob", restart_after_s=RESTART_AFTER_S)  # as `qnet fault`
 
         until("bob's restart", lambda: ready_pid(run_dir, "bob") not in (None, first_pid))
         b = client("sae-bob", "bob")
