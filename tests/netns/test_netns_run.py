@@ -162,8 +162,8 @@ def rtts(path: Path) -> tuple[list[float], set[int]]:
 def test_ping_over_wires_and_a_routed_hop_then_nothing_left(tmp_path):
     """alice-bob 4 ms, bob-carol 6 ms: alice pings bob (RTT 8 ms) and, through bob's kernel
     routing (TTL 63), carol (RTT 20 ms) over IPv4 and IPv6, at time_scale 0.25 (emulated
-    RTTs); the fastest reply within 1 ms per wire on the path, none early. An unconnected UDP server answers from the address it was
-    asked at."""
+    RTTs); the fastest reply within 1 ms per wire on the path, none early. An unconnected
+    UDP server answers from the address it was asked at."""
     out = tmp_path
     probe = (f"{sys.executable} -c {shlex.quote(UDP_CLIENT)} > {out}/udp.txt; "
              f"ping -n -c 25 -i 0.02 $QNET_PEER_ADDR_BOB > {out}/bob.txt; "
