@@ -183,7 +183,7 @@ def _spawn(child: Child) -> ChildProcess:
     return ChildProcess(popen)
 
 
-async def _terminate(process: ChildProcess, grace_s: float) -> None:
+async def terminate(process: ChildProcess, grace_s: float) -> None:
     """SIGTERM, up to ``grace_s`` for the exit, then SIGKILL; always reaps. Shielded."""
     with trio.CancelScope(shield=True):
         if process.returncode is None:
@@ -296,7 +296,7 @@ class Supervisor:
                 async with trio.open_nursery() as nursery:
                     for child in self.children:
                         if child.tier == tier and child.process is not None:
-                            nursery.start_soon(_terminate, child.process, self.grace_s)
+                            nursery.start_soon(terminate, child.process, self.grace_s)
         for watch in self._watches:
             watch.cancel()
 
@@ -352,7 +352,7 @@ class Supervisor:
             self._failure_added = trio.Event()
         finally:
             if child.process is not None:
-                await _terminate(child.process, self.grace_s)
+                await terminate(child.process, self.grace_s)
                 if child.exit_code is None:
                     child.exit_code = child.process.returncode
                     child.exits.append(child.exit_code)
@@ -367,7 +367,7 @@ class Supervisor:
             try:
                 await _wait_ready(child, ready_timeout)
             except ChildFailed:
-                await _terminate(process, self.grace_s)
+                await terminate(process, self.grace_s)
                 child.exit_code = process.returncode
                 child.exits.append(child.exit_code)
                 if self._may_restart(child) and await self._backoff(child):
@@ -404,7 +404,7 @@ async def running(child: Child, *, ready_timeout: float = 15.0,
         await _wait_ready(child, ready_timeout)
         yield child
     finally:
-        await _terminate(child.process, grace_s)
+        await terminate(child.process, grace_s)
         child.exit_code = child.process.returncode
         child.exits.append(child.exit_code)
 

@@ -198,8 +198,8 @@ async def master(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> di
     ping = PingStream(args.peer_tunnel_addr, args.ping_interval, args.ping_timeout)
     matches = []
     async with trio.open_nursery() as nursery:
-        next_at = 0.0
         for epoch in range(args.rotations + 1):
+            started = trio.current_time()
             key_id, psk = await take_key(kme, args.peer_sae, args.key_wait)
             await control.send(Rotate(epoch, key_id))
             answer = expect(await control.receive(), Installed, epoch)
@@ -215,11 +215,12 @@ async def master(args, tunnel: Tunnel, kme: Etsi014Client, control: Lines) -> di
             log(f"epoch {epoch}: peer hash {'matches' if matches[-1] else 'DIFFERS'}, "
                 f"handshake at {entry['handshake_at']}")
             if epoch == 0:  # the schedule starts once the tunnel is up
-                next_at = trio.current_time()
+                started = trio.current_time()
                 if args.ping_interval > 0:
                     nursery.start_soon(ping.run)
-            next_at += args.interval
-            await trio.sleep_until(next_at)
+            # the next key --interval after this one, but never before its handshake: a lost
+            # handshake message (a 5 s retry) postpones the rotation instead of stacking two
+            await trio.sleep_until(started + args.interval)
         ping.stop()
     await control.send(Done())
     return {"key_changes": args.rotations, "all_matched": all(matches),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 import trio
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from emulator.supervise import ChildProcess, terminate
 
 UAPI_DIR = Path("/var/run/wireguard")
 READY_LINE = b"UAPI listener started"
@@ -86,35 +89,34 @@ async def force_handshake(ifname: str, private: bytes) -> None:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when this program dies, even by SIGKILL (Linux)."""
+    """In the child before exec: SIGTERM when the thread that forked it ends, even by SIGKILL."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def run_wireguard_go(ifname: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """``wireguard-go -f <ifname>`` as a child of this task; started once its UAPI listens.
 
-    Its log goes to our stderr; leaving the task (cancel) terminates it, and the TUN with it."""
-    process = await trio.lowlevel.open_process(
-        ["wireguard-go", "-f", ifname], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={"LOG_LEVEL": "verbose", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
-        preexec_fn=_die_with_parent)
+    Its log goes to our stderr; leaving the task (cancel) terminates it, and the TUN with it.
+    Forked from this (the main) thread: the death signal follows the forking thread, and
+    ``trio.lowlevel.open_process`` forks in a worker that ends after 10 idle seconds."""
+    popen = subprocess.Popen(
+        ["wireguard-go", "-f", ifname], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        env={"LOG_LEVEL": "verbose", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+    process = ChildProcess(popen)
     started = False
     try:
         buffer = b""
-        async for chunk in process.stdout:
-            sys.stderr.buffer.write(chunk)
-            sys.stderr.flush()
-            buffer = (buffer + chunk)[-4096:]
-            if not started and READY_LINE in buffer:
-                started = True
-                task_status.started()
+        async with trio.lowlevel.FdStream(os.dup(popen.stdout.fileno())) as output:
+            popen.stdout.close()
+            while chunk := await output.receive_some(65536):
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+                buffer = (buffer + chunk)[-4096:]
+                if not started and READY_LINE in buffer:
+                    started = True
+                    task_status.started()
         code = await process.wait()
         raise RuntimeError(f"wireguard-go {ifname} exited with {code}")
     finally:
-        if process.returncode is None:
-            process.terminate()
-            with trio.move_on_after(3) as scope:
-                scope.shield = True
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
+        await terminate(process, grace_s=3.0)

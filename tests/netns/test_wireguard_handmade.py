@@ -162,3 +162,37 @@ def test_a_handshake_needs_the_same_psk_at_both_ends() -> None:
         mismatched, matched = trio.run(main, pair)
     assert mismatched is None, "a handshake completed with different PSKs"
     assert matched is not None, "no handshake with the same PSK"
+
+
+IDLE_SCRIPT = """
+import sys
+import trio
+import trio._core._thread_cache as thread_cache
+thread_cache.IDLE_TIMEOUT = 0.2  # trio's is 10 s: a worker idle that long ends
+sys.path.insert(0, sys.argv[1])
+import wg_device as wg
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wg.run_wireguard_go, sys.argv[2])
+        await trio.to_thread.run_sync(lambda: None)  # then every worker thread idles out
+        await trio.sleep(1.0)
+        await wg.uapi_set(sys.argv[2], ["listen_port=51820"])
+        print("alive", flush=True)
+        nursery.cancel_scope.cancel()
+
+trio.run(main)
+"""
+
+
+def test_wireguard_go_outlives_idle_worker_threads() -> None:
+    """``run_wireguard_go`` forks from the main thread: its child's death signal follows the
+    forking thread, and trio's worker threads end when idle (a slave waiting > 10 s for its
+    first key lost its device that way)."""
+    with veth_pair() as pair:
+        done = subprocess.run(
+            ["ip", "netns", "exec", pair.names[0], sys.executable, "-c", IDLE_SCRIPT,
+             str(ROTATE.parent), f"wqi{secrets.token_hex(2)}"],
+            capture_output=True, text=True, timeout=30,
+            env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(ROTATE.parents[2])})
+    assert done.returncode == 0 and done.stdout.split() == ["alive"], done.stderr[-3000:]

@@ -43,9 +43,11 @@ def test_psk_follows_the_kme_and_pings_survive(tmp_path: Path) -> None:
     assert all(k["bytes"] == 32 for k in master["keys"] + slave["keys"])
     for key in master["keys"]:  # the handshake mixes the PSK in: it proves both held it
         assert key["handshake_at"] is not None and key["handshake_at"] > key["installed_at"], key
-    gaps = [b["installed_at"] - a["installed_at"]
-            for a, b in zip(master["keys"][1:], master["keys"][2:])]
-    assert all(1.5 < gap < 4.0 for gap in gaps), gaps  # every --interval 2 s
+    # every --interval 2 s, or right after the previous key's handshake when that took longer
+    # (one lost handshake message costs WireGuard's 5 s REKEY_TIMEOUT; p = 2 % per handshake)
+    for a, b in zip(master["keys"][1:], master["keys"][2:]):
+        due = max(2.0, a["handshake_at"] - a["installed_at"])
+        assert 1.5 < b["installed_at"] - a["installed_at"] < due + 2.0, (a, b)
 
     link_loss = tomllib.loads(SCENARIO.read_text())["links"][0]["classical"]["loss"]
     p_ping = 1 - (1 - link_loss) ** 2  # request and reply each cross the wire once
